@@ -1,0 +1,212 @@
+/**
+ * One WebSocket connection, run as its own fiber for as long as the socket
+ * lives: exactly one writer (draining a bounded queue) and one reader
+ * (handling the client's requests in order). Its scope registers it with the
+ * hub and, when the fiber ends for any reason, unregisters it and closes the
+ * socket with a close code that says why.
+ */
+import { Chunk, Deferred, Duration, Effect, Either, Exit, Queue } from "effect"
+import type { Duplex } from "node:stream"
+import { WebSocket } from "ws"
+import { HubConfig } from "./Config.js"
+import { type Connection, Hub } from "./Hub.js"
+import { HubMetrics } from "./Metrics.js"
+import {
+  closeFor,
+  CloseCode,
+  type DisconnectReason,
+  type ErrorData,
+  HubMessageType,
+  Outbound,
+  parseRequest,
+  pongMessage,
+  TextPing
+} from "./Protocol.js"
+
+/** Most messages written in one corked batch. */
+const maxBatch = 256
+/** Inbound frames waiting to be handled before the socket stops being read. */
+const inboxHighWater = 16
+const inboxLowWater = 4
+/** Longest wait for the peer's close frame before the socket is destroyed. */
+const maxCloseHandshake = Duration.seconds(2)
+
+interface Incoming {
+  readonly data: Buffer
+  readonly isBinary: boolean
+}
+
+export interface ClientInfo {
+  readonly remoteAddress: string | undefined
+}
+
+const toBuffer = (data: WebSocket.RawData): Buffer =>
+  Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data)
+
+/**
+ * Serves one upgraded connection until it closes. `socket` is the connection's
+ * TCP socket: pre-built frames are written to it directly, in corked batches,
+ * unless the connection negotiated compression.
+ */
+export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
+  Effect.gen(function*() {
+    const hub = yield* Hub
+    const config = yield* HubConfig
+    const metrics = yield* HubMetrics
+    const id = yield* hub.nextId
+    yield* Effect.annotateLogsScoped({ client_id: id, remote_address: info.remoteAddress ?? "unknown" })
+    const outbox = yield* Queue.bounded<Outbound>(config.sendBuffer)
+    const inbox = yield* Queue.unbounded<Incoming>()
+    const socketClosed = yield* Deferred.make<void>()
+    const kicked = yield* Deferred.make<void>()
+    const pingPeriod = Duration.toMillis(config.pingPeriod)
+    const pongTimeout = Duration.toMillis(config.pongTimeout)
+    const closeHandshake = Duration.min(config.writeTimeout, maxCloseHandshake)
+    const raw = !ws.extensions.includes("permessage-deflate")
+
+    let lastSeen = Date.now()
+    let lastPing = lastSeen
+    let leaving: DisconnectReason | undefined
+    let closeCode: number | undefined
+
+    const kick = (reason: DisconnectReason) => {
+      if (leaving !== undefined) return
+      leaving = reason
+      Deferred.unsafeDone(kicked, Exit.void)
+    }
+
+    const connection: Connection = {
+      id,
+      offer: (message) => leaving !== undefined || Queue.unsafeOffer(outbox, message),
+      kick,
+      keepAlive: (now) => {
+        if (leaving !== undefined || ws.readyState !== WebSocket.OPEN) return
+        if (now - lastSeen >= pongTimeout) kick("pong_timeout")
+        else if (now - lastPing >= pingPeriod) {
+          lastPing = now
+          ws.ping()
+        }
+      }
+    }
+
+    // --- the socket's callbacks: the only place they exist --------------------
+    let pending = 0
+    ws.on("message", (data, isBinary) => {
+      lastSeen = Date.now()
+      Queue.unsafeOffer(inbox, { data: toBuffer(data), isBinary })
+      if (++pending >= inboxHighWater && !ws.isPaused) ws.pause()
+    })
+    ws.on("pong", () => {
+      lastSeen = Date.now()
+    })
+    ws.on("ping", () => {
+      lastSeen = Date.now()
+    })
+    ws.on("error", (error: Error & { code?: string }) => {
+      // `ws` closes the connection itself after these (1009, 1007, 1002).
+      leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
+        ? "message_too_big"
+        : error.code === "WS_ERR_INVALID_UTF8"
+        ? "invalid_payload"
+        : "error"
+    })
+    ws.on("close", (code) => {
+      closeCode = code
+      leaving ??= "client_closed"
+      Deferred.unsafeDone(socketClosed, Exit.void)
+    })
+
+    const send = (message: Outbound) => {
+      if (!connection.offer(message)) kick("slow_consumer")
+    }
+    const reply = (type: string, data: unknown) => Effect.clockWith((clock) =>
+      Effect.sync(() => send(Outbound.message(type, data, new Date(clock.unsafeCurrentTimeMillis()))))
+    )
+    const refuse = (error: ErrorData) =>
+      Effect.zipRight(
+        Effect.logDebug("refused client message").pipe(Effect.annotateLogs({ code: error.code, reason: error.message })),
+        reply(HubMessageType.error, error)
+      )
+
+    // --- reader: one request at a time, in order -----------------------------
+    const handle = ({ data, isBinary }: Incoming): Effect.Effect<void> => {
+      if (isBinary) {
+        return refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
+      }
+      const text = data.toString("utf8")
+      if (text === TextPing) return Effect.sync(() => send(pongMessage))
+      const request = parseRequest(text)
+      if (Either.isLeft(request)) return refuse(request.left)
+      const { action, event_types } = request.right
+      return action === "subscribe"
+        ? Effect.flatMap(
+          hub.subscribe(id, event_types),
+          (now) => reply(HubMessageType.subscribed, { event_types: now })
+        )
+        : Effect.flatMap(
+          hub.unsubscribe(id, event_types),
+          (now) => reply(HubMessageType.unsubscribed, { event_types: now })
+        )
+    }
+    const reader = Effect.forever(
+      Effect.flatMap(Queue.take(inbox), (incoming) =>
+        Effect.zipRight(
+          handle(incoming),
+          Effect.sync(() => {
+            if (--pending <= inboxLowWater && ws.isPaused) ws.resume()
+          })
+        ))
+    )
+
+    // --- writer: drains the queue, one corked batch per wake-up --------------
+    const write = (batch: ReadonlyArray<Outbound>) =>
+      Effect.async<void>((resume) => {
+        if (ws.readyState !== WebSocket.OPEN) return resume(Effect.void)
+        const done = () => resume(Effect.void)
+        const last = batch.length - 1
+        if (raw) {
+          socket.cork()
+          for (let i = 0; i < last; i++) socket.write(batch[i]!.frame)
+          socket.write(batch[last]!.frame, done)
+          socket.uncork()
+        } else {
+          for (let i = 0; i < last; i++) ws.send(batch[i]!.payload, { binary: false })
+          ws.send(batch[last]!.payload, { binary: false }, done)
+        }
+        metrics.delivered(batch.length)
+      })
+    const writer = Effect.forever(
+      Effect.flatMap(
+        Queue.takeBetween(outbox, 1, maxBatch),
+        (batch) => Effect.timeout(write(Chunk.toReadonlyArray(batch)), config.writeTimeout)
+      )
+    ).pipe(Effect.catchTag("TimeoutException", () => Effect.sync(() => kick("write_timeout"))))
+
+    // --- lifetime --------------------------------------------------------------
+    // Finalizers run in reverse: stop reading and writing, leave the hub, then close the socket.
+    yield* Effect.addFinalizer((exit) =>
+      Effect.gen(function*() {
+        leaving ??= Exit.isInterrupted(exit) ? "shutdown" : "error"
+        if (ws.readyState === WebSocket.OPEN) {
+          const close = leaving in closeFor
+            ? closeFor[leaving as keyof typeof closeFor]
+            : { code: CloseCode.internalError, reason: "internal error" }
+          ws.close(close.code, close.reason)
+        }
+        const closedInTime = yield* Deferred.await(socketClosed).pipe(Effect.timeout(closeHandshake), Effect.option)
+        if (closedInTime._tag === "None") {
+          ws.terminate()
+          yield* Deferred.await(socketClosed).pipe(Effect.timeout(closeHandshake), Effect.ignore)
+        }
+        metrics.disconnected(leaving)
+        const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo
+        yield* log("client disconnected").pipe(Effect.annotateLogs({ reason: leaving, code: closeCode }))
+      })
+    )
+    yield* Effect.acquireRelease(hub.register(connection), () => hub.unregister(id))
+    yield* Effect.forkScoped(writer)
+    yield* Effect.forkScoped(reader)
+    yield* Effect.logDebug("client connected")
+
+    yield* Effect.raceFirst(Deferred.await(socketClosed), Deferred.await(kicked))
+  }).pipe(Effect.scoped)

@@ -1,0 +1,154 @@
+/**
+ * Every setting of the hub, read from environment variables through Effect's
+ * `Config`, with its default in one place. The README's configuration table
+ * mirrors this file.
+ *
+ * Embedding programs can skip the environment entirely and provide the
+ * services with `Layer.succeed(HubConfig, {...})` (see `HubConfig.make`).
+ */
+import { Config, ConfigError, Context, Duration, Either, Layer, LogLevel, Option, Redacted } from "effect"
+
+// ---------------------------------------------------------------------------
+// Parsing helpers
+// ---------------------------------------------------------------------------
+
+const unitMillis: Record<string, number> = {
+  ns: 1e-6,
+  us: 1e-3,
+  "µs": 1e-3,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000
+}
+
+/**
+ * Parses a Go-style duration (`5s`, `250ms`, `1m30s`, `1.5h`, `0`) into
+ * milliseconds. Returns `undefined` when the text is not a duration.
+ */
+export const parseGoDuration = (text: string): number | undefined => {
+  const input = text.trim()
+  if (input === "0") return 0
+  const part = /(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|ms|s|m|h)/y
+  let total = 0
+  let index = 0
+  while (index < input.length) {
+    part.lastIndex = index
+    const match = part.exec(input)
+    if (match === null) return undefined
+    total += Number(match[1]) * unitMillis[match[2]!]!
+    index = part.lastIndex
+  }
+  return index === 0 ? undefined : total
+}
+
+/** A duration setting in Go syntax, e.g. `Config.duration("WS_PING_PERIOD", "54s")`. */
+export const goDuration = (name: string, defaultValue: string): Config.Config<Duration.Duration> =>
+  Config.string(name).pipe(
+    Config.withDefault(defaultValue),
+    Config.mapOrFail((text) => {
+      const millis = parseGoDuration(text)
+      return millis === undefined
+        ? Either.left(
+          ConfigError.InvalidData([], `expected a duration such as 5s, 250ms or 1m30s, got ${JSON.stringify(text)}`)
+        )
+        : Either.right(Duration.millis(millis))
+    })
+  )
+
+const positiveInt = (name: string, defaultValue: number): Config.Config<number> =>
+  Config.integer(name).pipe(
+    Config.withDefault(defaultValue),
+    Config.validate({ message: "expected a positive integer", validation: (n) => n > 0 })
+  )
+
+/** An optional secret: unset or empty means "off". */
+const optionalSecret = (name: string): Config.Config<Option.Option<Redacted.Redacted>> =>
+  Config.option(Config.redacted(name)).pipe(
+    Config.map(Option.filter((value) => Redacted.value(value).length > 0))
+  )
+
+// ---------------------------------------------------------------------------
+// The hub: WebSocket and HTTP settings
+// ---------------------------------------------------------------------------
+
+export interface HubSettings {
+  /** Interface the HTTP server listens on. */
+  readonly host: string
+  /** Port of the HTTP server (0 picks a free one). */
+  readonly port: number
+  /** Path of the WebSocket endpoint. */
+  readonly wsPath: `/${string}`
+  /** Largest client-to-server frame in bytes; larger ones close the client with 1009. */
+  readonly maxMessageSize: number
+  /** Messages buffered per client before it is disconnected as a slow consumer. */
+  readonly sendBuffer: number
+  /** Interval of protocol-level pings. */
+  readonly pingPeriod: Duration.Duration
+  /** A client that sends nothing (not even a pong) for this long is closed. */
+  readonly pongTimeout: Duration.Duration
+  /** A write that does not complete within this time closes the client. */
+  readonly writeTimeout: Duration.Duration
+  /** Time allowed for the whole shutdown before the process exits anyway. */
+  readonly shutdownTimeout: Duration.Duration
+  /** Enables `POST /api/v1/events` when set. */
+  readonly publishToken: Option.Option<Redacted.Redacted>
+  /** Largest body accepted by `POST /api/v1/events`, in bytes. */
+  readonly publishMaxBody: number
+}
+
+export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, HubSettings>() {
+  /** Settings with every default, overridden by `overrides`: handy for embedding and tests. */
+  static make(overrides: Partial<HubSettings> = {}): HubSettings {
+    return { ...defaults, ...overrides }
+  }
+  /** A layer with fixed settings (no environment). */
+  static layer(overrides: Partial<HubSettings> = {}): Layer.Layer<HubConfig> {
+    return Layer.succeed(HubConfig, HubConfig.make(overrides))
+  }
+  /** The settings read from the environment (see the README's table). */
+  static readonly fromEnv: Layer.Layer<HubConfig, ConfigError.ConfigError> = Layer.effect(
+    HubConfig,
+    Config.all({
+      host: Config.string("HOST").pipe(Config.withDefault("0.0.0.0")),
+      port: Config.port("PORT").pipe(Config.withDefault(8080)),
+      wsPath: Config.succeed("/api/v1/ws/events" as const),
+      maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", 512),
+      sendBuffer: positiveInt("WS_SEND_BUFFER", 256),
+      pingPeriod: goDuration("WS_PING_PERIOD", "54s"),
+      pongTimeout: goDuration("WS_PONG_TIMEOUT", "60s"),
+      writeTimeout: goDuration("WS_WRITE_TIMEOUT", "10s"),
+      shutdownTimeout: goDuration("SHUTDOWN_TIMEOUT", "10s"),
+      publishToken: optionalSecret("PUBLISH_TOKEN"),
+      publishMaxBody: positiveInt("PUBLISH_MAX_BODY", 1024 * 1024)
+    })
+  )
+}
+
+const defaults: HubSettings = {
+  host: "0.0.0.0",
+  port: 8080,
+  wsPath: "/api/v1/ws/events",
+  maxMessageSize: 512,
+  sendBuffer: 256,
+  pingPeriod: Duration.seconds(54),
+  pongTimeout: Duration.seconds(60),
+  writeTimeout: Duration.seconds(10),
+  shutdownTimeout: Duration.seconds(10),
+  publishToken: Option.none(),
+  publishMaxBody: 1024 * 1024
+}
+
+// ---------------------------------------------------------------------------
+// Logging
+// ---------------------------------------------------------------------------
+
+export interface LogSettings {
+  readonly level: LogLevel.LogLevel
+  readonly format: "json" | "pretty"
+}
+
+export const logSettings: Config.Config<LogSettings> = Config.all({
+  level: Config.logLevel("LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info)),
+  format: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault("json" as const))
+})

@@ -1,0 +1,265 @@
+/**
+ * The wire contract between the hub and its WebSocket clients, defined once:
+ * client requests, server messages and close codes. Validation, types and the
+ * README's protocol reference all come from here.
+ */
+import { Either, ParseResult, Schema } from "effect"
+import * as ws from "ws"
+
+/** `ws`'s frame encoder; its typings (@types/ws) do not declare it. */
+const Sender = (ws as unknown as {
+  readonly Sender: {
+    frame(
+      data: Buffer,
+      options: { fin: boolean; opcode: number; mask: boolean; readOnly: boolean; rsv1: boolean }
+    ): Array<Buffer>
+  }
+}).Sender
+
+// ---------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------
+
+/** Message types starting with this prefix are the hub's own; events may not use it. */
+export const ReservedPrefix = "hub."
+
+/** Longest event type or pattern accepted (RabbitMQ's routing key limit). */
+export const MaxNameLength = 255
+
+/** An event type: dot-separated words, no wildcards, not in the reserved namespace. */
+export const EventType = Schema.String.pipe(
+  Schema.minLength(1, { message: () => "event type must not be empty" }),
+  Schema.maxLength(MaxNameLength, { message: () => `event type must be at most ${MaxNameLength} characters` }),
+  Schema.filter((type) =>
+    type.startsWith(ReservedPrefix)
+      ? `event type must not start with the reserved prefix "${ReservedPrefix}"`
+      : type.split(".").some((word) => word === "*" || word === "#")
+      ? "event type must not contain the wildcard words * or #"
+      : true
+  )
+)
+
+/**
+ * A subscription pattern: an exact event type, or a RabbitMQ-style topic
+ * pattern where `*` matches exactly one dot-separated word and `#` matches
+ * zero or more.
+ */
+export const EventPattern = Schema.String.pipe(
+  Schema.minLength(1, { message: () => "event type pattern must not be empty" }),
+  Schema.maxLength(MaxNameLength, { message: () => `event type pattern must be at most ${MaxNameLength} characters` })
+)
+
+// ---------------------------------------------------------------------------
+// Client to server
+// ---------------------------------------------------------------------------
+
+/** `{"action":"subscribe","event_types":[...]}`: add patterns to the client's subscription. */
+const EventPatterns = Schema.Array(EventPattern).annotations({
+  message: () => ({ message: "must be an array of strings", override: false })
+})
+
+export const Subscribe = Schema.Struct({
+  action: Schema.Literal("subscribe"),
+  event_types: EventPatterns
+})
+export type Subscribe = typeof Subscribe.Type
+
+/** `{"action":"unsubscribe","event_types":[...]}`: remove patterns, exactly as written. */
+export const Unsubscribe = Schema.Struct({
+  action: Schema.Literal("unsubscribe"),
+  event_types: EventPatterns
+})
+export type Unsubscribe = typeof Unsubscribe.Type
+
+export const ClientRequest = Schema.Union(Subscribe, Unsubscribe)
+export type ClientRequest = typeof ClientRequest.Type
+
+export const clientActions: ReadonlyArray<ClientRequest["action"]> = ["subscribe", "unsubscribe"]
+
+/** The text frame a browser sends to keep the connection alive; answered with `pong`. */
+export const TextPing = "ping"
+export const TextPong = "pong"
+
+// ---------------------------------------------------------------------------
+// Server to client
+// ---------------------------------------------------------------------------
+
+/** Every message the hub sends: one JSON object per text frame. */
+export const ServerMessage = Schema.Struct({
+  type: Schema.String,
+  data: Schema.Unknown,
+  /** RFC 3339, UTC: when the hub sent it. */
+  timestamp: Schema.String
+})
+export type ServerMessage = typeof ServerMessage.Type
+
+/** Codes carried by `hub.error` messages. */
+export const ErrorCode = Schema.Literal(
+  "invalid_json",
+  "invalid_request",
+  "unknown_action",
+  "binary_not_supported"
+)
+export type ErrorCode = typeof ErrorCode.Type
+
+/** The hub's own message types (replies and notices), all under `hub.`. */
+export const HubMessageType = {
+  /** Reply to `subscribe`: `data.event_types` is the client's whole subscription now. */
+  subscribed: "hub.subscribed",
+  /** Reply to `unsubscribe`: `data.event_types` is the client's whole subscription now. */
+  unsubscribed: "hub.unsubscribed",
+  /** A request was refused: `data.code` (see `ErrorCode`) and `data.message`. */
+  error: "hub.error"
+} as const
+
+export const SubscriptionData = Schema.Struct({
+  /** The patterns now in effect; `["#"]` while the client receives everything by default. */
+  event_types: Schema.Array(Schema.String)
+})
+
+export const ErrorData = Schema.Struct({
+  code: ErrorCode,
+  message: Schema.String
+})
+export type ErrorData = typeof ErrorData.Type
+
+// ---------------------------------------------------------------------------
+// Close codes
+// ---------------------------------------------------------------------------
+
+/**
+ * Every close code the hub sends, with the reason text it attaches. Clients
+ * should reconnect (with backoff) after any of them except `messageTooBig`
+ * and `invalidPayload`, which mean the client itself is at fault.
+ */
+export const CloseCode = {
+  /** The client closed, or the connection ended normally. */
+  normal: 1000,
+  /** The hub is shutting down; reconnect (to another instance). */
+  goingAway: 1001,
+  /** A text frame was not valid UTF-8 (RFC 6455 requires closing). */
+  invalidPayload: 1007,
+  /** A client frame was larger than `WS_MAX_MESSAGE_SIZE`. */
+  messageTooBig: 1009,
+  /** The hub failed unexpectedly while serving this client. */
+  internalError: 1011,
+  /** The client's send buffer (`WS_SEND_BUFFER`) was full: it read too slowly. */
+  slowConsumer: 4000,
+  /** The client sent nothing, not even a pong, within `WS_PONG_TIMEOUT`. */
+  pongTimeout: 4001,
+  /** A write to the client did not complete within `WS_WRITE_TIMEOUT`. */
+  writeTimeout: 4002
+} as const
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
+
+/** Why a client left, as counted in `/metrics` under `clients_disconnected`. */
+export const DisconnectReason = Schema.Literal(
+  "client_closed",
+  "shutdown",
+  "slow_consumer",
+  "pong_timeout",
+  "write_timeout",
+  "message_too_big",
+  "invalid_payload",
+  "error"
+)
+export type DisconnectReason = typeof DisconnectReason.Type
+
+export const closeFor: Record<Exclude<DisconnectReason, "client_closed" | "error">, {
+  readonly code: CloseCode
+  readonly reason: string
+}> = {
+  shutdown: { code: CloseCode.goingAway, reason: "server shutting down" },
+  slow_consumer: { code: CloseCode.slowConsumer, reason: "send buffer full" },
+  pong_timeout: { code: CloseCode.pongTimeout, reason: "pong timeout" },
+  write_timeout: { code: CloseCode.writeTimeout, reason: "write timeout" },
+  message_too_big: { code: CloseCode.messageTooBig, reason: "message too big" },
+  invalid_payload: { code: CloseCode.invalidPayload, reason: "invalid UTF-8" }
+}
+
+// ---------------------------------------------------------------------------
+// Encoding: a message is serialised once, however many clients receive it
+// ---------------------------------------------------------------------------
+
+/**
+ * One server message, encoded. `payload` is the JSON text; `frame` is the
+ * complete unmasked WebSocket text frame, built on first use and shared by
+ * every client that receives the message.
+ */
+export class Outbound {
+  #frame: Buffer | undefined
+  constructor(readonly payload: Buffer) {}
+
+  get frame(): Buffer {
+    if (this.#frame === undefined) {
+      const parts = Sender.frame(this.payload, {
+        fin: true,
+        opcode: 1,
+        mask: false,
+        readOnly: true,
+        rsv1: false
+      })
+      this.#frame = parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+    }
+    return this.#frame!
+  }
+
+  static text(text: string): Outbound {
+    return new Outbound(Buffer.from(text, "utf8"))
+  }
+
+  /** `{"type","data","timestamp"}`. JSON.stringify escapes newlines, so a frame never holds a raw one. */
+  static message(type: string, data: unknown, timestamp: Date): Outbound {
+    return Outbound.text(JSON.stringify({ type, data, timestamp: timestamp.toISOString() }))
+  }
+}
+
+export const pongMessage = Outbound.text(TextPong)
+
+// ---------------------------------------------------------------------------
+// Decoding client requests
+// ---------------------------------------------------------------------------
+
+const decoders: Record<ClientRequest["action"], (input: unknown) => Either.Either<ClientRequest, ParseResult.ParseError>> = {
+  subscribe: Schema.decodeUnknownEither(Subscribe),
+  unsubscribe: Schema.decodeUnknownEither(Unsubscribe)
+}
+
+/** One line per problem, each naming the field: `event_types[2]: event type pattern must not be empty`. */
+export const formatParseError = (error: ParseResult.ParseError): string =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => issue.path.length === 0 ? issue.message : `${formatPath(issue.path)}: ${issue.message}`)
+    .join("; ")
+
+const formatPath = (path: ReadonlyArray<PropertyKey>) =>
+  path.map((key, i) => typeof key === "number" ? `[${key}]` : i === 0 ? String(key) : `.${String(key)}`).join("")
+
+/** Parses one text frame into a request, or the error to send back. */
+export const parseRequest = (text: string): Either.Either<ClientRequest, ErrorData> => {
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    return Either.left({
+      code: "invalid_json",
+      message: `expected a JSON object such as {"action":"subscribe","event_types":["backtest.completed"]}, or the text "ping"`
+    })
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    return Either.left({ code: "invalid_request", message: "expected a JSON object with an \"action\" field" })
+  }
+  const action = (json as { action?: unknown }).action
+  if (typeof action !== "string") {
+    return Either.left({ code: "invalid_request", message: "\"action\" must be a string" })
+  }
+  if (!(clientActions as ReadonlyArray<string>).includes(action)) {
+    return Either.left({
+      code: "unknown_action",
+      message: `unknown action ${JSON.stringify(action.slice(0, 64))}; expected one of ${clientActions.join(", ")}`
+    })
+  }
+  return Either.mapLeft(
+    decoders[action as ClientRequest["action"]](json),
+    (error): ErrorData => ({ code: "invalid_request", message: formatParseError(error) })
+  )
+}

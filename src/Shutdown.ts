@@ -1,0 +1,36 @@
+/**
+ * Process signals for the standalone service. `NodeRuntime.runMain` turns the
+ * first SIGTERM/SIGINT into an interruption, which runs every layer's
+ * finalizer in order. This layer adds what it lacks: a second signal is
+ * logged instead of killing the process mid-shutdown, and a backstop exits
+ * the process if the shutdown has not finished within `SHUTDOWN_TIMEOUT`.
+ */
+import { Duration, Effect, Layer, Runtime } from "effect"
+import { HubConfig } from "./Config.js"
+
+const signals = ["SIGINT", "SIGTERM"] as const
+
+export const layer: Layer.Layer<never, never, HubConfig> = Layer.effectDiscard(
+  Effect.gen(function*() {
+    const { shutdownTimeout } = yield* HubConfig
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    let stopping = false
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        runFork(Effect.logWarning("shutdown already in progress").pipe(Effect.annotateLogs({ signal })))
+        return
+      }
+      stopping = true
+      runFork(Effect.logInfo("shutting down").pipe(
+        Effect.annotateLogs({ signal, timeout: Duration.format(shutdownTimeout) })
+      ))
+      setTimeout(() => {
+        runFork(Effect.logError("shutdown did not finish in time; exiting").pipe(
+          Effect.zipRight(Effect.sync(() => process.exit(1)))
+        ))
+      }, Duration.toMillis(shutdownTimeout)).unref()
+    }
+    // Kept for the life of the process: removing it would let a late signal kill it.
+    for (const signal of signals) process.on(signal, onSignal)
+  })
+)

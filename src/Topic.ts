@@ -1,0 +1,56 @@
+/**
+ * Topic patterns with RabbitMQ's rules: words are separated by dots, `*`
+ * matches exactly one word and `#` matches zero or more. A pattern without
+ * wildcards matches only the identical event type.
+ */
+
+/** True when `pattern` contains a `*` or `#` word. */
+export const isWildcard = (pattern: string): boolean => pattern.split(".").some((word) => word === "*" || word === "#")
+
+/**
+ * Does `pattern` match `type`? Runs in O(words(pattern) x words(type)) whatever
+ * the pattern, so hostile patterns such as `#.#.#.#.x` cannot blow up.
+ */
+export const matches = (pattern: string, type: string): boolean => {
+  if (pattern === type) return true
+  if (pattern === "#") return true
+  if (!pattern.includes("*") && !pattern.includes("#")) return false
+  return matchWords(compile(pattern), type.split("."))
+}
+
+const compiled = new Map<string, ReadonlyArray<string>>()
+const maxCompiled = 4096
+
+const compile = (pattern: string): ReadonlyArray<string> => {
+  let words = compiled.get(pattern)
+  if (words === undefined) {
+    // Consecutive `#` words are equivalent to one.
+    words = pattern.split(".").filter((word, i, all) => !(word === "#" && all[i - 1] === "#"))
+    if (compiled.size >= maxCompiled) compiled.clear()
+    compiled.set(pattern, words)
+  }
+  return words
+}
+
+/** Dynamic programming over (pattern position, type position). */
+const matchWords = (pattern: ReadonlyArray<string>, type: ReadonlyArray<string>): boolean => {
+  // reachable[j]: the pattern prefix processed so far can consume exactly j words of the type.
+  let reachable = new Array<boolean>(type.length + 1).fill(false)
+  reachable[0] = true
+  for (const word of pattern) {
+    const next = new Array<boolean>(type.length + 1).fill(false)
+    if (word === "#") {
+      let any = false
+      for (let j = 0; j <= type.length; j++) {
+        any = any || reachable[j]!
+        next[j] = any
+      }
+    } else {
+      for (let j = 0; j < type.length; j++) {
+        if (reachable[j] && (word === "*" || word === type[j])) next[j + 1] = true
+      }
+    }
+    reachable = next
+  }
+  return reachable[type.length]!
+}

@@ -1,0 +1,130 @@
+/**
+ * The HTTP server: the WebSocket endpoint, `GET /health`, `GET /metrics` and
+ * (when `PUBLISH_TOKEN` is set) `POST /api/v1/events`.
+ */
+import { HttpRouter, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Effect, Layer, Option, Redacted, Schema } from "effect"
+import { createHash, timingSafeEqual } from "node:crypto"
+import { createServer } from "node:http"
+import { HubConfig } from "../Config.js"
+import { Health } from "../Health.js"
+import { Hub } from "../Hub.js"
+import { HubMetrics } from "../Metrics.js"
+import { EventType, formatParseError } from "../Protocol.js"
+import { WebSocketServer } from "./WebSocketServer.js"
+
+/** Body of `POST /api/v1/events`. */
+export const PublishRequest = Schema.Struct({
+  type: EventType,
+  data: Schema.Record({ key: Schema.String, value: Schema.Unknown })
+})
+
+const decodePublish = Schema.decodeUnknownEither(PublishRequest)
+
+const problem = (status: number, error: string, headers: Record<string, string> = {}) =>
+  HttpServerResponse.unsafeJson({ error }, { status, headers })
+
+/** Compares two secrets in constant time (hashing first, so lengths do not leak either). */
+const sameSecret = (given: string, expected: string) =>
+  timingSafeEqual(createHash("sha256").update(given).digest(), createHash("sha256").update(expected).digest())
+
+/** The routes, built from the services they use. */
+export const makeRouter = Effect.gen(function*() {
+  const config = yield* HubConfig
+  const hub = yield* Hub
+  const metrics = yield* HubMetrics
+  const health = yield* Health
+  const websocket = yield* WebSocketServer
+
+  const healthRoute = Effect.map(health.report, (report) =>
+    HttpServerResponse.unsafeJson(report, { status: report.status === "unavailable" ? 503 : 200 }))
+
+  const metricsRoute = Effect.gen(function*() {
+    const snapshot = yield* metrics.snapshot
+    const { sources, ...websocketCounters } = snapshot
+    return HttpServerResponse.unsafeJson({
+      websocket: { connected_clients: yield* hub.clientCount, ...websocketCounters },
+      ...sources
+    })
+  })
+
+  const publishRoute = (token: Redacted.Redacted) =>
+    Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const authorization = request.headers["authorization"] ?? ""
+      const bearer = /^Bearer (.+)$/i.exec(authorization)?.[1]
+      if (bearer === undefined) {
+        return problem(401, "missing bearer token (Authorization: Bearer <PUBLISH_TOKEN>)", {
+          "www-authenticate": "Bearer"
+        })
+      }
+      if (!sameSecret(bearer, Redacted.value(token))) {
+        return problem(401, "invalid token", { "www-authenticate": "Bearer error=\"invalid_token\"" })
+      }
+      const tooLarge = problem(413, `body larger than ${config.publishMaxBody} bytes`)
+      const declared = Number(request.headers["content-length"] ?? 0)
+      if (declared > config.publishMaxBody) return tooLarge
+      const text = yield* request.text.pipe(
+        HttpServerRequest.withMaxBodySize(Option.some(config.publishMaxBody)),
+        Effect.option
+      )
+      if (Option.isNone(text)) return tooLarge
+      let json: unknown
+      try {
+        json = JSON.parse(text.value)
+      } catch {
+        return problem(400, "body is not valid JSON; expected {\"type\": \"...\", \"data\": {...}}")
+      }
+      const event = decodePublish(json)
+      if (event._tag === "Left") {
+        return problem(400, `invalid event: ${formatParseError(event.left)}`)
+      }
+      const recipients = yield* hub.broadcast(event.right.type, event.right.data)
+      return HttpServerResponse.unsafeJson({ status: "accepted", recipients }, { status: 202 })
+    })
+
+  const notFound = Effect.map(
+    HttpServerRequest.HttpServerRequest,
+    (request) => problem(404, `no route for ${request.method} ${request.url}`)
+  )
+
+  const routes = HttpRouter.empty.pipe(
+    HttpRouter.get(config.wsPath, Effect.flatMap(HttpServerRequest.HttpServerRequest, websocket.upgrade)),
+    HttpRouter.get("/health", healthRoute),
+    HttpRouter.get("/metrics", metricsRoute)
+  )
+  const withPublish = Option.match(config.publishToken, {
+    onNone: () => routes,
+    onSome: (token) => HttpRouter.post(routes, "/api/v1/events", publishRoute(token))
+  })
+  return Effect.catchTag(withPublish, "RouteNotFound", () => notFound)
+})
+
+/** Serves the routes on whatever `HttpServer` is provided. */
+export const layerServe: Layer.Layer<
+  never,
+  never,
+  HttpServer.HttpServer | HubConfig | Hub | HubMetrics | Health | WebSocketServer
+> = Layer.unwrapEffect(
+  Effect.map(makeRouter, (router) =>
+    HttpServer.serve(router).pipe(
+      Layer.tap(() =>
+        Effect.flatMap(HttpServer.HttpServer, (server) =>
+          Effect.logInfo("listening").pipe(Effect.annotateLogs({
+            address: HttpServer.formatAddress(server.address)
+          })))
+      )
+    ))
+)
+
+/** A Node HTTP server listening on `HOST`:`PORT`. */
+export const layerListen = Layer.unwrapEffect(
+  Effect.map(HubConfig, (config) => NodeHttpServer.layer(createServer, { host: config.host, port: config.port }))
+)
+
+/** The whole HTTP side: the WebSocket server, the routes, and the listening socket. */
+export const layer = layerServe.pipe(
+  Layer.provide(WebSocketServer.layer),
+  Layer.provide(layerListen)
+)

@@ -1,0 +1,15 @@
+/**
+ * The library entry: the layers, the hub service and the wire protocol, for
+ * Effect programs that embed the hub.
+ */
+export * as Client from "./Client.js"
+export { goDuration, HubConfig, type HubSettings, logSettings, parseGoDuration } from "./Config.js"
+export { Health } from "./Health.js"
+export * as HttpServer from "./http/Server.js"
+export { WebSocketServer } from "./http/WebSocketServer.js"
+export { type ClientId, type Connection, defaultSubscription, Hub } from "./Hub.js"
+export * as Logging from "./Logging.js"
+export { HubMetrics } from "./Metrics.js"
+export * as Protocol from "./Protocol.js"
+export * as Shutdown from "./Shutdown.js"
+export * as Topic from "./Topic.js"

@@ -1,0 +1,11 @@
+import { defineConfig } from "vitest/config"
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    testTimeout: 30_000,
+    hookTimeout: 30_000,
+    // The RabbitMQ tests share one broker; files run one at a time to keep fault tests isolated.
+    fileParallelism: false
+  }
+})
