@@ -116,6 +116,25 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       Deferred.unsafeDone(socketClosed, Exit.void)
     })
 
+    /**
+     * Waits for the socket to close, at most `timeout`. It keeps its own timer
+     * rather than relying on interruption: it runs in a finalizer, which is
+     * uninterruptible, and the HTTP server may already be interrupting this fiber.
+     */
+    const waitClosed = (timeout: Duration.Duration) =>
+      Effect.async<boolean>((resume) => {
+        if (ws.readyState === WebSocket.CLOSED) return resume(Effect.succeed(true))
+        const onClose = () => {
+          clearTimeout(timer)
+          resume(Effect.succeed(true))
+        }
+        const timer = setTimeout(() => {
+          ws.off("close", onClose)
+          resume(Effect.succeed(false))
+        }, Duration.toMillis(timeout))
+        ws.once("close", onClose)
+      })
+
     const send = (message: Outbound) => {
       if (!connection.offer(message)) kick("slow_consumer")
     }
@@ -186,17 +205,21 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     // Finalizers run in reverse: stop reading and writing, leave the hub, then close the socket.
     yield* Effect.addFinalizer((exit) =>
       Effect.gen(function*() {
-        leaving ??= Exit.isInterrupted(exit) ? "shutdown" : "error"
+        // The HTTP server interrupts this fiber when the peer drops the socket, so look at the socket first.
+        leaving ??= ws.readyState !== WebSocket.OPEN || socket.destroyed
+          ? "client_closed"
+          : Exit.isInterrupted(exit)
+          ? "shutdown"
+          : "error"
         if (ws.readyState === WebSocket.OPEN) {
           const close = leaving in closeFor
             ? closeFor[leaving as keyof typeof closeFor]
             : { code: CloseCode.internalError, reason: "internal error" }
           ws.close(close.code, close.reason)
         }
-        const closedInTime = yield* Deferred.await(socketClosed).pipe(Effect.timeout(closeHandshake), Effect.option)
-        if (closedInTime._tag === "None") {
+        if (!(yield* waitClosed(closeHandshake))) {
           ws.terminate()
-          yield* Deferred.await(socketClosed).pipe(Effect.timeout(closeHandshake), Effect.ignore)
+          yield* waitClosed(closeHandshake)
         }
         metrics.disconnected(leaving)
         const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo

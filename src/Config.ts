@@ -50,7 +50,7 @@ export const goDuration = (name: string, defaultValue: string): Config.Config<Du
       const millis = parseGoDuration(text)
       return millis === undefined
         ? Either.left(
-          ConfigError.InvalidData([], `expected a duration such as 5s, 250ms or 1m30s, got ${JSON.stringify(text)}`)
+          ConfigError.InvalidData([name], `expected a duration such as 5s, 250ms or 1m30s, got ${JSON.stringify(text)}`)
         )
         : Either.right(Duration.millis(millis))
     })
@@ -59,7 +59,9 @@ export const goDuration = (name: string, defaultValue: string): Config.Config<Du
 const positiveInt = (name: string, defaultValue: number): Config.Config<number> =>
   Config.integer(name).pipe(
     Config.withDefault(defaultValue),
-    Config.validate({ message: "expected a positive integer", validation: (n) => n > 0 })
+    Config.mapOrFail((n) =>
+      n > 0 ? Either.right(n) : Either.left(ConfigError.InvalidData([name], `expected a positive integer, got ${n}`))
+    )
   )
 
 /** An optional secret: unset or empty means "off". */

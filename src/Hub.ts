@@ -193,3 +193,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
     })
   )
 }
+
+/** The hub together with the metrics and health services it reports to. */
+export const layerLive: Layer.Layer<Hub | HubMetrics | Health, never, HubConfig> = Hub.layer.pipe(
+  Layer.provideMerge(Layer.merge(HubMetrics.layer, Health.layer))
+)

@@ -7,7 +7,7 @@ export { goDuration, HubConfig, type HubSettings, logSettings, parseGoDuration }
 export { Health } from "./Health.js"
 export * as HttpServer from "./http/Server.js"
 export { WebSocketServer } from "./http/WebSocketServer.js"
-export { type ClientId, type Connection, defaultSubscription, Hub } from "./Hub.js"
+export { type ClientId, type Connection, defaultSubscription, Hub, layerLive as HubLive } from "./Hub.js"
 export * as Logging from "./Logging.js"
 export { HubMetrics } from "./Metrics.js"
 export * as Protocol from "./Protocol.js"

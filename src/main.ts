@@ -5,17 +5,13 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Layer } from "effect"
 import { HubConfig } from "./Config.js"
-import { Health } from "./Health.js"
 import * as HttpServer from "./http/Server.js"
-import { Hub } from "./Hub.js"
+import * as Hub from "./Hub.js"
 import * as Logging from "./Logging.js"
-import { HubMetrics } from "./Metrics.js"
 import * as Shutdown from "./Shutdown.js"
 
-const HubLive = Hub.layer.pipe(Layer.provideMerge(Layer.merge(HubMetrics.layer, Health.layer)))
-
 const MainLive = Layer.mergeAll(HttpServer.layer, Shutdown.layer).pipe(
-  Layer.provide(HubLive),
+  Layer.provide(Hub.layerLive),
   Layer.provide(HubConfig.fromEnv),
   Layer.provide(Logging.layer)
 )

@@ -1,0 +1,84 @@
+/**
+ * The hub's own logic, with in-memory connections: who receives what, and
+ * that an event is encoded once. The same behaviour is tested over real
+ * sockets in websocket.test.ts.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { HubConfig } from "../src/Config.js"
+import { type Connection, Hub, layerLive } from "../src/Hub.js"
+import { HubMetrics } from "../src/Metrics.js"
+import type { DisconnectReason, Outbound } from "../src/Protocol.js"
+
+const TestHub = layerLive.pipe(Layer.provide(HubConfig.layer()))
+
+const fakeConnection = (id: number, capacity = Infinity) => {
+  const received: Array<Outbound> = []
+  const kicks: Array<DisconnectReason> = []
+  const connection: Connection = {
+    id,
+    offer: (message) => {
+      if (received.length >= capacity) return false
+      received.push(message)
+      return true
+    },
+    kick: (reason) => kicks.push(reason),
+    keepAlive: () => {}
+  }
+  return { connection, received, kicks, types: () => received.map((m) => JSON.parse(m.payload.toString()).type) }
+}
+
+describe("Hub", () => {
+  it.scoped("encodes an event once and offers the same bytes to every recipient", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const clients = [1, 2, 3].map((id) => fakeConnection(id))
+      for (const { connection } of clients) yield* hub.register(connection)
+      const recipients = yield* hub.broadcast("backtest.completed", { job_id: "j" })
+      expect(recipients).toBe(3)
+      const [first, ...rest] = clients.map((client) => client.received[0]!)
+      for (const other of rest) expect(other).toBe(first)
+      expect(JSON.parse(first!.payload.toString())).toMatchObject({ type: "backtest.completed", data: { job_id: "j" } })
+    }).pipe(Effect.provide(TestHub)))
+
+  it.scoped("delivers by subscription: default everything, first subscribe replaces it, unsubscribe removes", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const a = fakeConnection(1)
+      yield* hub.register(a.connection)
+      yield* hub.broadcast("task.running", {})
+      expect(yield* hub.subscribe(1, ["backtest.*", "optimization.#"])).toEqual(["backtest.*", "optimization.#"])
+      yield* hub.broadcast("task.running", {})
+      yield* hub.broadcast("backtest.completed", {})
+      yield* hub.broadcast("optimization.iteration.completed", {})
+      expect(yield* hub.unsubscribe(1, ["backtest.*"])).toEqual(["optimization.#"])
+      yield* hub.broadcast("backtest.completed", {})
+      expect(yield* hub.unsubscribe(1, ["optimization.#"])).toEqual([])
+      yield* hub.broadcast("optimization.new_best", {})
+      expect(a.types()).toEqual(["task.running", "backtest.completed", "optimization.iteration.completed"])
+    }).pipe(Effect.provide(TestHub)))
+
+  it.scoped("kicks a client whose buffer is full without holding up the others", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const slow = fakeConnection(1, 2)
+      const fast = fakeConnection(2)
+      yield* hub.register(slow.connection)
+      yield* hub.register(fast.connection)
+      for (let i = 0; i < 5; i++) yield* hub.broadcast("backtest.completed", { i })
+      expect(slow.kicks[0]).toBe("slow_consumer")
+      expect(fast.received).toHaveLength(5)
+      const metrics = yield* (yield* HubMetrics).snapshot
+      expect(metrics.events_broadcast).toBe(5)
+    }).pipe(Effect.provide(TestHub)))
+
+  it.scoped("forgets an unregistered client", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const a = fakeConnection(1)
+      yield* hub.register(a.connection)
+      yield* hub.unregister(1)
+      expect(yield* hub.broadcast("x", {})).toBe(0)
+      expect(yield* hub.clientCount).toBe(0)
+    }).pipe(Effect.provide(TestHub)))
+})

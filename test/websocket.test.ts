@@ -1,0 +1,253 @@
+/**
+ * The WebSocket endpoint, with real `ws` clients against the real server on a
+ * free port.
+ */
+import { expect, layer } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import { Hub } from "../src/Hub.js"
+import { HubMetrics } from "../src/Metrics.js"
+import { connect, eventually, hubLayer, promise, type TestClient } from "./support.js"
+
+const rfc3339Utc = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/
+
+const eventTypes = (client: TestClient) => client.events.map((event) => event.type)
+
+layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protocol", (it) => {
+  it.scoped("sends one {type, data, timestamp} JSON object per text frame, without raw newlines", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      const data = { job_id: "123", note: "line one\nline two", nested: { sharpe_ratio: 1.85 } }
+      yield* hub.broadcast("backtest.completed", data)
+      yield* promise(() => client.until(() => client.events.length === 1, "the event"))
+      const frame = client.frames.at(-1)!
+      expect(frame).not.toContain("\n")
+      const message = JSON.parse(frame)
+      expect(Object.keys(message)).toEqual(["type", "data", "timestamp"])
+      expect(message.type).toBe("backtest.completed")
+      expect(message.data).toEqual(data)
+      expect(message.timestamp).toMatch(rfc3339Utc)
+    }))
+
+  it.scoped("a client that never subscribed receives every event", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      for (const type of ["task.running", "backtest.completed", "agent.status.changed"]) yield* hub.broadcast(type, {})
+      yield* promise(() => client.until(() => client.events.length === 3, "three events"))
+      expect(eventTypes(client)).toEqual(["task.running", "backtest.completed", "agent.status.changed"])
+    }))
+
+  it.scoped("subscribe and unsubscribe filter events; the replies list the subscription in effect", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      const subscribed = yield* promise(() =>
+        client.request({
+          action: "subscribe",
+          event_types: ["optimization.iteration.completed", "backtest.completed", "backtest.failed"]
+        }, "hub.subscribed")
+      )
+      expect(subscribed.data).toEqual({
+        event_types: ["optimization.iteration.completed", "backtest.completed", "backtest.failed"]
+      })
+      expect(subscribed.timestamp).toMatch(rfc3339Utc)
+      const unsubscribed = yield* promise(() =>
+        client.request({ action: "unsubscribe", event_types: ["backtest.failed"] }, "hub.unsubscribed")
+      )
+      expect(unsubscribed.data).toEqual({ event_types: ["optimization.iteration.completed", "backtest.completed"] })
+      for (const type of ["backtest.failed", "task.running", "backtest.completed", "optimization.iteration.completed"]) {
+        yield* hub.broadcast(type, {})
+      }
+      yield* promise(() => client.until(() => client.events.length === 2, "two events"))
+      expect(eventTypes(client)).toEqual(["backtest.completed", "optimization.iteration.completed"])
+    }))
+
+  it.scoped("a client that unsubscribed from everything receives no events until it subscribes again", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      yield* promise(() => client.request({ action: "subscribe", event_types: ["task.running"] }, "hub.subscribed"))
+      const reply = yield* promise(() =>
+        client.request({ action: "unsubscribe", event_types: ["task.running"] }, "hub.unsubscribed")
+      )
+      expect(reply.data).toEqual({ event_types: [] })
+      yield* hub.broadcast("task.running", { n: 1 })
+      yield* hub.broadcast("backtest.completed", { n: 2 })
+      yield* promise(() => client.request({ action: "subscribe", event_types: ["#"] }, "hub.subscribed"))
+      yield* hub.broadcast("task.failed", { n: 3 })
+      yield* promise(() => client.until(() => client.events.length >= 1, "an event"))
+      expect(eventTypes(client)).toEqual(["task.failed"])
+    }))
+
+  it.scoped("patterns follow RabbitMQ topic rules: * is one word, # is zero or more", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      yield* promise(() =>
+        client.request({ action: "subscribe", event_types: ["optimization.#", "*.failed"] }, "hub.subscribed")
+      )
+      const published = [
+        "optimization.iteration.completed",
+        "backtest.completed",
+        "optimization.new_best",
+        "task.failed",
+        "optimization.iteration.failed",
+        "optimization"
+      ]
+      for (const type of published) yield* hub.broadcast(type, {})
+      yield* hub.broadcast("end.failed", {})
+      yield* promise(() => client.until(() => eventTypes(client).includes("end.failed"), "the last event"))
+      expect(eventTypes(client)).toEqual([
+        "optimization.iteration.completed",
+        "optimization.new_best",
+        "task.failed",
+        "optimization.iteration.failed",
+        "optimization",
+        "end.failed"
+      ])
+    }))
+
+  it.scoped("answers the text frame ping with the text frame pong", () =>
+    Effect.gen(function*() {
+      const client = yield* connect()
+      client.ws.send("ping")
+      yield* promise(() => client.until(() => client.frames.includes("pong"), "pong"))
+      expect(client.frames).toEqual(["pong"])
+    }))
+
+  it.scoped("bad input gets a hub.error and leaves the connection and other clients working", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      const bystander = yield* connect()
+      const cases: ReadonlyArray<readonly [string | Buffer, string]> = [
+        ["not json", "invalid_json"],
+        ["{\"action\":", "invalid_json"],
+        ["[1,2,3]", "invalid_request"],
+        ["42", "invalid_request"],
+        ["{\"event_types\":[\"a\"]}", "invalid_request"],
+        ["{\"action\":\"launch\"}", "unknown_action"],
+        ["{\"action\":\"subscribe\",\"event_types\":\"backtest.completed\"}", "invalid_request"],
+        ["{\"action\":\"subscribe\",\"event_types\":[1]}", "invalid_request"],
+        ["{\"action\":\"subscribe\",\"event_types\":[\"\"]}", "invalid_request"],
+        ["{\"action\":\"subscribe\"}", "invalid_request"],
+        [Buffer.from([0, 1, 2, 3]), "binary_not_supported"]
+      ]
+      for (const [input, code] of cases) {
+        const reply = yield* promise(() => client.request(input, "hub.error"))
+        expect(reply.data.code, String(input)).toBe(code)
+        expect(reply.data.message.length).toBeGreaterThan(0)
+      }
+      expect(client.isOpen).toBe(true)
+      yield* hub.broadcast("backtest.completed", { still: "working" })
+      yield* promise(() => client.until(() => client.events.length === 1, "the event"))
+      yield* promise(() => bystander.until(() => bystander.events.length === 1, "the event"))
+      expect(bystander.frames).toHaveLength(1)
+    }))
+
+  it.scoped("a frame larger than WS_MAX_MESSAGE_SIZE closes that client with 1009, and only it", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const metrics = yield* HubMetrics
+      const client = yield* connect()
+      const bystander = yield* connect()
+      client.ws.send(JSON.stringify({ action: "subscribe", event_types: ["x".repeat(600)] }))
+      const closed = yield* promise(() => client.closed)
+      expect(closed.code).toBe(1009)
+      yield* hub.broadcast("backtest.completed", {})
+      yield* promise(() => bystander.until(() => bystander.events.length === 1, "the event"))
+      expect((yield* metrics.snapshot).clients_disconnected.message_too_big).toBeGreaterThanOrEqual(1)
+    }))
+
+  it.scoped("a frame of exactly WS_MAX_MESSAGE_SIZE bytes is accepted", () =>
+    Effect.gen(function*() {
+      const client = yield* connect()
+      const base = JSON.stringify({ action: "subscribe", event_types: ["a".repeat(200), "b".repeat(200), ""] })
+      const request = JSON.stringify({
+        action: "subscribe",
+        event_types: ["a".repeat(200), "b".repeat(200), "c".repeat(512 - base.length)]
+      })
+      expect(Buffer.byteLength(request)).toBe(512)
+      yield* promise(() => client.request(request, "hub.subscribed"))
+    }))
+})
+
+layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30) }), { excludeTestServices: true })(
+  "slow consumers",
+  (it) => {
+    it.scoped("a client that stops reading is dropped with 4000 while a fast client receives every event in order", () =>
+      Effect.gen(function*() {
+        const hub = yield* Hub
+        const slow = yield* connect()
+        const fast = yield* connect()
+        // Stop reading: the socket's receive window fills, then the hub's send buffer.
+        ;(slow.ws as any)._socket.pause()
+        const payload = "x".repeat(64 * 1024)
+        const count = 400
+        for (let i = 0; i < count; i++) {
+          yield* hub.broadcast("backtest.completed", { seq: i, payload })
+          // Events arrive over time, not in one synchronous burst larger than the send buffer.
+          yield* promise(() => fast.until(() => fast.events.length === i + 1, `event ${i}`))
+        }
+        yield* promise(() => fast.until(() => fast.events.length === count, `${count} events`, 20_000))
+        expect(fast.events.map((event) => event.data.seq)).toEqual(Array.from({ length: count }, (_, i) => i))
+        ;(slow.ws as any)._socket.resume()
+        const closed = yield* promise(() => slow.closed)
+        expect([4000, 1006]).toContain(closed.code)
+        const metrics = yield* eventually(
+          (yield* HubMetrics).snapshot,
+          (snapshot) => snapshot.clients_disconnected.slow_consumer !== undefined
+        )
+        expect(metrics.clients_disconnected.slow_consumer).toBe(1)
+      }))
+  }
+)
+
+layer(hubLayer({ sendBuffer: 100_000, writeTimeout: Duration.millis(300) }), { excludeTestServices: true })(
+  "write timeout",
+  (it) => {
+    it.scoped("a write that does not complete within WS_WRITE_TIMEOUT closes the client", () =>
+      Effect.gen(function*() {
+        const hub = yield* Hub
+        const metrics = yield* HubMetrics
+        const stuck = yield* connect()
+        ;(stuck.ws as any)._socket.pause()
+        const payload = "x".repeat(64 * 1024)
+        // Enough to fill the socket buffers on both sides of the loopback connection.
+        for (let i = 0; i < 1000; i++) yield* hub.broadcast("backtest.completed", { payload })
+        yield* eventually(metrics.snapshot, (snapshot) => snapshot.clients_disconnected.write_timeout === 1)
+        ;(stuck.ws as any)._socket.resume()
+        yield* promise(() => stuck.closed)
+      }))
+  }
+)
+
+layer(
+  hubLayer({ pingPeriod: Duration.millis(50), pongTimeout: Duration.millis(300) }),
+  { excludeTestServices: true }
+)("keep-alive", (it) => {
+  it.scoped("pings every WS_PING_PERIOD, closes with 4001 a client that sends no pong within WS_PONG_TIMEOUT", () =>
+    Effect.gen(function*() {
+      const healthy = yield* connect()
+      const silent = yield* connect({ autoPong: false })
+      const closed = yield* promise(() => silent.closed)
+      expect(closed.code).toBe(4001)
+      expect(silent.pings).toBeGreaterThanOrEqual(1)
+      // The healthy client has answered pings for longer than the pong timeout and is still here.
+      yield* promise(() => healthy.until(() => healthy.pings >= 10, "ten pings"))
+      expect(healthy.isOpen).toBe(true)
+    }))
+})
+
+layer(hubLayer(), { excludeTestServices: true })("scale", (it) => {
+  it.scoped("1,000 concurrent clients all receive a broadcast", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const clients = yield* Effect.all(Array.from({ length: 1000 }, () => connect()), { concurrency: 100 })
+      yield* eventually(hub.clientCount, (n) => n >= 1000)
+      expect(yield* hub.broadcast("optimization.new_best", { sharpe_ratio: 2.1 })).toBe(1000)
+      yield* promise(() => Promise.all(clients.map((client) => client.until(() => client.events.length === 1))))
+      for (const client of clients) expect(client.events[0]!.data).toEqual({ sharpe_ratio: 2.1 })
+    }), { timeout: 60_000 })
+})
