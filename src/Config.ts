@@ -7,6 +7,8 @@
  * services with `Layer.succeed(HubConfig, {...})` (see `HubConfig.make`).
  */
 import { Config, ConfigError, Context, Duration, Either, Layer, LogLevel, Option, Redacted } from "effect"
+import { readFileSync } from "node:fs"
+import { hostname } from "node:os"
 
 // ---------------------------------------------------------------------------
 // Parsing helpers
@@ -154,3 +156,129 @@ export const logSettings: Config.Config<LogSettings> = Config.all({
   level: Config.logLevel("LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info)),
   format: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault("json" as const))
 })
+
+// ---------------------------------------------------------------------------
+// The RabbitMQ source
+// ---------------------------------------------------------------------------
+
+/**
+ * The renaming the FreqSearch Go backend applied before broadcasting: routing
+ * key -> WebSocket `type`. Any key not listed is used as the type unchanged.
+ */
+export const defaultEventTypeMap: Readonly<Record<string, string>> = {
+  "task.running": "backtest.submitted",
+  "task.completed": "backtest.completed",
+  "task.failed": "backtest.failed",
+  "optimization.iteration": "optimization.iteration.completed"
+}
+
+export interface RabbitMqSettings {
+  /** Broker URL; `None` disables the source (`RABBITMQ_URL=""`). */
+  readonly url: Option.Option<Redacted.Redacted>
+  /** Topic exchange the publishers use, declared durable as they declare it. */
+  readonly exchange: string
+  /** This instance's queue: one per hub instance, so every instance receives every event. */
+  readonly queue: string
+  /** Binding keys of the queue on the exchange. */
+  readonly bindingKeys: ReadonlyArray<string>
+  /** Unacknowledged deliveries the broker may send ahead. */
+  readonly prefetch: number
+  /** An unused queue (no hub consuming) is deleted by the broker after this long. */
+  readonly queueExpires: Duration.Duration
+  /** Where rejected (poison) messages go, if anywhere. */
+  readonly deadLetterExchange: Option.Option<string>
+  /** First delay before reconnecting; doubles on each failure. */
+  readonly reconnectDelay: Duration.Duration
+  /** Longest delay between reconnection attempts. */
+  readonly maxReconnectWait: Duration.Duration
+  /** Routing key -> event type renaming. */
+  readonly eventTypeMap: Readonly<Record<string, string>>
+}
+
+/** `websocket_events_queue.<host>.<pid>`: unique per process, stable across restarts of a container (pid 1). */
+export const defaultQueueName = (): string => `websocket_events_queue.${hostname()}.${process.pid}`
+
+const eventTypeMapConfig = (name: string): Config.Config<Readonly<Record<string, string>>> =>
+  Config.string(name).pipe(
+    Config.option,
+    Config.mapOrFail((value) => {
+      if (Option.isNone(value) || value.value.trim() === "") return Either.right(defaultEventTypeMap)
+      const text = value.value.trim()
+      let source = text
+      if (!text.startsWith("{")) {
+        try {
+          source = readFileSync(text, "utf8")
+        } catch (error) {
+          return Either.left(ConfigError.InvalidData([name], `cannot read the file ${text}: ${String(error)}`))
+        }
+      }
+      let parsed: unknown
+      try {
+        parsed = JSON.parse(source)
+      } catch {
+        return Either.left(ConfigError.InvalidData([name], "expected a JSON object (or a path to a JSON file)"))
+      }
+      if (
+        typeof parsed !== "object" || parsed === null || Array.isArray(parsed) ||
+        Object.values(parsed).some((v) => typeof v !== "string" || v.length === 0)
+      ) {
+        return Either.left(
+          ConfigError.InvalidData([name], "expected a JSON object mapping routing keys to event types (strings)")
+        )
+      }
+      return Either.right(parsed as Record<string, string>)
+    })
+  )
+
+export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<RabbitMqConfig, RabbitMqSettings>() {
+  static make(overrides: Partial<RabbitMqSettings> = {}): RabbitMqSettings {
+    return {
+      url: Option.some(Redacted.make("amqp://guest:guest@localhost:5672/")),
+      exchange: "freqsearch_events",
+      queue: defaultQueueName(),
+      bindingKeys: ["#"],
+      prefetch: 100,
+      queueExpires: Duration.minutes(10),
+      deadLetterExchange: Option.none(),
+      reconnectDelay: Duration.seconds(5),
+      maxReconnectWait: Duration.seconds(30),
+      eventTypeMap: defaultEventTypeMap,
+      ...overrides
+    }
+  }
+  static layer(overrides: Partial<RabbitMqSettings> = {}): Layer.Layer<RabbitMqConfig> {
+    return Layer.succeed(RabbitMqConfig, RabbitMqConfig.make(overrides))
+  }
+  static readonly fromEnv: Layer.Layer<RabbitMqConfig, ConfigError.ConfigError> = Layer.effect(
+    RabbitMqConfig,
+    Config.all({
+      url: Config.redacted("RABBITMQ_URL").pipe(
+        Config.withDefault(Redacted.make("amqp://guest:guest@localhost:5672/")),
+        Config.map((url) => Redacted.value(url).trim() === "" ? Option.none() : Option.some(url))
+      ),
+      exchange: Config.string("RABBITMQ_EXCHANGE").pipe(Config.withDefault("freqsearch_events")),
+      queue: Config.string("RABBITMQ_QUEUE").pipe(
+        Config.withDefault(""),
+        Config.map((queue) => queue.trim() === "" ? defaultQueueName() : queue.trim())
+      ),
+      bindingKeys: Config.string("RABBITMQ_BINDING_KEYS").pipe(
+        Config.withDefault("#"),
+        Config.mapOrFail((keys) => {
+          const list = keys.split(",").map((key) => key.trim()).filter((key) => key.length > 0)
+          return list.length === 0
+            ? Either.left(ConfigError.InvalidData(["RABBITMQ_BINDING_KEYS"], "expected at least one binding key"))
+            : Either.right(list)
+        })
+      ),
+      prefetch: positiveInt("RABBITMQ_PREFETCH", 100),
+      queueExpires: goDuration("RABBITMQ_QUEUE_EXPIRES", "10m"),
+      deadLetterExchange: Config.string("RABBITMQ_DEAD_LETTER_EXCHANGE").pipe(
+        Config.option,
+        Config.map(Option.filter((name) => name.trim().length > 0))
+      ),
+      reconnectDelay: goDuration("RABBITMQ_RECONNECT_DELAY", "5s"),
+      maxReconnectWait: goDuration("RABBITMQ_MAX_RECONNECT_WAIT", "30s"),
+      eventTypeMap: eventTypeMapConfig("EVENT_TYPE_MAP")
+    })
+  )
+}

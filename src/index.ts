@@ -3,7 +3,17 @@
  * Effect programs that embed the hub.
  */
 export * as Client from "./Client.js"
-export { goDuration, HubConfig, type HubSettings, logSettings, parseGoDuration } from "./Config.js"
+export {
+  defaultEventTypeMap,
+  defaultQueueName,
+  goDuration,
+  HubConfig,
+  type HubSettings,
+  logSettings,
+  parseGoDuration,
+  RabbitMqConfig,
+  type RabbitMqSettings
+} from "./Config.js"
 export { Health } from "./Health.js"
 export * as HttpServer from "./http/Server.js"
 export { WebSocketServer } from "./http/WebSocketServer.js"
@@ -11,5 +21,6 @@ export { type ClientId, type Connection, defaultSubscription, Hub, layerLive as 
 export * as Logging from "./Logging.js"
 export { HubMetrics } from "./Metrics.js"
 export * as Protocol from "./Protocol.js"
+export * as RabbitMqSource from "./rabbitmq/Source.js"
 export * as Shutdown from "./Shutdown.js"
 export * as Topic from "./Topic.js"

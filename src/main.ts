@@ -4,15 +4,16 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Layer } from "effect"
-import { HubConfig } from "./Config.js"
+import { HubConfig, RabbitMqConfig } from "./Config.js"
 import * as HttpServer from "./http/Server.js"
 import * as Hub from "./Hub.js"
 import * as Logging from "./Logging.js"
+import * as RabbitMqSource from "./rabbitmq/Source.js"
 import * as Shutdown from "./Shutdown.js"
 
-const MainLive = Layer.mergeAll(HttpServer.layer, Shutdown.layer).pipe(
+const MainLive = Layer.mergeAll(HttpServer.layer, RabbitMqSource.layer, Shutdown.layer).pipe(
   Layer.provide(Hub.layerLive),
-  Layer.provide(HubConfig.fromEnv),
+  Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
   Layer.provide(Logging.layer)
 )
 

@@ -4,8 +4,9 @@
  */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
-import { spawn, type ChildProcess } from "node:child_process"
-import { createServer } from "node:net"
+import * as amqp from "amqplib"
+import { type ChildProcess, execFile, spawn } from "node:child_process"
+import { connect as connectTcp, createServer, type Server, type Socket } from "node:net"
 import { WebSocket, type ClientOptions } from "ws"
 import { HubConfig, type HubSettings } from "../src/Config.js"
 import * as HttpServer from "../src/http/Server.js"
@@ -19,7 +20,10 @@ export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
     Layer.provideMerge(HttpServer.layerListen),
     Layer.provideMerge(Hub.layerLive),
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, ...overrides })),
-    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+    // TEST_LOG_LEVEL=Debug shows the hub's logs while debugging a test.
+    Layer.provide(Logger.minimumLogLevel(
+      LogLevel.allLevels.find((level) => level.label === process.env.TEST_LOG_LEVEL?.toUpperCase()) ?? LogLevel.Warning
+    ))
   )
 
 /** `http://127.0.0.1:PORT` of the server under test. */
@@ -210,3 +214,128 @@ export class ServiceProcess {
     }
   }
 }
+
+// ---------------------------------------------------------------------------
+// RabbitMQ
+// ---------------------------------------------------------------------------
+
+export const brokerUrl = "amqp://guest:guest@127.0.0.1:5672/"
+
+/** Names no other test uses. */
+export const uniqueNames = (prefix = "test") => {
+  const id = `${prefix}_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  return { exchange: `${id}.events`, queue: `${id}.queue` }
+}
+
+/** A publisher with its own connection; `cleanup` deletes what the test declared. */
+export class Broker {
+  private constructor(readonly connection: amqp.ChannelModel, readonly channel: amqp.Channel) {}
+
+  static async open(): Promise<Broker> {
+    const connection = await amqp.connect(brokerUrl)
+    connection.on("error", () => undefined)
+    const channel = await connection.createChannel()
+    channel.on("error", () => undefined)
+    return new Broker(connection, channel)
+  }
+
+  private readonly declared = new Set<string>()
+
+  async publish(exchange: string, routingKey: string, body: unknown): Promise<void> {
+    if (!this.declared.has(exchange)) {
+      await this.channel.assertExchange(exchange, "topic", { durable: true })
+      this.declared.add(exchange)
+    }
+    const content = Buffer.isBuffer(body) ? body : Buffer.from(typeof body === "string" ? body : JSON.stringify(body))
+    this.channel.publish(exchange, routingKey, content)
+  }
+
+  async consumerCount(queue: string): Promise<number> {
+    return (await this.channel.checkQueue(queue)).consumerCount
+  }
+
+  /** Deletes what a test declared, over a connection of its own (a test may have killed the others). */
+  async cleanup(names: { exchange?: string; queues?: ReadonlyArray<string> }): Promise<void> {
+    const broker = await Broker.open()
+    for (const queue of names.queues ?? []) await broker.channel.deleteQueue(queue).catch(() => undefined)
+    if (names.exchange) await broker.channel.deleteExchange(names.exchange).catch(() => undefined)
+    await broker.close()
+  }
+
+  async close(): Promise<void> {
+    await this.connection.close().catch(() => undefined)
+  }
+}
+
+/** A publisher closed with the test's scope. */
+export const broker = Effect.acquireRelease(
+  Effect.promise(() => Broker.open()),
+  (broker) => Effect.promise(() => broker.close())
+)
+
+/** Runs `rabbitmqctl` with arguments. */
+export const rabbitmqctl = (...args: ReadonlyArray<string>) =>
+  Effect.promise(() =>
+    new Promise<string>((resolve, reject) =>
+      execFile("rabbitmqctl", args, (error, stdout, stderr) => error ? reject(new Error(stderr || String(error))) : resolve(stdout))
+    )
+  )
+
+/**
+ * A TCP proxy in front of the broker that a test can cut (every connection
+ * dropped, new ones refused) and restore: a network failure on demand.
+ */
+export class TcpProxy {
+  private readonly sockets = new Set<Socket>()
+  private server: Server | undefined
+  private constructor(readonly port: number, private readonly target: number) {}
+
+  static async start(target = 5672): Promise<TcpProxy> {
+    const proxy = new TcpProxy(await freePort(), target)
+    await proxy.listen()
+    return proxy
+  }
+
+  get url() {
+    return `amqp://guest:guest@127.0.0.1:${this.port}/`
+  }
+
+  private listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const server = createServer((client) => {
+        const upstream = connectTcp(this.target, "127.0.0.1")
+        for (const socket of [client, upstream]) {
+          this.sockets.add(socket)
+          socket.on("error", () => undefined)
+          socket.on("close", () => {
+            this.sockets.delete(socket)
+            client.destroy()
+            upstream.destroy()
+          })
+        }
+        client.pipe(upstream)
+        upstream.pipe(client)
+      })
+      server.once("error", reject)
+      server.listen(this.port, "127.0.0.1", () => resolve())
+      this.server = server
+    })
+  }
+
+  /** Drops every connection and refuses new ones until `restore`. */
+  async cut(): Promise<void> {
+    const server = this.server
+    this.server = undefined
+    for (const socket of this.sockets) socket.destroy()
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()))
+  }
+
+  restore(): Promise<void> {
+    return this.listen()
+  }
+}
+
+export const tcpProxy = Effect.acquireRelease(
+  Effect.promise(() => TcpProxy.start()),
+  (proxy) => Effect.promise(() => proxy.cut())
+)

@@ -1,0 +1,304 @@
+/**
+ * The RabbitMQ source: consumes the publishers' topic exchange through this
+ * instance's own queue and broadcasts every event through the hub.
+ *
+ * One connection session is a `Stream`: connect, declare the topology,
+ * consume. Losing the connection or the channel fails the stream, and
+ * `Stream.retry` starts a new session after a capped, jittered exponential
+ * delay. A session emits `Connected` first, which resets the backoff.
+ *
+ * Deliveries are acknowledged only after the hub has taken them, so an event
+ * is never acknowledged and lost; a body that is not a JSON object is
+ * rejected without requeue (dead-lettered if so configured).
+ */
+import * as amqp from "amqplib"
+import { Data, Deferred, Duration, Effect, Either, Layer, Option, Queue, Redacted, Schedule, Schema, Stream } from "effect"
+import { hostname } from "node:os"
+import { RabbitMqConfig, type RabbitMqSettings } from "../Config.js"
+import { Health } from "../Health.js"
+import { Hub } from "../Hub.js"
+import { HubMetrics } from "../Metrics.js"
+import { EventType } from "../Protocol.js"
+
+export class RabbitMqError extends Data.TaggedError("RabbitMqError")<{
+  readonly reason: "Connect" | "Topology" | "ConnectionLost" | "ChannelLost" | "ConsumerCancelled"
+  readonly cause?: unknown
+}> {
+  get message() {
+    const cause = this.cause instanceof Error ? `: ${this.cause.message}` : ""
+    return `${this.reason}${cause}`
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Mapping a delivery to an event
+// ---------------------------------------------------------------------------
+
+export interface MappedEvent {
+  readonly type: string
+  readonly data: Record<string, unknown>
+}
+
+const isEventType = Schema.is(EventType)
+
+/**
+ * The WebSocket event for a delivery: `type` is the routing key renamed by
+ * `eventTypeMap`, `data` the body parsed as JSON. Fails with the reason when
+ * the delivery cannot be an event.
+ */
+export const toEvent = (
+  routingKey: string,
+  body: Buffer,
+  eventTypeMap: Readonly<Record<string, string>>
+): Either.Either<MappedEvent, string> => {
+  const type = Object.hasOwn(eventTypeMap, routingKey) ? eventTypeMap[routingKey]! : routingKey
+  if (!isEventType(type)) return Either.left(`routing key ${JSON.stringify(routingKey)} is not a valid event type`)
+  let data: unknown
+  try {
+    data = JSON.parse(body.toString("utf8"))
+  } catch {
+    return Either.left("body is not valid JSON")
+  }
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    return Either.left("body is not a JSON object")
+  }
+  return Either.right({ type, data: data as Record<string, unknown> })
+}
+
+/**
+ * The `event_id`s of the latest events broadcast. A delivery the broker marks
+ * as redelivered (its acknowledgement was lost with a connection) is dropped
+ * when its `event_id` is here: it already reached the clients.
+ */
+export class RecentEventIds {
+  readonly #ids = new Set<string>()
+  constructor(readonly capacity: number) {}
+
+  static idOf(data: Record<string, unknown>): string | undefined {
+    return typeof data.event_id === "string" ? data.event_id : undefined
+  }
+
+  has(id: string): boolean {
+    return this.#ids.has(id)
+  }
+
+  add(id: string): void {
+    this.#ids.add(id)
+    if (this.#ids.size > this.capacity) {
+      // Sets iterate in insertion order: the first is the oldest.
+      this.#ids.delete(this.#ids.values().next().value!)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// A session: one connection, one channel, one consumer
+// ---------------------------------------------------------------------------
+
+type SessionItem =
+  | { readonly _tag: "Connected" }
+  | { readonly _tag: "Delivery"; readonly message: amqp.ConsumeMessage; readonly channel: amqp.Channel }
+
+/** The URL without its password, for logs. */
+export const safeUrl = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    if (parsed.password !== "") parsed.password = "***"
+    return parsed.toString()
+  } catch {
+    return "<unparseable URL>"
+  }
+}
+
+const attempt = <A>(reason: RabbitMqError["reason"], promise: () => Promise<A>) =>
+  Effect.tryPromise({ try: promise, catch: (cause) => new RabbitMqError({ reason, cause }) })
+
+/** Longest wait for the broker while closing: a dead connection may never answer. */
+const closeTimeoutMs = 2000
+
+/**
+ * Runs a closing step in a finalizer. Finalizers are uninterruptible, so the
+ * time limit is a timer of its own, and errors (already closed) are ignored.
+ */
+const closing = (step: () => Promise<unknown>) =>
+  Effect.promise(() =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, closeTimeoutMs)
+      // `Promise.resolve().then` also catches a step that throws instead of rejecting.
+      Promise.resolve().then(step).catch(() => undefined).finally(() => {
+        clearTimeout(timer)
+        resolve()
+      })
+    })
+  )
+
+const session = (config: RabbitMqSettings, url: Redacted.Redacted): Stream.Stream<SessionItem, RabbitMqError> =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    const lost = yield* Deferred.make<never, RabbitMqError>()
+    let open = true
+    const connection = yield* Effect.acquireRelease(
+      attempt("Connect", () =>
+        amqp.connect(Redacted.value(url), {
+          // Small acks must not wait for Nagle's algorithm.
+          noDelay: true,
+          clientProperties: { connection_name: `event-hub ${hostname()} pid ${process.pid}` }
+        })),
+      (connection) => open ? closing(() => connection.close()) : Effect.void
+    )
+    // Without an 'error' listener, a broker hiccup would crash the process.
+    connection.on("error", () => undefined)
+    connection.on("close", (cause?: Error) => {
+      open = false
+      Deferred.unsafeDone(lost, Effect.fail(new RabbitMqError({ reason: "ConnectionLost", cause })))
+    })
+    const channel = yield* Effect.acquireRelease(
+      attempt("Connect", () => connection.createChannel()),
+      (channel) => open ? closing(() => channel.close()) : Effect.void
+    )
+    channel.on("error", () => undefined)
+    channel.on("close", () => {
+      Deferred.unsafeDone(lost, Effect.fail(new RabbitMqError({ reason: "ChannelLost" })))
+    })
+
+    yield* attempt("Topology", async () => {
+      // Exactly as the publishers declare it: a different declaration would be refused.
+      await channel.assertExchange(config.exchange, "topic", { durable: true })
+      await channel.assertQueue(config.queue, {
+        durable: true,
+        arguments: {
+          "x-expires": Duration.toMillis(config.queueExpires),
+          ...Option.match(config.deadLetterExchange, {
+            onNone: () => ({}),
+            onSome: (exchange) => ({ "x-dead-letter-exchange": exchange })
+          })
+        }
+      })
+      for (const key of config.bindingKeys) await channel.bindQueue(config.queue, config.exchange, key)
+      await channel.prefetch(config.prefetch)
+    })
+
+    // At most `prefetch` deliveries are unacknowledged, so this queue stays bounded by it.
+    const deliveries = yield* Queue.unbounded<SessionItem>()
+    yield* Effect.acquireRelease(
+      attempt("Topology", () =>
+        channel.consume(config.queue, (message) => {
+          if (message === null) {
+            Deferred.unsafeDone(lost, Effect.fail(new RabbitMqError({ reason: "ConsumerCancelled" })))
+          } else {
+            Queue.unsafeOffer(deliveries, { _tag: "Delivery", message, channel })
+          }
+        }, { noAck: false })),
+      // Released first: deliveries not yet acknowledged return to the queue when the channel closes.
+      ({ consumerTag }) => open ? closing(() => channel.cancel(consumerTag)) : Effect.void
+    )
+    return Stream.succeed<SessionItem>({ _tag: "Connected" }).pipe(
+      Stream.concat(Stream.fromQueue(deliveries)),
+      Stream.interruptWhen(Deferred.await(lost))
+    )
+  }))
+
+// ---------------------------------------------------------------------------
+// The source
+// ---------------------------------------------------------------------------
+
+/** Capped exponential backoff with jitter: about delay, 2 x delay, ... up to the cap, forever. */
+export const reconnectSchedule = (config: Pick<RabbitMqSettings, "reconnectDelay" | "maxReconnectWait">) =>
+  Schedule.exponential(config.reconnectDelay).pipe(
+    Schedule.jittered,
+    Schedule.union(Schedule.spaced(config.maxReconnectWait)),
+    Schedule.delays
+  )
+
+const run = Effect.gen(function*() {
+  const config = yield* RabbitMqConfig
+  const hub = yield* Hub
+  const metrics = yield* HubMetrics
+  const health = yield* Health
+  const setHealth = (status: "up" | "starting" | "down", detail?: string) =>
+    health.set("rabbitmq", { status, critical: false, detail })
+
+  if (Option.isNone(config.url)) {
+    yield* health.set("rabbitmq", { status: "disabled", critical: false, detail: "RABBITMQ_URL is empty" })
+    yield* Effect.logInfo("RabbitMQ source disabled (RABBITMQ_URL is empty)")
+    return
+  }
+  const url = config.url.value
+  yield* setHealth("starting", "connecting")
+
+  const recent = new RecentEventIds(10_000)
+  const ack = (channel: amqp.Channel, message: amqp.ConsumeMessage) => {
+    // If the channel died meanwhile, the broker redelivers the message.
+    try {
+      channel.ack(message)
+    } catch {
+      // channel closed
+    }
+  }
+
+  const handle = (item: SessionItem): Effect.Effect<void> => {
+    if (item._tag === "Connected") {
+      metrics.count("rabbitmq", "connections")
+      return Effect.zipRight(
+        setHealth("up"),
+        Effect.logInfo("consuming from RabbitMQ").pipe(Effect.annotateLogs({ queue: config.queue }))
+      )
+    }
+    const { channel, message } = item
+    const routingKey = message.fields.routingKey
+    const event = toEvent(routingKey, message.content, config.eventTypeMap)
+    if (Either.isLeft(event)) {
+      channel.nack(message, false, false)
+      metrics.count("rabbitmq", "events_rejected")
+      return Effect.logWarning("rejected a message that is not an event").pipe(
+        Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length })
+      )
+    }
+    const eventId = RecentEventIds.idOf(event.right.data)
+    if (eventId !== undefined && message.fields.redelivered && recent.has(eventId)) {
+      ack(channel, message)
+      metrics.count("rabbitmq", "duplicates_dropped")
+      return Effect.void
+    }
+    return hub.broadcast(event.right.type, event.right.data).pipe(
+      Effect.zipRight(Effect.sync(() => {
+        if (eventId !== undefined) recent.add(eventId)
+        metrics.count("rabbitmq", "events_consumed")
+        // The hub has the event: acknowledge.
+        ack(channel, message)
+      }))
+    )
+  }
+
+  yield* Effect.logInfo("RabbitMQ source starting").pipe(Effect.annotateLogs({
+    url: safeUrl(Redacted.value(url)),
+    exchange: config.exchange,
+    queue: config.queue,
+    binding_keys: config.bindingKeys.join(",")
+  }))
+  yield* session(config, url).pipe(
+    Stream.tapError((error) =>
+      Effect.zipRight(
+        setHealth("down", error.message),
+        Effect.logWarning("RabbitMQ connection failed").pipe(Effect.annotateLogs({ error: error.message }))
+      )
+    ),
+    Stream.retry(reconnectSchedule(config).pipe(
+      Schedule.tapOutput((delay) =>
+        Effect.zipRight(
+          Effect.sync(() => metrics.count("rabbitmq", "reconnects")),
+          Effect.logInfo("reconnecting to RabbitMQ").pipe(Effect.annotateLogs({ delay: Duration.format(delay) }))
+        )
+      )
+    )),
+    Stream.runForEach(handle)
+  )
+}).pipe(
+  Effect.onInterrupt(() => Effect.logInfo("RabbitMQ source stopped")),
+  Effect.tapDefect((defect) => Effect.logError("RabbitMQ source crashed", defect)),
+  Effect.annotateLogs({ component: "rabbitmq" })
+)
+
+/** Runs the source for the lifetime of the layer; does nothing when `RABBITMQ_URL` is empty. */
+export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubMetrics | Health> = Layer.scopedDiscard(
+  Effect.forkScoped(run)
+)

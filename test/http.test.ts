@@ -1,0 +1,103 @@
+/**
+ * The HTTP endpoints: health, metrics, publish, and what unknown or wrong
+ * requests get.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect, Option, Redacted } from "effect"
+import { Health } from "../src/Health.js"
+import { connect, get, hubLayer, post, promise } from "./support.js"
+
+const token = "s3cret-token"
+const auth = { authorization: `Bearer ${token}` }
+
+layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody: 4096 }), {
+  excludeTestServices: true
+})("HTTP with PUBLISH_TOKEN", (it) => {
+  describe("POST /api/v1/events", () => {
+    it.scoped("broadcasts through the hub and answers 202", () =>
+      Effect.gen(function*() {
+        const client = yield* connect()
+        const response = yield* post("/api/v1/events", { type: "backtest.completed", data: { job_id: "j1" } }, auth)
+        expect(response.status).toBe(202)
+        expect(response.body).toEqual({ status: "accepted", recipients: 1 })
+        yield* promise(() => client.until(() => client.events.length === 1))
+        expect(client.events[0]).toMatchObject({ type: "backtest.completed", data: { job_id: "j1" } })
+      }))
+
+    it.effect.each([
+      ["not json", "not valid JSON"],
+      [{ data: {} }, "type"],
+      [{ type: "", data: {} }, "empty"],
+      [{ type: "hub.fake", data: {} }, "reserved"],
+      [{ type: "backtest.*", data: {} }, "wildcard"],
+      [{ type: "x", data: "string" }, "data"],
+      [{ type: "x" }, "data"]
+    ])("400 for %j, with a reason", ([body, reason]) =>
+      Effect.gen(function*() {
+        const response = yield* post("/api/v1/events", body, auth)
+        expect(response.status).toBe(400)
+        expect(response.body.error).toContain(reason)
+      }))
+
+    it.effect("401 without a token, and with a wrong one", () =>
+      Effect.gen(function*() {
+        const missing = yield* post("/api/v1/events", { type: "x", data: {} })
+        expect(missing.status).toBe(401)
+        expect(missing.body.error).toContain("missing bearer token")
+        const wrong = yield* post("/api/v1/events", { type: "x", data: {} }, { authorization: "Bearer nope" })
+        expect(wrong.status).toBe(401)
+        expect(wrong.body.error).toBe("invalid token")
+      }))
+
+    it.effect("413 for a body larger than PUBLISH_MAX_BODY", () =>
+      Effect.gen(function*() {
+        const response = yield* post("/api/v1/events", { type: "x", data: { blob: "x".repeat(5000) } }, auth)
+        expect(response.status).toBe(413)
+        expect(response.body.error).toContain("4096")
+      }))
+  })
+
+  it.scoped("GET /metrics reports clients, events, deliveries and disconnects", () =>
+    Effect.gen(function*() {
+      const client = yield* connect()
+      yield* post("/api/v1/events", { type: "task.running", data: {} }, auth)
+      yield* promise(() => client.until(() => client.events.length === 1))
+      const { status, body } = yield* get("/metrics")
+      expect(status).toBe(200)
+      expect(body.websocket.connected_clients).toBeGreaterThanOrEqual(1)
+      expect(body.websocket.events_broadcast).toBeGreaterThanOrEqual(1)
+      expect(body.websocket.messages_delivered).toBeGreaterThanOrEqual(1)
+      expect(body.websocket.events_by_type["task.running"]).toEqual({ broadcast: 1, recipients: 1 })
+      expect(body.websocket.clients_disconnected).toBeTypeOf("object")
+    }))
+
+  it.effect("GET /health is 200 while the hub serves, 503 while it cannot", () =>
+    Effect.gen(function*() {
+      const ok = yield* get("/health")
+      expect(ok.status).toBe(200)
+      expect(ok.body).toEqual({ status: "ok", checks: { hub: { status: "up" } } })
+      const health = yield* Health
+      yield* health.set("hub", { status: "down", critical: true, detail: "shutting down" })
+      const down = yield* get("/health")
+      expect(down.status).toBe(503)
+      expect(down.body.status).toBe("unavailable")
+      yield* health.set("hub", { status: "up", critical: true })
+    }))
+
+  it.effect("unknown paths answer 404, a plain GET on the WebSocket path 426", () =>
+    Effect.gen(function*() {
+      const missing = yield* get("/nowhere")
+      expect(missing.status).toBe(404)
+      expect(missing.body.error).toContain("/nowhere")
+      const plain = yield* get("/api/v1/ws/events")
+      expect(plain.status).toBe(426)
+    }))
+})
+
+layer(hubLayer(), { excludeTestServices: true })("HTTP without PUBLISH_TOKEN", (it) => {
+  it.effect("POST /api/v1/events does not exist", () =>
+    Effect.gen(function*() {
+      const response = yield* post("/api/v1/events", { type: "x", data: {} }, auth)
+      expect(response.status).toBe(404)
+    }))
+})

@@ -1,0 +1,310 @@
+/**
+ * The RabbitMQ source against the real broker on 127.0.0.1:5672. Every test
+ * declares its own exchange and queue and deletes them afterwards.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
+import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+import { defaultEventTypeMap, RabbitMqConfig, type RabbitMqSettings } from "../src/Config.js"
+import { Health } from "../src/Health.js"
+import { HubMetrics } from "../src/Metrics.js"
+import * as RabbitMqSource from "../src/rabbitmq/Source.js"
+import {
+  broker,
+  type Broker,
+  brokerUrl,
+  connect,
+  eventually,
+  freePort,
+  hubLayer,
+  promise,
+  rabbitmqctl,
+  ServiceProcess,
+  tcpProxy,
+  TestClient,
+  uniqueNames
+} from "./support.js"
+
+/** The hub with its RabbitMQ source, with short reconnection delays. */
+const hubWithSource = (rabbit: Partial<RabbitMqSettings>) =>
+  RabbitMqSource.layer.pipe(
+    Layer.provide(RabbitMqConfig.layer({
+      url: Option.some(Redacted.make(brokerUrl)),
+      reconnectDelay: Duration.millis(100),
+      maxReconnectWait: Duration.millis(500),
+      ...rabbit
+    })),
+    Layer.provideMerge(hubLayer())
+  )
+
+const consuming = Effect.flatMap(Health, (health) =>
+  eventually(health.report, (report) => report.checks.rabbitmq?.status === "up"))
+
+const rabbitCounter = (name: string) =>
+  Effect.map(Effect.flatMap(HubMetrics, (metrics) => metrics.snapshot), (s) => s.sources.rabbitmq?.[name] ?? 0)
+
+/** A test's own exchange and queue, deleted when the test ends. */
+const testNames = (publisher: Broker, extraQueues: ReadonlyArray<string> = []) => {
+  const names = uniqueNames()
+  return Effect.as(
+    Effect.addFinalizer(() =>
+      Effect.promise(() => publisher.cleanup({ exchange: names.exchange, queues: [names.queue, ...extraQueues] }))
+    ),
+    names
+  )
+}
+
+const publishAll = (publisher: Broker, exchange: string, from: number, to: number, routingKey = "backtest.completed") =>
+  Effect.promise(async () => {
+    for (let seq = from; seq < to; seq++) {
+      await publisher.publish(exchange, routingKey, { event_id: randomUUID(), seq })
+    }
+  })
+
+const seqs = (client: TestClient) => client.events.map((event) => event.data.seq as number)
+const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i)
+
+describe("toEvent", () => {
+  it.each([
+    ["task.completed", "backtest.completed"],
+    ["task.running", "backtest.submitted"],
+    ["task.failed", "backtest.failed"],
+    ["optimization.iteration", "optimization.iteration.completed"],
+    ["strategy.discovered", "strategy.discovered"],
+    ["task.cancelled", "task.cancelled"]
+  ])("routing key %s becomes type %s with the FreqSearch table", (key, type) => {
+    const event = toEventRight(key, { event_id: "e1" })
+    expect(event).toEqual({ type, data: { event_id: "e1" } })
+  })
+
+  it.each([
+    ["not json", "not valid JSON"],
+    ["[1,2]", "not a JSON object"],
+    ["42", "not a JSON object"],
+    ["null", "not a JSON object"]
+  ])("rejects the body %s", (body, reason) => {
+    const result = RabbitMqSource.toEvent("task.completed", Buffer.from(body), defaultEventTypeMap)
+    expect(Either.isLeft(result) && result.left).toContain(reason)
+  })
+
+  it("rejects routing keys that cannot be event types", () => {
+    expect(Either.isLeft(RabbitMqSource.toEvent("hub.error", Buffer.from("{}"), {}))).toBe(true)
+    expect(Either.isLeft(RabbitMqSource.toEvent("", Buffer.from("{}"), {}))).toBe(true)
+  })
+
+  it("uses a configured table instead of the default", () => {
+    const result = RabbitMqSource.toEvent("task.completed", Buffer.from("{}"), { "task.completed": "job.done" })
+    expect(result).toEqual(Either.right({ type: "job.done", data: {} }))
+  })
+
+  it("never shows the password of the URL", () => {
+    expect(RabbitMqSource.safeUrl("amqp://hub:hunter2@rabbit:5672/prod")).toBe("amqp://hub:***@rabbit:5672/prod")
+  })
+
+  it.effect("reconnects after about 5, 10, 20 then every 30 seconds", () =>
+    Effect.gen(function*() {
+      const schedule = RabbitMqSource.reconnectSchedule({
+        reconnectDelay: Duration.seconds(5),
+        maxReconnectWait: Duration.seconds(30)
+      })
+      const delays = yield* Schedule.run(schedule, 0, Array.from({ length: 7 }, () => undefined))
+      const seconds = Chunk.toReadonlyArray(delays).map((d) => Duration.toSeconds(d))
+      const expected = [5, 10, 20, 30, 30, 30, 30]
+      seconds.forEach((actual, i) => {
+        expect(actual).toBeGreaterThanOrEqual(Math.min(expected[i]! * 0.8, 30))
+        expect(actual).toBeLessThanOrEqual(30)
+      })
+    }))
+})
+
+const toEventRight = (key: string, body: object) => {
+  const result = RabbitMqSource.toEvent(key, Buffer.from(JSON.stringify(body)), defaultEventTypeMap)
+  return Either.getOrThrow(result)
+}
+
+describe("RabbitMQ source", () => {
+  it.scopedLive("delivers published events to subscribed clients, renamed, in publish order", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const client = yield* connect()
+        yield* promise(() =>
+          client.request({ action: "subscribe", event_types: ["backtest.*", "optimization.#"] }, "hub.subscribed")
+        )
+        const published = [
+          ["task.running", { job_id: "j1" }],
+          ["strategy.discovered", { strategy_id: "s1" }],
+          ["task.completed", { job_id: "j1", event_type: "task.completed", sharpe_ratio: 1.85 }],
+          ["optimization.iteration", { iteration_number: 42 }],
+          ["task.failed", { job_id: "j2" }]
+        ] as const
+        for (const [key, body] of published) yield* promise(() => publisher.publish(names.exchange, key, body))
+        yield* promise(() => client.until(() => client.events.length === 4, "four events"))
+        expect(client.events.map(({ type, data }) => ({ type, data }))).toEqual([
+          { type: "backtest.submitted", data: { job_id: "j1" } },
+          { type: "backtest.completed", data: { job_id: "j1", event_type: "task.completed", sharpe_ratio: 1.85 } },
+          { type: "optimization.iteration.completed", data: { iteration_number: 42 } },
+          { type: "backtest.failed", data: { job_id: "j2" } }
+        ])
+        expect(yield* rabbitCounter("events_consumed")).toBe(5)
+      }).pipe(Effect.provide(hubWithSource(names)))
+    }))
+
+  it.scopedLive("1,000 events reach each client exactly once, in order", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const clients = yield* Effect.all([connect(), connect(), connect()])
+        yield* publishAll(publisher, names.exchange, 0, 1000)
+        for (const client of clients) {
+          yield* promise(() => client.until(() => client.events.length >= 1000, "1000 events"))
+          expect(seqs(client)).toEqual(range(0, 1000))
+        }
+        // Nothing arrives twice: the broker has nothing left for us either.
+        expect((yield* promise(() => publisher.channel.checkQueue(names.queue))).messageCount).toBe(0)
+        for (const client of clients) expect(client.events).toHaveLength(1000)
+      }).pipe(Effect.provide(hubWithSource(names)))
+    }), { timeout: 60_000 })
+
+  it.scopedLive("reconnects after rabbitmqctl close_all_connections in the middle of a stream", () =>
+    Effect.gen(function*() {
+      const setup = yield* broker
+      const names = yield* testNames(setup)
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const client = yield* connect()
+        const first = yield* broker
+        yield* publishAll(first, names.exchange, 0, 100)
+        yield* rabbitmqctl("close_all_connections", "event-hub test")
+        yield* eventually(rabbitCounter("connections"), (n) => n >= 2)
+        const second = yield* broker
+        yield* publishAll(second, names.exchange, 100, 200)
+        yield* promise(() => client.until(() => seqs(client).includes(199), "event 199"))
+        // Deliveries whose acknowledgement died with the connection come again, marked redelivered;
+        // the hub recognises their event_id and does not send them twice.
+        expect(seqs(client)).toEqual(range(0, 200))
+        expect(yield* rabbitCounter("reconnects")).toBeGreaterThanOrEqual(1)
+      }).pipe(Effect.provide(hubWithSource(names)))
+    }), { timeout: 60_000 })
+
+  it.scopedLive("survives a network outage, and the events published during it arrive afterwards", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const proxy = yield* tcpProxy
+      yield* Effect.gen(function*() {
+        const health = yield* Health
+        yield* consuming
+        const client = yield* connect()
+        yield* publishAll(publisher, names.exchange, 0, 50)
+        yield* promise(() => client.until(() => client.events.length === 50, "50 events"))
+        yield* promise(() => proxy.cut())
+        const degraded = yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        expect(degraded.status).toBe("degraded")
+        // Published while the hub cannot reach the broker: they wait in the hub's queue.
+        yield* publishAll(publisher, names.exchange, 50, 100)
+        expect(client.isOpen).toBe(true)
+        yield* promise(() => proxy.restore())
+        yield* consuming
+        yield* publishAll(publisher, names.exchange, 100, 150)
+        yield* promise(() => client.until(() => seqs(client).includes(149), "event 149"))
+        expect(seqs(client)).toEqual(range(0, 150))
+      }).pipe(Effect.provide(hubWithSource({ ...names, url: Option.some(Redacted.make(proxy.url)) })))
+    }), { timeout: 60_000 })
+
+  it.scopedLive("starts while the broker is unreachable, serves clients, and connects when it comes back", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const proxy = yield* tcpProxy
+      yield* promise(() => proxy.cut())
+      yield* Effect.gen(function*() {
+        const health = yield* Health
+        const client = yield* connect()
+        const report = yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        expect(report.status).toBe("degraded")
+        yield* eventually(rabbitCounter("reconnects"), (n) => n >= 2)
+        yield* promise(() => proxy.restore())
+        yield* consuming
+        yield* publishAll(publisher, names.exchange, 0, 10)
+        yield* promise(() => client.until(() => client.events.length === 10, "10 events"))
+      }).pipe(Effect.provide(hubWithSource({ ...names, url: Option.some(Redacted.make(proxy.url)) })))
+    }), { timeout: 60_000 })
+
+  it.scopedLive("rejects a poison message without requeue (to the dead-letter exchange) and goes on", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const dead = uniqueNames("dead")
+      const names = yield* testNames(publisher, [dead.queue])
+      yield* Effect.addFinalizer(() => Effect.promise(() => publisher.cleanup({ exchange: dead.exchange })))
+      yield* promise(async () => {
+        await publisher.channel.assertExchange(dead.exchange, "fanout", { durable: false })
+        await publisher.channel.assertQueue(dead.queue, { durable: false })
+        await publisher.channel.bindQueue(dead.queue, dead.exchange, "")
+      })
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const client = yield* connect()
+        yield* promise(() => publisher.publish(names.exchange, "backtest.completed", { seq: 0 }))
+        yield* promise(() => publisher.publish(names.exchange, "backtest.completed", "this is not JSON"))
+        yield* promise(() => publisher.publish(names.exchange, "backtest.completed", "[1,2,3]"))
+        yield* publishAll(publisher, names.exchange, 1, 20)
+        yield* promise(() => client.until(() => client.events.length === 20, "20 events"))
+        expect(seqs(client)).toEqual(range(0, 20))
+        expect(yield* rabbitCounter("events_rejected")).toBe(2)
+        const deadLettered = yield* eventually(
+          Effect.promise(() => publisher.channel.checkQueue(dead.queue)),
+          (queue) => queue.messageCount === 2
+        )
+        expect(deadLettered.messageCount).toBe(2)
+      }).pipe(Effect.provide(hubWithSource({ ...names, deadLetterExchange: Option.some(dead.exchange) })))
+    }), { timeout: 30_000 })
+})
+
+describe("hub instances (node dist/main.js)", () => {
+  it.scopedLive("two instances with default settings both deliver every event; after SIGTERM no consumer remains", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const { exchange } = uniqueNames()
+      const instances = yield* promise(() =>
+        Promise.all([1, 2].map(async () => {
+          const port = await freePort()
+          const service = ServiceProcess.start({
+            PORT: String(port),
+            HOST: "127.0.0.1",
+            RABBITMQ_EXCHANGE: exchange,
+            RABBITMQ_URL: brokerUrl
+          })
+          await service.waitForLog("consuming from RabbitMQ")
+          const client = await TestClient.connect(`ws://127.0.0.1:${port}/api/v1/ws/events`)
+          return { service, client, queue: `websocket_events_queue.${hostname()}.${service.child.pid}` }
+        }))
+      )
+      yield* Effect.addFinalizer(() =>
+        Effect.promise(async () => {
+          for (const { service } of instances) service.child.kill("SIGKILL")
+          await publisher.cleanup({ exchange, queues: instances.map((instance) => instance.queue) })
+        })
+      )
+      expect(instances[0]!.queue).not.toBe(instances[1]!.queue)
+      for (const { queue } of instances) expect(yield* promise(() => publisher.consumerCount(queue))).toBe(1)
+
+      yield* publishAll(publisher, exchange, 0, 100)
+      for (const { client } of instances) {
+        yield* promise(() => client.until(() => client.events.length === 100, "100 events"))
+        expect(seqs(client)).toEqual(range(0, 100))
+      }
+
+      for (const { service, client, queue } of instances) {
+        service.child.kill("SIGTERM")
+        expect((yield* promise(() => client.closed)).code).toBe(1001)
+        expect(yield* promise(() => service.exited)).toEqual({ code: 0, signal: null })
+        expect(yield* promise(() => publisher.consumerCount(queue))).toBe(0)
+      }
+    }), { timeout: 60_000 })
+})
