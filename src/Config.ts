@@ -152,8 +152,28 @@ export interface LogSettings {
   readonly format: "json" | "pretty"
 }
 
+const logLevels: Record<string, LogLevel.LogLevel> = {
+  trace: LogLevel.Trace,
+  debug: LogLevel.Debug,
+  info: LogLevel.Info,
+  warn: LogLevel.Warning,
+  warning: LogLevel.Warning,
+  error: LogLevel.Error,
+  fatal: LogLevel.Fatal,
+  none: LogLevel.None,
+  off: LogLevel.None
+}
+
 export const logSettings: Config.Config<LogSettings> = Config.all({
-  level: Config.logLevel("LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info)),
+  level: Config.string("LOG_LEVEL").pipe(
+    Config.withDefault("info"),
+    Config.mapOrFail((name) => {
+      const level = logLevels[name.trim().toLowerCase()]
+      return level === undefined
+        ? Either.left(ConfigError.InvalidData(["LOG_LEVEL"], `expected one of trace, debug, info, warn, error, fatal, none; got ${JSON.stringify(name)}`))
+        : Either.right(level)
+    })
+  ),
   format: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault("json" as const))
 })
 

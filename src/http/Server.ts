@@ -123,6 +123,9 @@ export const layerListen = Layer.unwrapEffect(
   Effect.map(HubConfig, (config) => NodeHttpServer.layer(createServer, { host: config.host, port: config.port }))
 )
 
+/** The `ws` server behind the upgrade route (re-exported for custom compositions). */
+export const WebSocketServerLive = WebSocketServer.layer
+
 /** The whole HTTP side: the WebSocket server, the routes, and the listening socket. */
 export const layer = layerServe.pipe(
   Layer.provide(WebSocketServer.layer),
