@@ -15,6 +15,4 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 USER node
 EXPOSE 8080
-# The hub handles SIGTERM itself: clients are closed with 1001, the consumer cancelled.
-STOPSIGNAL SIGTERM
 CMD ["node", "dist/main.js"]

@@ -5,7 +5,7 @@
  * hub and, when the fiber ends for any reason, unregisters it and closes the
  * socket with a close code that says why.
  */
-import { Chunk, Deferred, Duration, Effect, Either, Exit, Queue } from "effect"
+import { Chunk, Clock, Deferred, Duration, Effect, Either, Exit, Queue } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { HubConfig } from "./Config.js"
@@ -38,6 +38,13 @@ interface Incoming {
 
 export interface ClientInfo {
   readonly remoteAddress: string | undefined
+}
+
+/** The close code `ws` attaches to a protocol error (a symbol-keyed property). */
+const statusCodeOf = (error: object): number | undefined => {
+  const key = Object.getOwnPropertySymbols(error).find((symbol) => symbol.description === "status-code")
+  const code = key === undefined ? undefined : (error as Record<symbol, unknown>)[key]
+  return typeof code === "number" ? code : undefined
 }
 
 const toBuffer = (data: WebSocket.RawData): Buffer =>
@@ -102,16 +109,20 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     ws.on("ping", () => {
       lastSeen = Date.now()
     })
-    ws.on("error", (error: Error & { code?: string }) => {
-      // `ws` closes the connection itself after these (1009, 1007, 1002).
+    ws.on("error", (error: Error & { code?: string; [key: symbol]: unknown }) => {
+      // `ws` closes the connection itself after these, with the status code it attaches (1009, 1007, 1002).
       leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
         ? "message_too_big"
         : error.code === "WS_ERR_INVALID_UTF8"
         ? "invalid_payload"
+        : error.code?.startsWith("WS_ERR_")
+        ? "protocol_error"
         : "error"
+      closeCode ??= statusCodeOf(error)
     })
     ws.on("close", (code) => {
-      closeCode = code
+      // The code of the close frame that ended the connection, unless the hub sent its own first.
+      closeCode ??= code
       leaving ??= "client_closed"
       Deferred.unsafeDone(socketClosed, Exit.void)
     })
@@ -135,12 +146,15 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
         ws.once("close", onClose)
       })
 
-    const send = (message: Outbound) => {
-      if (!connection.offer(message)) kick("slow_consumer")
-    }
-    const reply = (type: string, data: unknown) => Effect.clockWith((clock) =>
-      Effect.sync(() => send(Outbound.message(type, data, new Date(clock.unsafeCurrentTimeMillis()))))
-    )
+    /**
+     * Replies wait for room in the send buffer: a client that sends many
+     * requests at once is slowed down (its socket is no longer read while the
+     * reader waits), not disconnected. Only broadcasts treat a full buffer as
+     * a slow consumer.
+     */
+    const send = (message: Outbound) => leaving === undefined ? Queue.offer(outbox, message) : Effect.void
+    const reply = (type: string, data: unknown) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => send(Outbound.message(type, data, new Date(now))))
     const refuse = (error: ErrorData) =>
       Effect.zipRight(
         Effect.logDebug("refused client message").pipe(Effect.annotateLogs({ code: error.code, reason: error.message })),
@@ -153,14 +167,16 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
         return refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
       }
       const text = data.toString("utf8")
-      if (text === TextPing) return Effect.sync(() => send(pongMessage))
+      if (text === TextPing) return send(pongMessage)
       const request = parseRequest(text)
       if (Either.isLeft(request)) return refuse(request.left)
       const { action, event_types } = request.right
       return action === "subscribe"
-        ? Effect.flatMap(
-          hub.subscribe(id, event_types),
-          (now) => reply(HubMessageType.subscribed, { event_types: now })
+        ? hub.subscribe(id, event_types).pipe(
+          Effect.matchEffect({
+            onFailure: (error) => refuse({ code: "too_many_subscriptions", message: error.message }),
+            onSuccess: (now) => reply(HubMessageType.subscribed, { event_types: now })
+          })
         )
         : Effect.flatMap(
           hub.unsubscribe(id, event_types),
@@ -216,6 +232,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
             ? closeFor[leaving as keyof typeof closeFor]
             : { code: CloseCode.internalError, reason: "internal error" }
           ws.close(close.code, close.reason)
+          closeCode = close.code
         }
         if (!(yield* waitClosed(closeHandshake))) {
           ws.terminate()

@@ -44,16 +44,22 @@ export const parseGoDuration = (text: string): number | undefined => {
   return index === 0 ? undefined : total
 }
 
-/** A duration setting in Go syntax, e.g. `Config.duration("WS_PING_PERIOD", "54s")`. */
+/**
+ * A duration setting in Go syntax, e.g. `goDuration("WS_PING_PERIOD", "54s")`.
+ * It must be at least 1 ms: a zero period or timeout is never what was meant.
+ */
 export const goDuration = (name: string, defaultValue: string): Config.Config<Duration.Duration> =>
   Config.string(name).pipe(
     Config.withDefault(defaultValue),
     Config.mapOrFail((text) => {
       const millis = parseGoDuration(text)
-      return millis === undefined
-        ? Either.left(
+      if (millis === undefined) {
+        return Either.left(
           ConfigError.InvalidData([name], `expected a duration such as 5s, 250ms or 1m30s, got ${JSON.stringify(text)}`)
         )
+      }
+      return millis < 1
+        ? Either.left(ConfigError.InvalidData([name], `must be at least 1ms, got ${JSON.stringify(text)}`))
         : Either.right(Duration.millis(millis))
     })
   )
@@ -87,6 +93,8 @@ export interface HubSettings {
   readonly maxMessageSize: number
   /** Messages buffered per client before it is disconnected as a slow consumer. */
   readonly sendBuffer: number
+  /** Most patterns one client may subscribe to. */
+  readonly maxSubscriptions: number
   /** Interval of protocol-level pings. */
   readonly pingPeriod: Duration.Duration
   /** A client that sends nothing (not even a pong) for this long is closed. */
@@ -119,6 +127,7 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       wsPath: Config.succeed("/api/v1/ws/events" as const),
       maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", 512),
       sendBuffer: positiveInt("WS_SEND_BUFFER", 256),
+      maxSubscriptions: positiveInt("WS_MAX_SUBSCRIPTIONS", 256),
       pingPeriod: goDuration("WS_PING_PERIOD", "54s"),
       pongTimeout: goDuration("WS_PONG_TIMEOUT", "60s"),
       writeTimeout: goDuration("WS_WRITE_TIMEOUT", "10s"),
@@ -135,6 +144,7 @@ const defaults: HubSettings = {
   wsPath: "/api/v1/ws/events",
   maxMessageSize: 512,
   sendBuffer: 256,
+  maxSubscriptions: 256,
   pingPeriod: Duration.seconds(54),
   pongTimeout: Duration.seconds(60),
   writeTimeout: Duration.seconds(10),
@@ -274,7 +284,13 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
     Config.all({
       url: Config.redacted("RABBITMQ_URL").pipe(
         Config.withDefault(Redacted.make("amqp://guest:guest@localhost:5672/")),
-        Config.map((url) => Redacted.value(url).trim() === "" ? Option.none() : Option.some(url))
+        Config.mapOrFail((url) => {
+          const text = Redacted.value(url).trim()
+          if (text === "") return Either.right(Option.none())
+          return /^amqps?:\/\/[^/]/.test(text)
+            ? Either.right(Option.some(url))
+            : Either.left(ConfigError.InvalidData(["RABBITMQ_URL"], "expected amqp://user:password@host:port/vhost (or amqps://), or empty to disable"))
+        })
       ),
       exchange: Config.string("RABBITMQ_EXCHANGE").pipe(Config.withDefault("freqsearch_events")),
       queue: Config.string("RABBITMQ_QUEUE").pipe(

@@ -7,7 +7,7 @@
  * offers the same bytes to every recipient's bounded buffer; a client whose
  * buffer is full is told to leave instead of slowing the broadcast down.
  */
-import { Clock, Context, Duration, Effect, HashMap, HashSet, Layer, Option, Ref, Schedule } from "effect"
+import { Clock, Context, Data, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schedule } from "effect"
 import { HubConfig } from "./Config.js"
 import { Health } from "./Health.js"
 import { HubMetrics } from "./Metrics.js"
@@ -71,12 +71,15 @@ class HubState {
     return found
   }
 
+  /** The state with client `id` registered as `next` (or removed); only changed patterns are re-indexed. */
   withRegistration(id: ClientId, next: Registration | undefined): HubState {
-    const previous = HashMap.get(this.clients, id)
-    let index = this.index
-    if (Option.isSome(previous)) index = unindex(index, id, previous.value.patterns)
-    if (next === undefined) return new HubState(HashMap.remove(this.clients, id), index)
-    return new HubState(HashMap.set(this.clients, id, next), reindex(index, id, next.patterns))
+    const previous = Option.getOrUndefined(HashMap.get(this.clients, id))?.patterns ?? []
+    const patterns = next?.patterns ?? []
+    const removed = previous.filter((pattern) => !patterns.includes(pattern))
+    const added = patterns.filter((pattern) => !previous.includes(pattern))
+    const index = reindex(unindex(this.index, id, removed), id, added)
+    const clients = next === undefined ? HashMap.remove(this.clients, id) : HashMap.set(this.clients, id, next)
+    return new HubState(clients, index)
   }
 }
 
@@ -103,6 +106,16 @@ const reindex = (
 
 const union = (current: ReadonlyArray<string>, added: ReadonlyArray<string>) => [...new Set([...current, ...added])]
 
+/** A `subscribe` that would take a client over `WS_MAX_SUBSCRIPTIONS` patterns; nothing was changed. */
+export class TooManySubscriptions extends Data.TaggedError("TooManySubscriptions")<{
+  readonly limit: number
+  readonly requested: number
+}> {
+  get message() {
+    return `at most ${this.limit} patterns per client; this request would make ${this.requested}`
+  }
+}
+
 export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
   /**
    * Sends an event to every client subscribed to `type`: the seed's
@@ -117,7 +130,10 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
   readonly register: (connection: Connection) => Effect.Effect<void>
   readonly unregister: (id: ClientId) => Effect.Effect<void>
   /** Adds patterns; the first call replaces the default `#`. Returns the subscription now in effect. */
-  readonly subscribe: (id: ClientId, patterns: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>>
+  readonly subscribe: (
+    id: ClientId,
+    patterns: ReadonlyArray<string>
+  ) => Effect.Effect<ReadonlyArray<string>, TooManySubscriptions>
   /** Removes patterns exactly as written. Returns the subscription now in effect. */
   readonly unsubscribe: (id: ClientId, patterns: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>>
   readonly clientCount: Effect.Effect<number>
@@ -131,15 +147,18 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
       const state = yield* Ref.make(HubState.empty)
       let lastId = 0
 
-      const updateSubscription = (
+      /** Applies `change` to a client's registration atomically; a refusal leaves the state as it was. */
+      const updateSubscription = <E>(
         id: ClientId,
-        change: (registration: Registration) => Registration
+        change: (registration: Registration) => Either.Either<Registration, E>
       ) =>
-        Ref.modify(state, (current) => {
+        Ref.modify(state, (current): readonly [Either.Either<ReadonlyArray<string>, E>, HubState] => {
           const registration = HashMap.get(current.clients, id)
-          if (Option.isNone(registration)) return [[], current] as const
+          if (Option.isNone(registration)) return [Either.right([]), current]
           const next = change(registration.value)
-          return [next.patterns, current.withRegistration(id, next)] as const
+          return Either.isLeft(next)
+            ? [Either.left(next.left), current]
+            : [Either.right(next.right.patterns), current.withRegistration(id, next.right)]
         })
 
       // One keep-alive tick for the whole hub instead of a timer per client.
@@ -178,16 +197,24 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
             })),
         unregister: (id) => Ref.update(state, (current) => current.withRegistration(id, undefined)),
         subscribe: (id, patterns) =>
-          updateSubscription(id, (registration) => ({
-            ...registration,
-            patterns: union(registration.explicit ? registration.patterns : [], patterns),
-            explicit: true
-          })),
+          Effect.flatMap(
+            updateSubscription(id, (registration) => {
+              const next = union(registration.explicit ? registration.patterns : [], patterns)
+              return next.length > config.maxSubscriptions
+                ? Either.left(new TooManySubscriptions({ limit: config.maxSubscriptions, requested: next.length }))
+                : Either.right({ ...registration, patterns: next, explicit: true })
+            }),
+            (result) => result
+          ),
         unsubscribe: (id, patterns) =>
-          updateSubscription(id, (registration) => ({
-            ...registration,
-            patterns: registration.patterns.filter((pattern) => !patterns.includes(pattern))
-          })),
+          Effect.flatMap(
+            updateSubscription(id, (registration) =>
+              Either.right({
+                ...registration,
+                patterns: registration.patterns.filter((pattern) => !patterns.includes(pattern))
+              })),
+            (result) => result
+          ),
         clientCount: Effect.map(Ref.get(state), (current) => HashMap.size(current.clients))
       })
     })

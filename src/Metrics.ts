@@ -4,7 +4,7 @@
  * snapshot.
  */
 import { Context, Effect, Layer } from "effect"
-import type { DisconnectReason } from "./Protocol.js"
+import { DisconnectReason } from "./Protocol.js"
 
 /** Distinct event types counted one by one; further types are counted under `other`. */
 const maxTrackedTypes = 500
@@ -13,7 +13,7 @@ export interface Counters {
   eventsBroadcast: number
   messagesDelivered: number
   readonly eventsByType: Map<string, { broadcast: number; recipients: number }>
-  readonly disconnects: Partial<Record<DisconnectReason, number>>
+  readonly disconnects: Record<DisconnectReason, number>
   readonly sources: Map<string, Record<string, number>>
 }
 
@@ -21,7 +21,7 @@ export interface MetricsSnapshot {
   readonly events_broadcast: number
   readonly messages_delivered: number
   readonly events_by_type: Record<string, { readonly broadcast: number; readonly recipients: number }>
-  readonly clients_disconnected: Partial<Record<DisconnectReason, number>>
+  readonly clients_disconnected: Record<DisconnectReason, number>
 }
 
 export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, {
@@ -32,6 +32,8 @@ export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, 
   readonly disconnected: (reason: DisconnectReason) => void
   /** Adds `by` to the counter `name` of a named source (e.g. `rabbitmq`). */
   readonly count: (source: string, name: string, by?: number) => void
+  /** Declares a source's counters, so that they show as 0 before their first event. */
+  readonly declare: (source: string, names: ReadonlyArray<string>) => void
   readonly snapshot: Effect.Effect<MetricsSnapshot & { readonly sources: Record<string, Record<string, number>> }>
 }>() {
   static readonly layer: Layer.Layer<HubMetrics> = Layer.sync(HubMetrics, () => make())
@@ -42,7 +44,10 @@ const make = (): HubMetrics["Type"] => {
     eventsBroadcast: 0,
     messagesDelivered: 0,
     eventsByType: new Map(),
-    disconnects: {},
+    disconnects: Object.fromEntries(DisconnectReason.literals.map((reason) => [reason, 0])) as Record<
+      DisconnectReason,
+      number
+    >,
     sources: new Map()
   }
   const byType = (type: string) => {
@@ -65,7 +70,12 @@ const make = (): HubMetrics["Type"] => {
       counters.messagesDelivered += count
     },
     disconnected: (reason) => {
-      counters.disconnects[reason] = (counters.disconnects[reason] ?? 0) + 1
+      counters.disconnects[reason]++
+    },
+    declare: (source, names) => {
+      let entry = counters.sources.get(source)
+      if (entry === undefined) counters.sources.set(source, entry = {})
+      for (const name of names) entry[name] ??= 0
     },
     count: (source, name, by = 1) => {
       let entry = counters.sources.get(source)

@@ -98,7 +98,8 @@ export const ErrorCode = Schema.Literal(
   "invalid_json",
   "invalid_request",
   "unknown_action",
-  "binary_not_supported"
+  "binary_not_supported",
+  "too_many_subscriptions"
 )
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -137,6 +138,8 @@ export const CloseCode = {
   normal: 1000,
   /** The hub is shutting down; reconnect (to another instance). */
   goingAway: 1001,
+  /** The client broke the WebSocket protocol (for example an unmasked frame); sent by `ws`. */
+  protocolError: 1002,
   /** A text frame was not valid UTF-8 (RFC 6455 requires closing). */
   invalidPayload: 1007,
   /** A client frame was larger than `WS_MAX_MESSAGE_SIZE`. */
@@ -161,11 +164,12 @@ export const DisconnectReason = Schema.Literal(
   "write_timeout",
   "message_too_big",
   "invalid_payload",
+  "protocol_error",
   "error"
 )
 export type DisconnectReason = typeof DisconnectReason.Type
 
-export const closeFor: Record<Exclude<DisconnectReason, "client_closed" | "error">, {
+export const closeFor: Record<Exclude<DisconnectReason, "client_closed" | "error" | "protocol_error">, {
   readonly code: CloseCode
   readonly reason: string
 }> = {

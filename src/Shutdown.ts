@@ -7,12 +7,14 @@
  */
 import { Duration, Effect, Layer, Runtime } from "effect"
 import { HubConfig } from "./Config.js"
+import { Health } from "./Health.js"
 
 const signals = ["SIGINT", "SIGTERM"] as const
 
-export const layer: Layer.Layer<never, never, HubConfig> = Layer.effectDiscard(
+export const layer: Layer.Layer<never, never, HubConfig | Health> = Layer.effectDiscard(
   Effect.gen(function*() {
     const { shutdownTimeout } = yield* HubConfig
+    const health = yield* Health
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     let stopping = false
     const onSignal = (signal: NodeJS.Signals) => {
@@ -21,8 +23,10 @@ export const layer: Layer.Layer<never, never, HubConfig> = Layer.effectDiscard(
         return
       }
       stopping = true
-      runFork(Effect.logInfo("shutting down").pipe(
-        Effect.annotateLogs({ signal, timeout: Duration.format(shutdownTimeout) })
+      runFork(Effect.zipRight(
+        // Load balancers see 503 from now on, while clients are being closed.
+        health.set("hub", { status: "down", critical: true, detail: "shutting down" }),
+        Effect.logInfo("shutting down").pipe(Effect.annotateLogs({ signal, timeout: Duration.format(shutdownTimeout) }))
       ))
       setTimeout(() => {
         runFork(Effect.logError("shutdown did not finish in time; exiting").pipe(

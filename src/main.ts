@@ -1,9 +1,14 @@
 /**
  * The standalone service: every layer, configured from the environment,
  * launched until SIGTERM/SIGINT.
+ *
+ * Layers are released in the reverse order of their construction, so on
+ * shutdown the RabbitMQ consumer stops first (deliveries not yet acknowledged
+ * go back to the queue), then the HTTP server stops accepting connections and
+ * closes every client with 1001, then the hub itself.
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Layer } from "effect"
+import { ConfigError, Effect, Layer, Logger } from "effect"
 import { HubConfig, RabbitMqConfig } from "./Config.js"
 import * as HttpServer from "./http/Server.js"
 import * as Hub from "./Hub.js"
@@ -11,10 +16,20 @@ import * as Logging from "./Logging.js"
 import * as RabbitMqSource from "./rabbitmq/Source.js"
 import * as Shutdown from "./Shutdown.js"
 
-const MainLive = Layer.mergeAll(HttpServer.layer, RabbitMqSource.layer, Shutdown.layer).pipe(
+const MainLive = RabbitMqSource.layer.pipe(
+  Layer.provideMerge(HttpServer.layer),
+  Layer.merge(Shutdown.layer),
   Layer.provide(Hub.layerLive),
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
   Layer.provide(Logging.layer)
 )
 
-NodeRuntime.runMain(Layer.launch(MainLive), { disablePrettyLogger: true })
+const main = Layer.launch(MainLive).pipe(
+  Effect.tapError((error) =>
+    Effect.logFatal(ConfigError.isConfigError(error) ? `invalid configuration ${error}` : `cannot start: ${error}`)
+  ),
+  // Until LOG_FORMAT has been read (or if it is invalid), log JSON.
+  Effect.provide(Logger.json)
+)
+
+NodeRuntime.runMain(main, { disablePrettyLogger: true, disableErrorReporting: true })

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Layer } from "effect"
-import { HubConfig, parseGoDuration } from "../src/Config.js"
+import { defaultEventTypeMap, HubConfig, parseGoDuration, RabbitMqConfig } from "../src/Config.js"
 
 describe("parseGoDuration", () => {
   it.each([
@@ -21,6 +21,13 @@ describe("parseGoDuration", () => {
     expect(parseGoDuration(text)).toBeUndefined()
   })
 })
+
+const readRabbitConfig = (env: Record<string, string>) =>
+  Effect.flatMap(RabbitMqConfig, Effect.succeed).pipe(
+    Effect.provide(RabbitMqConfig.fromEnv.pipe(
+      Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+    ))
+  )
 
 const readConfig = (env: Record<string, string>) =>
   Effect.flatMap(HubConfig, Effect.succeed).pipe(
@@ -52,6 +59,9 @@ describe("HubConfig.fromEnv", () => {
 
   it.effect.each([
     ["WS_PING_PERIOD", "soon"],
+    ["WS_PONG_TIMEOUT", "0"],
+    ["WS_PING_PERIOD", "0s"],
+    ["WS_MAX_SUBSCRIPTIONS", "0"],
     ["WS_SEND_BUFFER", "-3"],
     ["PORT", "http"],
     ["WS_MAX_MESSAGE_SIZE", "big"]
@@ -59,5 +69,52 @@ describe("HubConfig.fromEnv", () => {
     Effect.gen(function*() {
       const error = yield* Effect.flip(readConfig({ [name]: value }))
       expect(String(error)).toContain(name)
+    }))
+})
+
+describe("RabbitMqConfig.fromEnv", () => {
+  it.effect("has the seed's defaults", () =>
+    Effect.gen(function*() {
+      const config = yield* readRabbitConfig({})
+      expect(config.exchange).toBe("freqsearch_events")
+      expect(config.bindingKeys).toEqual(["#"])
+      expect(config.queue).toMatch(/^websocket_events_queue\./)
+      expect(Duration.toMillis(config.reconnectDelay)).toBe(5000)
+      expect(Duration.toMillis(config.maxReconnectWait)).toBe(30_000)
+      expect(config.eventTypeMap).toEqual(defaultEventTypeMap)
+    }))
+
+  it.effect("an empty RABBITMQ_URL disables the source", () =>
+    Effect.gen(function*() {
+      expect((yield* readRabbitConfig({ RABBITMQ_URL: "" })).url._tag).toBe("None")
+    }))
+
+  it.effect("reads binding keys and an EVENT_TYPE_MAP given as JSON", () =>
+    Effect.gen(function*() {
+      const config = yield* readRabbitConfig({
+        RABBITMQ_BINDING_KEYS: "task.*, optimization.#",
+        EVENT_TYPE_MAP: "{\"task.completed\":\"job.done\"}"
+      })
+      expect(config.bindingKeys).toEqual(["task.*", "optimization.#"])
+      expect(config.eventTypeMap).toEqual({ "task.completed": "job.done" })
+    }))
+
+  it.effect.each([
+    ["RABBITMQ_URL", "not a url"],
+    ["RABBITMQ_QUEUE_EXPIRES", "0"],
+    ["RABBITMQ_RECONNECT_DELAY", "0s"],
+    ["EVENT_TYPE_MAP", "[1,2]"],
+    ["EVENT_TYPE_MAP", "/nonexistent/map.json"],
+    ["RABBITMQ_BINDING_KEYS", " , "]
+  ])("a bad %s names the variable", ([name, value]) =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(readRabbitConfig({ [name]: value }))
+      expect(String(error)).toContain(name)
+    }))
+
+  it.effect("never puts the URL (and its password) in the error", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(readRabbitConfig({ RABBITMQ_URL: "http://user:hunter2@host" }))
+      expect(String(error)).not.toContain("hunter2")
     }))
 })

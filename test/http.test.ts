@@ -4,8 +4,9 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
+import { request } from "node:http"
 import { Health } from "../src/Health.js"
-import { connect, get, hubLayer, post, promise } from "./support.js"
+import { baseUrl, connect, get, hubLayer, post, promise } from "./support.js"
 
 const token = "s3cret-token"
 const auth = { authorization: `Bearer ${token}` }
@@ -91,6 +92,17 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
       expect(missing.body.error).toContain("/nowhere")
       const plain = yield* get("/api/v1/ws/events")
       expect(plain.status).toBe(426)
+      // Upgrade without Connection: Upgrade is a plain request, not a handshake.
+      const url = yield* baseUrl
+      const status = yield* promise(() =>
+        new Promise<number | undefined>((resolve, reject) =>
+          request(`${url}/api/v1/ws/events`, { headers: { upgrade: "websocket", connection: "keep-alive" } }, (res) => {
+            res.resume()
+            resolve(res.statusCode)
+          }).on("error", reject).end()
+        )
+      )
+      expect(status).toBe(426)
     }))
 })
 

@@ -266,6 +266,29 @@ describe("RabbitMQ source", () => {
     }), { timeout: 30_000 })
 })
 
+describe("RabbitMQ source under faults", () => {
+  it.scopedLive("survives the connection dying while poison messages are being rejected", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const client = yield* connect()
+        // Many deliveries in flight when the connection dies: rejecting them must not kill the source.
+        yield* promise(async () => {
+          for (let i = 0; i < 3000; i++) await publisher.publish(names.exchange, "backtest.completed", "not json")
+        })
+        yield* rabbitmqctl("close_all_connections", "event-hub poison test")
+        yield* eventually(rabbitCounter("connections"), (n) => n >= 2)
+        yield* consuming
+        const after = yield* broker
+        yield* publishAll(after, names.exchange, 0, 20)
+        yield* promise(() => client.until(() => client.events.length === 20, "20 events"))
+        expect(seqs(client)).toEqual(range(0, 20))
+      }).pipe(Effect.provide(hubWithSource({ ...names, prefetch: 2000 })))
+    }), { timeout: 60_000 })
+})
+
 describe("hub instances (node dist/main.js)", () => {
   it.scopedLive("two instances with default settings both deliver every event; after SIGTERM no consumer remains", () =>
     Effect.gen(function*() {

@@ -43,9 +43,11 @@ export const makeRouter = Effect.gen(function*() {
   const metricsRoute = Effect.gen(function*() {
     const snapshot = yield* metrics.snapshot
     const { sources, ...websocketCounters } = snapshot
+    const memory = process.memoryUsage()
     return HttpServerResponse.unsafeJson({
       websocket: { connected_clients: yield* hub.clientCount, ...websocketCounters },
-      ...sources
+      ...sources,
+      process: { rss_bytes: memory.rss, heap_used_bytes: memory.heapUsed, uptime_seconds: process.uptime() }
     })
   })
 

@@ -45,9 +45,12 @@ export class WebSocketServer extends Context.Tag("event-hub/WebSocketServer")<We
 
       const upgrade = (request: HttpServerRequest.HttpServerRequest) => {
         const incoming = NodeHttpServerRequest.toIncomingMessage(request)
-        if (incoming.headers.upgrade?.toLowerCase() !== "websocket") {
+        // Node hands a request to the upgrade path only with both headers; without them it is a plain request.
+        const isUpgrade = incoming.headers.upgrade?.toLowerCase() === "websocket" &&
+          (incoming.headers.connection ?? "").toLowerCase().split(",").some((token) => token.trim() === "upgrade")
+        if (!isUpgrade) {
           return Effect.succeed(HttpServerResponse.unsafeJson(
-            { error: "this endpoint only accepts WebSocket connections (Upgrade: websocket)" },
+            { error: "this endpoint only accepts WebSocket connections (Connection: Upgrade, Upgrade: websocket)" },
             { status: 426, headers: { upgrade: "websocket" } }
           ))
         }

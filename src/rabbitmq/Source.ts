@@ -12,7 +12,7 @@
  * rejected without requeue (dead-lettered if so configured).
  */
 import * as amqp from "amqplib"
-import { Data, Deferred, Duration, Effect, Either, Layer, Option, Queue, Redacted, Schedule, Schema, Stream } from "effect"
+import { Cause, Data, Deferred, Duration, Effect, Either, Layer, Option, Queue, Redacted, Schedule, Schema, Stream } from "effect"
 import { hostname } from "node:os"
 import { RabbitMqConfig, type RabbitMqSettings } from "../Config.js"
 import { Health } from "../Health.js"
@@ -21,7 +21,7 @@ import { HubMetrics } from "../Metrics.js"
 import { EventType } from "../Protocol.js"
 
 export class RabbitMqError extends Data.TaggedError("RabbitMqError")<{
-  readonly reason: "Connect" | "Topology" | "ConnectionLost" | "ChannelLost" | "ConsumerCancelled"
+  readonly reason: "Connect" | "Topology" | "ConnectionLost" | "ChannelLost" | "ConsumerCancelled" | "Unexpected"
   readonly cause?: unknown
 }> {
   get message() {
@@ -223,15 +223,20 @@ const run = Effect.gen(function*() {
     return
   }
   const url = config.url.value
+  metrics.declare("rabbitmq", ["connections", "reconnects", "events_consumed", "events_rejected", "duplicates_dropped"])
   yield* setHealth("starting", "connecting")
 
   const recent = new RecentEventIds(10_000)
-  const ack = (channel: amqp.Channel, message: amqp.ConsumeMessage) => {
-    // If the channel died meanwhile, the broker redelivers the message.
+  /**
+   * Acknowledges or rejects a delivery. amqplib throws if the channel closed
+   * meanwhile; the broker then redelivers the message to the next session.
+   */
+  const settle = (channel: amqp.Channel, message: amqp.ConsumeMessage, accept: boolean) => {
     try {
-      channel.ack(message)
+      if (accept) channel.ack(message)
+      else channel.nack(message, false, false)
     } catch {
-      // channel closed
+      // channel closed: the session is ending and will be retried
     }
   }
 
@@ -247,7 +252,7 @@ const run = Effect.gen(function*() {
     const routingKey = message.fields.routingKey
     const event = toEvent(routingKey, message.content, config.eventTypeMap)
     if (Either.isLeft(event)) {
-      channel.nack(message, false, false)
+      settle(channel, message, false)
       metrics.count("rabbitmq", "events_rejected")
       return Effect.logWarning("rejected a message that is not an event").pipe(
         Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length })
@@ -255,7 +260,7 @@ const run = Effect.gen(function*() {
     }
     const eventId = RecentEventIds.idOf(event.right.data)
     if (eventId !== undefined && message.fields.redelivered && recent.has(eventId)) {
-      ack(channel, message)
+      settle(channel, message, true)
       metrics.count("rabbitmq", "duplicates_dropped")
       return Effect.void
     }
@@ -264,7 +269,7 @@ const run = Effect.gen(function*() {
         if (eventId !== undefined) recent.add(eventId)
         metrics.count("rabbitmq", "events_consumed")
         // The hub has the event: acknowledge.
-        ack(channel, message)
+        settle(channel, message, true)
       }))
     )
   }
@@ -276,6 +281,13 @@ const run = Effect.gen(function*() {
     binding_keys: config.bindingKeys.join(",")
   }))
   yield* session(config, url).pipe(
+    Stream.mapEffect(handle),
+    // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
+    Stream.catchAllCause((cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Stream.failCause(cause)
+        : Stream.fail(new RabbitMqError({ reason: "Unexpected", cause: Cause.squash(cause) }))
+    ),
     Stream.tapError((error) =>
       Effect.zipRight(
         setHealth("down", error.message),
@@ -286,15 +298,18 @@ const run = Effect.gen(function*() {
       Schedule.tapOutput((delay) =>
         Effect.zipRight(
           Effect.sync(() => metrics.count("rabbitmq", "reconnects")),
-          Effect.logInfo("reconnecting to RabbitMQ").pipe(Effect.annotateLogs({ delay: Duration.format(delay) }))
+          Effect.logInfo("reconnecting to RabbitMQ").pipe(
+            Effect.annotateLogs({ delay_ms: Math.round(Duration.toMillis(delay)) })
+          )
         )
       )
     )),
-    Stream.runForEach(handle)
+    Stream.runDrain,
+    // Whatever ends the source, /health must not keep saying it is up.
+    Effect.ensuring(setHealth("down", "stopped"))
   )
 }).pipe(
   Effect.onInterrupt(() => Effect.logInfo("RabbitMQ source stopped")),
-  Effect.tapDefect((defect) => Effect.logError("RabbitMQ source crashed", defect)),
   Effect.annotateLogs({ component: "rabbitmq" })
 )
 

@@ -1,0 +1,413 @@
+// The benchmark: the built hub against two bare `ws` baselines, each server in its own process, driven by a
+// load generator in another. Server CPU is read from /proc/<pid>/stat of the server process, so the load
+// generator's own cost never counts.
+//
+//   npm run bench                  the full run (a few minutes)
+//   npm run bench -- --quick       a smaller run (under a minute)
+//   npm run bench -- --scenarios fanout,idle --clients 2000 --events 500 --profile
+//
+// Prints a table and writes bench/results/<date>.json and bench/results/latest.json.
+import amqp from "amqplib"
+import { fork, spawn } from "node:child_process"
+import { randomUUID } from "node:crypto"
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { cpus } from "node:os"
+import { dirname, join } from "node:path"
+import { performance } from "node:perf_hooks"
+import { fileURLToPath } from "node:url"
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..")
+const results = join(root, "bench", "results")
+
+// ---------------------------------------------------------------------------
+// Flags
+// ---------------------------------------------------------------------------
+
+const argv = process.argv.slice(2)
+const flag = (name, fallback) => {
+  const i = argv.indexOf(`--${name}`)
+  return i >= 0 && argv[i + 1] !== undefined && !argv[i + 1].startsWith("--") ? argv[i + 1] : fallback
+}
+const quick = argv.includes("--quick")
+const options = {
+  quick,
+  scenarios: flag("scenarios", "fanout,filtered,idle,latency").split(","),
+  clients: Number(flag("clients", quick ? 500 : 1000)),
+  events: Number(flag("events", quick ? 300 : 1000)),
+  size: Number(flag("size", 450)),
+  burst: Number(flag("burst", 50)),
+  filteredClients: Number(flag("filtered-clients", quick ? 2000 : 10000)),
+  idleClients: Number(flag("idle-clients", quick ? 2000 : 10000)),
+  latencyClients: Number(flag("latency-clients", quick ? 500 : 1000)),
+  rates: flag("rates", "100,300").split(",").map(Number),
+  duration: Number(flag("duration", quick ? 2 : 10)),
+  slowFraction: Number(flag("slow-fraction", 0.1)),
+  profile: argv.includes("--profile"),
+  broker: flag("broker", "amqp://guest:guest@127.0.0.1:5672/")
+}
+
+// The 18 event types of the seed.
+const seedTypes = [
+  "optimization.iteration.started", "optimization.iteration.completed", "optimization.new_best",
+  "optimization.completed", "optimization.failed", "backtest.submitted", "backtest.completed", "backtest.failed",
+  "task.running", "task.failed", "task.cancelled", "strategy.discovered", "strategy.needs_processing",
+  "strategy.ready_for_backtest", "strategy.approved", "strategy.evolve", "strategy.archived", "agent.status.changed"
+]
+
+const progress = (text) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${text}\n`)
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+let nextPort = 20000 + Math.floor(Math.random() * 20000)
+
+/** Server CPU time (user + system) of a process, in microseconds, from /proc. */
+const cpuMicros = (pid) => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100)
+}
+const rssBytes = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024
+
+const waitFor = async (what, check, timeoutMs = 30_000) => {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      if (await check()) return
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** Starts a server: `hub` (node dist/main.js), `ws-send` or `ws-frame` (bench/servers/baseline.mjs). */
+const startServer = async (kind, extraEnv = {}) => {
+  const port = nextPort++
+  const env = { ...process.env, PORT: String(port), HOST: "127.0.0.1" }
+  let child
+  if (kind === "hub") {
+    const profileArgs = options.profile ? ["--cpu-prof", `--cpu-prof-dir=${join(results, "profiles")}`] : []
+    child = spawn(process.execPath, [...profileArgs, join(root, "dist", "main.js")], {
+      env: { ...env, PUBLISH_TOKEN: "bench", RABBITMQ_URL: "", LOG_LEVEL: "warn", ...extraEnv },
+      stdio: ["ignore", "inherit", "inherit"]
+    })
+  } else {
+    child = fork(join(root, "bench", "servers", "baseline.mjs"), [], {
+      env: { ...env, MODE: kind === "ws-send" ? "send" : "frame" },
+      stdio: ["ignore", "inherit", "inherit", "ipc"]
+    })
+  }
+  const base = `http://127.0.0.1:${port}`
+  await waitFor(`${kind} to listen`, async () => (await fetch(`${base}/metrics`)).ok)
+  return {
+    kind,
+    pid: child.pid,
+    base,
+    url: `ws://127.0.0.1:${port}/api/v1/ws/events`,
+    async stop() {
+      const exited = new Promise((resolve) => child.once("exit", resolve))
+      child.kill("SIGTERM")
+      await exited
+    }
+  }
+}
+
+const startLoadgen = async () => {
+  const child = fork(join(root, "bench", "loadgen.mjs"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] })
+  await new Promise((resolve) => child.once("message", resolve))
+  let id = 0
+  const pending = new Map()
+  child.on("message", (message) => {
+    const done = pending.get(message.id)
+    pending.delete(message.id)
+    if (message.error) done.reject(new Error(message.error))
+    else done.resolve(message.ok)
+  })
+  return {
+    call: (cmd, args = {}) =>
+      new Promise((resolve, reject) => {
+        pending.set(++id, { resolve, reject })
+        child.send({ id, cmd, ...args })
+      }),
+    stop: () => child.kill("SIGKILL")
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------
+
+/** The seed's backtest.completed example, padded so the whole message is about `size` bytes. */
+const eventData = (size, extra = {}) => {
+  const data = {
+    event_id: randomUUID(),
+    event_type: "task.completed",
+    timestamp: "2025-12-15T10:30:00Z",
+    job_id: "123e4567-e89b-12d3-a456-426614174000",
+    strategy_id: "987e6543-e21b-43d2-b987-123456789abc",
+    result_id: "456e7890-e12b-34d5-c678-234567890def",
+    duration_ms: 45000,
+    sharpe_ratio: 1.85,
+    profit_pct: 15.5,
+    total_trades: 142,
+    ...extra
+  }
+  const envelope = JSON.stringify({ type: "backtest.completed", data, timestamp: new Date().toISOString() })
+  if (envelope.length < size) data.pad = "x".repeat(size - envelope.length - 9)
+  return data
+}
+
+/** POSTs `count` events in bursts of `burst` concurrent requests. */
+const publishHttp = async (server, count, typeOf) => {
+  const data = eventData(options.size)
+  for (let sent = 0; sent < count;) {
+    const burst = []
+    for (let i = 0; i < options.burst && sent < count; i++, sent++) {
+      burst.push(fetch(`${server.base}/api/v1/events`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: "Bearer bench" },
+        body: JSON.stringify({ type: typeOf(sent), data })
+      }).then((response) => response.arrayBuffer()))
+    }
+    await Promise.all(burst)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+/** Broadcast cost: CPU of the server per delivered message, while `events` reach `clients` clients. */
+const fanout = async (kind) => {
+  progress(`fan-out: ${kind}, ${options.clients} clients, ${options.events} events of ~${options.size} B`)
+  const server = await startServer(kind)
+  const loadgen = await startLoadgen()
+  try {
+    await loadgen.call("connect", { url: server.url, count: options.clients, types: seedTypes, perClient: 0, hub: kind === "hub" })
+    // Warm up (JIT), then measure.
+    await publishHttp(server, 100, () => "backtest.completed")
+    await loadgen.call("expect", { total: 100 * options.clients, timeoutMs: 60_000 })
+    await loadgen.call("reset")
+    const total = options.events * options.clients
+    const cpu0 = cpuMicros(server.pid)
+    const t0 = performance.now()
+    await publishHttp(server, options.events, () => "backtest.completed")
+    const got = await loadgen.call("expect", { total, timeoutMs: 120_000 })
+    const seconds = (performance.now() - t0) / 1000
+    const cpu = cpuMicros(server.pid) - cpu0
+    return {
+      deliveries: got.received,
+      complete: got.received >= total,
+      cpu_us_per_delivery: cpu / got.received,
+      deliveries_per_second: got.received / seconds
+    }
+  } finally {
+    loadgen.stop()
+    await server.stop()
+  }
+}
+
+/** Each client subscribed to 2 of the 18 seed types: cost per delivery and per event, then events nobody wants. */
+const filtered = async () => {
+  const clients = options.filteredClients
+  progress(`filtered: hub, ${clients} clients subscribed to 2 of 18 types, ${options.events} events`)
+  const server = await startServer("hub")
+  const loadgen = await startLoadgen()
+  try {
+    await loadgen.call("connect", { url: server.url, count: clients, types: seedTypes, perClient: 2, hub: true })
+    const subscribers = new Map(seedTypes.map((type) => [type, 0]))
+    for (let index = 0; index < clients; index++) {
+      for (let k = 0; k < 2; k++) {
+        const type = seedTypes[(index + k * 7) % seedTypes.length]
+        subscribers.set(type, subscribers.get(type) + 1)
+      }
+    }
+    const typeOf = (i) => seedTypes[i % seedTypes.length]
+    const expected = (count) => {
+      let total = 0
+      for (let i = 0; i < count; i++) total += subscribers.get(typeOf(i))
+      return total
+    }
+    await publishHttp(server, 36, typeOf)
+    await loadgen.call("expect", { total: expected(36), timeoutMs: 60_000 })
+    await loadgen.call("reset")
+    const total = expected(options.events)
+    const cpu0 = cpuMicros(server.pid)
+    await publishHttp(server, options.events, typeOf)
+    const got = await loadgen.call("expect", { total, timeoutMs: 120_000 })
+    const cpu = cpuMicros(server.pid) - cpu0
+
+    // The same number of events of a type no client subscribed to.
+    const cpu1 = cpuMicros(server.pid)
+    await publishHttp(server, options.events, () => "nobody.listens")
+    const cpuNobody = cpuMicros(server.pid) - cpu1
+    return {
+      clients,
+      deliveries: got.received,
+      complete: got.received >= total,
+      cpu_us_per_delivery: cpu / got.received,
+      cpu_us_per_event: cpu / options.events,
+      recipients_per_event: got.received / options.events,
+      cpu_us_per_event_without_recipients: cpuNobody / options.events
+    }
+  } finally {
+    loadgen.stop()
+    await server.stop()
+  }
+}
+
+/** Memory of idle connections: RSS and heap per connection. */
+const idle = async (kind) => {
+  const count = options.idleClients
+  progress(`idle memory: ${kind}, ${count} connections`)
+  const server = await startServer(kind)
+  const loadgen = await startLoadgen()
+  try {
+    const memory = async () => (await (await fetch(`${server.base}/metrics`)).json()).process
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const rss0 = rssBytes(server.pid)
+    const heap0 = (await memory()).heap_used_bytes
+    await loadgen.call("connect", { url: server.url, count, types: seedTypes, perClient: 0, hub: kind === "hub" })
+    await new Promise((resolve) => setTimeout(resolve, 2000))
+    const rss1 = rssBytes(server.pid)
+    const heap1 = (await memory()).heap_used_bytes
+    return {
+      connections: count,
+      rss_kb_per_connection: (rss1 - rss0) / count / 1024,
+      heap_kb_per_connection: (heap1 - heap0) / count / 1024
+    }
+  } finally {
+    loadgen.stop()
+    await server.stop()
+  }
+}
+
+/** End-to-end latency from publishing to RabbitMQ to receipt, at a fixed rate; optionally with slow consumers. */
+const latency = async (rate, slowFraction) => {
+  const tag = `${rate}/s${slowFraction > 0 ? `, ${slowFraction * 100}% slow consumers` : ""}`
+  progress(`latency: hub, ${options.latencyClients} clients, RabbitMQ at ${tag}, ${options.duration} s`)
+  const exchange = `bench_${process.pid}_${Date.now()}`
+  const queue = `${exchange}.queue`
+  const server = await startServer("hub", { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue })
+  const loadgen = await startLoadgen()
+  // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
+  const connection = await amqp.connect(options.broker, { noDelay: true })
+  const channel = await connection.createChannel()
+  try {
+    await waitFor("the hub to consume", async () => (await (await fetch(`${server.base}/health`)).json()).checks.rabbitmq.status === "up")
+    await loadgen.call("connect", { url: server.url, count: options.latencyClients, types: seedTypes, perClient: 0, hub: true })
+    if (slowFraction > 0) await loadgen.call("pause", { fraction: slowFraction })
+    const base = eventData(options.size)
+    const publishFor = async (seconds) => {
+      const start = performance.now()
+      let sent = 0
+      while (performance.now() - start < seconds * 1000) {
+        const due = Math.floor(((performance.now() - start) / 1000) * rate)
+        for (; sent < due; sent++) {
+          const body = JSON.stringify({ t: performance.timeOrigin + performance.now(), ...base, event_id: randomUUID() })
+          channel.publish(exchange, "task.completed", Buffer.from(body))
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2))
+      }
+      return sent
+    }
+    await publishFor(Math.min(1, options.duration)) // warm-up
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    await loadgen.call("latencyStart")
+    await publishFor(options.duration)
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const result = await loadgen.call("latencyStop")
+    return { rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result }
+  } finally {
+    loadgen.stop()
+    await server.stop()
+    await channel.deleteQueue(queue).catch(() => undefined)
+    await channel.deleteExchange(exchange).catch(() => undefined)
+    await connection.close().catch(() => undefined)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------
+
+const fmt = (n, digits = 2) => Number.isFinite(n) ? n.toFixed(digits) : "n/a"
+
+const main = async () => {
+  if (!existsSync(join(root, "dist", "main.js"))) throw new Error("dist/main.js is missing: run npm run build")
+  mkdirSync(join(results, "profiles"), { recursive: true })
+  const started = performance.now()
+  const report = { date: new Date().toISOString(), node: process.version, cpus: cpus().length, options, scenarios: {} }
+  const rows = []
+
+  if (options.scenarios.includes("fanout")) {
+    const runs = {}
+    for (const kind of ["ws-send", "ws-frame", "hub"]) runs[kind] = await fanout(kind)
+    report.scenarios.fanout = runs
+    for (const kind of ["hub", "ws-frame", "ws-send"]) {
+      rows.push([
+        `fan-out ${kind}`,
+        `${fmt(runs[kind].cpu_us_per_delivery, 3)} us/delivery`,
+        `${fmt(runs[kind].deliveries_per_second / 1e6, 2)} M deliveries/s`,
+        `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"].cpu_us_per_delivery, 2)}x send loop`
+      ])
+    }
+  }
+  if (options.scenarios.includes("filtered")) {
+    const run = await filtered()
+    report.scenarios.filtered = run
+    rows.push([
+      `filtered hub (${run.clients} clients)`,
+      `${fmt(run.cpu_us_per_delivery, 3)} us/delivery`,
+      `${fmt(run.cpu_us_per_event, 1)} us/event (${fmt(run.recipients_per_event, 0)} recipients)`,
+      `${fmt(run.cpu_us_per_event_without_recipients, 1)} us/event with 0 recipients`
+    ])
+  }
+  if (options.scenarios.includes("idle")) {
+    const runs = {}
+    for (const kind of ["ws-send", "hub"]) runs[kind] = await idle(kind)
+    report.scenarios.idle = runs
+    for (const kind of ["hub", "ws-send"]) {
+      rows.push([
+        `idle ${kind === "ws-send" ? "bare ws" : kind} (${runs[kind].connections} conns)`,
+        `${fmt(runs[kind].rss_kb_per_connection, 1)} KB RSS/conn`,
+        `${fmt(runs[kind].heap_kb_per_connection, 1)} KB heap/conn`,
+        ""
+      ])
+    }
+  }
+  if (options.scenarios.includes("latency")) {
+    const runs = []
+    for (const rate of options.rates) {
+      runs.push(await latency(rate, 0))
+      runs.push(await latency(rate, options.slowFraction))
+    }
+    report.scenarios.latency = runs
+    for (const run of runs) {
+      const healthy = runs.find((r) => r.rate === run.rate && r.slow_fraction === 0)
+      rows.push([
+        `latency ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
+        `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
+        `max ${fmt(run.max)} ms (${run.samples} samples)`,
+        run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow` : ""
+      ])
+    }
+  }
+
+  report.seconds = (performance.now() - started) / 1000
+  const file = join(results, `${report.date.replace(/[:.]/g, "-")}.json`)
+  writeFileSync(file, JSON.stringify(report, null, 2))
+  writeFileSync(join(results, "latest.json"), JSON.stringify(report, null, 2))
+
+  const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((row) => row[i].length)))
+  process.stdout.write(`\n${rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join("  |  ")).join("\n")}\n\n`)
+  process.stdout.write(`results: ${file} (${fmt(report.seconds, 0)} s)\n`)
+}
+
+main().catch((error) => {
+  process.stderr.write(`bench failed: ${error.stack ?? error}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,53 @@
+// A bare `ws` broadcast server, the baseline the hub is measured against.
+// MODE=send:  `client.send(text)` for every client (how most code uses ws).
+// MODE=frame: one pre-built frame, written to every client's socket (one write per frame).
+// Same endpoints as the hub: WS on /api/v1/ws/events, POST /api/v1/events {"type","data"}, GET /metrics.
+import { createServer } from "node:http"
+import { Sender, WebSocketServer } from "ws"
+
+const mode = process.env.MODE ?? "send"
+const port = Number(process.env.PORT ?? 8080)
+const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 512 })
+let delivered = 0
+
+const broadcast = (type, data) => {
+  const text = JSON.stringify({ type, data, timestamp: new Date().toISOString() })
+  if (mode === "send") {
+    for (const client of wss.clients) client.send(text)
+  } else {
+    const frame = Buffer.concat(Sender.frame(Buffer.from(text), { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false }))
+    for (const client of wss.clients) client._socket.write(frame)
+  }
+  delivered += wss.clients.size
+}
+
+const server = createServer((req, res) => {
+  if (req.method === "POST" && req.url === "/api/v1/events") {
+    const chunks = []
+    req.on("data", (chunk) => chunks.push(chunk))
+    req.on("end", () => {
+      const { type, data } = JSON.parse(Buffer.concat(chunks).toString())
+      broadcast(type, data)
+      res.writeHead(202, { "content-type": "application/json" }).end("{\"status\":\"accepted\"}")
+    })
+  } else if (req.url === "/metrics") {
+    const memory = process.memoryUsage()
+    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({
+      websocket: { connected_clients: wss.clients.size, messages_delivered: delivered },
+      process: { rss_bytes: memory.rss, heap_used_bytes: memory.heapUsed }
+    }))
+  } else {
+    res.writeHead(404).end()
+  }
+})
+server.on("upgrade", (req, socket, head) => {
+  socket.on("error", () => {})
+  wss.handleUpgrade(req, socket, head, (ws) => {
+    ws.on("error", () => {})
+    ws.on("message", (message) => {
+      if (String(message) === "ping") ws.send("pong")
+    })
+  })
+})
+server.listen(port, "127.0.0.1", () => process.send?.({ ready: true }))
+process.on("SIGTERM", () => process.exit(0))
