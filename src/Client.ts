@@ -1,16 +1,18 @@
 /**
  * One WebSocket connection, run as its own fiber for as long as the socket
- * lives: exactly one writer (draining a bounded queue) and one reader
- * (handling the client's requests in order). Its scope registers it with the
- * hub and, when the fiber ends for any reason, unregisters it and closes the
- * socket with a close code that says why.
+ * lives. The fiber is the connection's reader: it handles the client's
+ * requests one at a time, in order. Messages to the client go through its
+ * bounded `Outbox`, written in corked batches (see Outbox.ts). The fiber's
+ * scope registers the client with the hub and, when the fiber ends for any
+ * reason, unregisters it and closes the socket with a close code that says why.
  */
-import { Chunk, Clock, Deferred, Duration, Effect, Either, Exit, Queue } from "effect"
+import { Clock, Duration, Effect, Either, Exit } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { HubConfig } from "./Config.js"
 import { type Connection, Hub } from "./Hub.js"
 import { HubMetrics } from "./Metrics.js"
+import { Outbox } from "./Outbox.js"
 import {
   closeFor,
   CloseCode,
@@ -23,8 +25,6 @@ import {
   TextPing
 } from "./Protocol.js"
 
-/** Most messages written in one corked batch. */
-const maxBatch = 256
 /** Inbound frames waiting to be handled before the socket stops being read. */
 const inboxHighWater = 16
 const inboxLowWater = 4
@@ -52,8 +52,7 @@ const toBuffer = (data: WebSocket.RawData): Buffer =>
 
 /**
  * Serves one upgraded connection until it closes. `socket` is the connection's
- * TCP socket: pre-built frames are written to it directly, in corked batches,
- * unless the connection negotiated compression.
+ * TCP socket, to which the outbox writes pre-built frames directly.
  */
 export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
   Effect.gen(function*() {
@@ -61,34 +60,50 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     const config = yield* HubConfig
     const metrics = yield* HubMetrics
     const id = yield* hub.nextId
-    yield* Effect.annotateLogsScoped({ client_id: id, remote_address: info.remoteAddress ?? "unknown" })
-    const outbox = yield* Queue.bounded<Outbound>(config.sendBuffer)
-    const inbox = yield* Queue.unbounded<Incoming>()
-    const socketClosed = yield* Deferred.make<void>()
-    const kicked = yield* Deferred.make<void>()
+    const annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
+    const outbox = new Outbox(ws, socket, config.sendBuffer, metrics.delivered)
+    // Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub).
+    const inbox: Array<Incoming | typeof ended> = []
+    let wakeReader: (() => void) | undefined
+    const deliver = (item: Incoming | typeof ended) => {
+      inbox.push(item)
+      const wake = wakeReader
+      wakeReader = undefined
+      wake?.()
+    }
+    const nextIncoming = Effect.async<Incoming | typeof ended>((resume) => {
+      if (inbox.length > 0) return resume(Effect.succeed(inbox.shift()!))
+      wakeReader = () => resume(Effect.succeed(inbox.shift()!))
+      return Effect.sync(() => {
+        wakeReader = undefined
+      })
+    })
     const pingPeriod = Duration.toMillis(config.pingPeriod)
     const pongTimeout = Duration.toMillis(config.pongTimeout)
+    const writeTimeout = Duration.toMillis(config.writeTimeout)
     const closeHandshake = Duration.min(config.writeTimeout, maxCloseHandshake)
-    const raw = !ws.extensions.includes("permessage-deflate")
 
     let lastSeen = Date.now()
     let lastPing = lastSeen
     let leaving: DisconnectReason | undefined
     let closeCode: number | undefined
 
+    const end = () => deliver(ended)
     const kick = (reason: DisconnectReason) => {
       if (leaving !== undefined) return
       leaving = reason
-      Deferred.unsafeDone(kicked, Exit.void)
+      end()
     }
 
     const connection: Connection = {
       id,
-      offer: (message) => leaving !== undefined || Queue.unsafeOffer(outbox, message),
+      offer: (message) => leaving !== undefined || outbox.offer(message),
       kick,
       keepAlive: (now) => {
         if (leaving !== undefined || ws.readyState !== WebSocket.OPEN) return
-        if (now - lastSeen >= pongTimeout) kick("pong_timeout")
+        const blockedSince = outbox.blockedSince
+        if (blockedSince !== undefined && now - blockedSince >= writeTimeout) kick("write_timeout")
+        else if (now - lastSeen >= pongTimeout) kick("pong_timeout")
         else if (now - lastPing >= pingPeriod) {
           lastPing = now
           ws.ping()
@@ -100,7 +115,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     let pending = 0
     ws.on("message", (data, isBinary) => {
       lastSeen = Date.now()
-      Queue.unsafeOffer(inbox, { data: toBuffer(data), isBinary })
+      deliver({ data: toBuffer(data), isBinary })
       if (++pending >= inboxHighWater && !ws.isPaused) ws.pause()
     })
     ws.on("pong", () => {
@@ -109,7 +124,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     ws.on("ping", () => {
       lastSeen = Date.now()
     })
-    ws.on("error", (error: Error & { code?: string; [key: symbol]: unknown }) => {
+    ws.on("error", (error: Error & { code?: string }) => {
       // `ws` closes the connection itself after these, with the status code it attaches (1009, 1007, 1002).
       leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
         ? "message_too_big"
@@ -124,7 +139,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       // The code of the close frame that ended the connection, unless the hub sent its own first.
       closeCode ??= code
       leaving ??= "client_closed"
-      Deferred.unsafeDone(socketClosed, Exit.void)
+      end()
     })
 
     /**
@@ -152,12 +167,21 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
      * reader waits), not disconnected. Only broadcasts treat a full buffer as
      * a slow consumer.
      */
-    const send = (message: Outbound) => leaving === undefined ? Queue.offer(outbox, message) : Effect.void
+    const send = (message: Outbound) =>
+      Effect.async<void>((resume) => {
+        if (leaving !== undefined) return resume(Effect.void)
+        outbox.whenRoom(() => {
+          outbox.offer(message)
+          resume(Effect.void)
+        })
+      })
     const reply = (type: string, data: unknown) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => send(Outbound.message(type, data, new Date(now))))
     const refuse = (error: ErrorData) =>
       Effect.zipRight(
-        Effect.logDebug("refused client message").pipe(Effect.annotateLogs({ code: error.code, reason: error.message })),
+        Effect.logDebug("refused client message").pipe(
+          Effect.annotateLogs({ ...annotations, code: error.code, reason: error.message })
+        ),
         reply(HubMessageType.error, error)
       )
 
@@ -183,42 +207,19 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
           (now) => reply(HubMessageType.unsubscribed, { event_types: now })
         )
     }
-    const reader = Effect.forever(
-      Effect.flatMap(Queue.take(inbox), (incoming) =>
-        Effect.zipRight(
-          handle(incoming),
-          Effect.sync(() => {
-            if (--pending <= inboxLowWater && ws.isPaused) ws.resume()
-          })
-        ))
-    )
-
-    // --- writer: drains the queue, one corked batch per wake-up --------------
-    const write = (batch: ReadonlyArray<Outbound>) =>
-      Effect.async<void>((resume) => {
-        if (ws.readyState !== WebSocket.OPEN) return resume(Effect.void)
-        const done = () => resume(Effect.void)
-        const last = batch.length - 1
-        if (raw) {
-          socket.cork()
-          for (let i = 0; i < last; i++) socket.write(batch[i]!.frame)
-          socket.write(batch[last]!.frame, done)
-          socket.uncork()
-        } else {
-          for (let i = 0; i < last; i++) ws.send(batch[i]!.payload, { binary: false })
-          ws.send(batch[last]!.payload, { binary: false }, done)
-        }
-        metrics.delivered(batch.length)
-      })
-    const writer = Effect.forever(
-      Effect.flatMap(
-        Queue.takeBetween(outbox, 1, maxBatch),
-        (batch) => Effect.timeout(write(Chunk.toReadonlyArray(batch)), config.writeTimeout)
+    /** Handles the client's frames until the connection ends. */
+    const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
+      if (incoming === ended || leaving !== undefined) return Effect.void
+      return handle(incoming).pipe(
+        Effect.zipRight(Effect.sync(() => {
+          if (--pending <= inboxLowWater && ws.isPaused) ws.resume()
+        })),
+        Effect.zipRight(Effect.suspend(() => read))
       )
-    ).pipe(Effect.catchTag("TimeoutException", () => Effect.sync(() => kick("write_timeout"))))
+    })
 
     // --- lifetime --------------------------------------------------------------
-    // Finalizers run in reverse: stop reading and writing, leave the hub, then close the socket.
+    // Finalizers run in reverse: leave the hub, then close the socket.
     yield* Effect.addFinalizer((exit) =>
       Effect.gen(function*() {
         // The HTTP server interrupts this fiber when the peer drops the socket, so look at the socket first.
@@ -240,13 +241,14 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
         }
         metrics.disconnected(leaving)
         const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo
-        yield* log("client disconnected").pipe(Effect.annotateLogs({ reason: leaving, code: closeCode }))
+        yield* log("client disconnected").pipe(Effect.annotateLogs({ ...annotations, reason: leaving, code: closeCode }))
       })
     )
     yield* Effect.acquireRelease(hub.register(connection), () => hub.unregister(id))
-    yield* Effect.forkScoped(writer)
-    yield* Effect.forkScoped(reader)
-    yield* Effect.logDebug("client connected")
-
-    yield* Effect.raceFirst(Deferred.await(socketClosed), Deferred.await(kicked))
+    yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(annotations))
+    // This fiber is the reader: it returns when the connection has ended.
+    yield* read
   }).pipe(Effect.scoped)
+
+/** The inbox's end marker. */
+const ended = Symbol("ended")

@@ -23,7 +23,7 @@ export interface Connection {
   readonly offer: (message: Outbound) => boolean
   /** Asks the client to leave for `reason`. Never blocks; later calls are ignored. */
   readonly kick: (reason: DisconnectReason) => void
-  /** Called on every keep-alive tick: sends a ping when due, kicks the client if it went silent. */
+  /** Called on every tick: sends a ping when due, kicks the client if it went silent or a write is stuck. */
   readonly keepAlive: (now: number) => void
 }
 
@@ -161,10 +161,15 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
             : [Either.right(next.right.patterns), current.withRegistration(id, next.right)]
         })
 
-      // One keep-alive tick for the whole hub instead of a timer per client.
+      // One tick for the whole hub instead of timers per client: pings, pong and write deadlines.
       const tick = Duration.millis(Math.max(
         10,
-        Math.min(1000, Duration.toMillis(config.pingPeriod) / 4, Duration.toMillis(config.pongTimeout) / 4)
+        Math.min(
+          1000,
+          Duration.toMillis(config.pingPeriod) / 4,
+          Duration.toMillis(config.pongTimeout) / 4,
+          Duration.toMillis(config.writeTimeout) / 4
+        )
       ))
       yield* Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis

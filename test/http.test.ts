@@ -20,9 +20,20 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
         const client = yield* connect()
         const response = yield* post("/api/v1/events", { type: "backtest.completed", data: { job_id: "j1" } }, auth)
         expect(response.status).toBe(202)
-        expect(response.body).toEqual({ status: "accepted", recipients: 1 })
+        expect(response.body).toEqual({ status: "accepted", events: 1, recipients: 1 })
         yield* promise(() => client.until(() => client.events.length === 1))
         expect(client.events[0]).toMatchObject({ type: "backtest.completed", data: { job_id: "j1" } })
+      }))
+
+    it.scoped("broadcasts an array of events in order", () =>
+      Effect.gen(function*() {
+        const client = yield* connect()
+        const events = [1, 2, 3].map((n) => ({ type: "task.running", data: { n } }))
+        const response = yield* post("/api/v1/events", events, auth)
+        expect(response.status).toBe(202)
+        expect(response.body).toEqual({ status: "accepted", events: 3, recipients: 3 })
+        yield* promise(() => client.until(() => client.events.length === 3))
+        expect(client.events.map((event) => event.data.n)).toEqual([1, 2, 3])
       }))
 
     it.effect.each([
@@ -32,7 +43,9 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
       [{ type: "hub.fake", data: {} }, "reserved"],
       [{ type: "backtest.*", data: {} }, "wildcard"],
       [{ type: "x", data: "string" }, "data"],
-      [{ type: "x" }, "data"]
+      [{ type: "x" }, "data"],
+      [[], "at least 1"],
+      [[{ type: "x", data: {} }, { type: "hub.x", data: {} }], "reserved"]
     ])("400 for %j, with a reason", ([body, reason]) =>
       Effect.gen(function*() {
         const response = yield* post("/api/v1/events", body, auth)
@@ -61,14 +74,14 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
   it.scoped("GET /metrics reports clients, events, deliveries and disconnects", () =>
     Effect.gen(function*() {
       const client = yield* connect()
-      yield* post("/api/v1/events", { type: "task.running", data: {} }, auth)
+      yield* post("/api/v1/events", { type: "metrics.probe", data: {} }, auth)
       yield* promise(() => client.until(() => client.events.length === 1))
       const { status, body } = yield* get("/metrics")
       expect(status).toBe(200)
       expect(body.websocket.connected_clients).toBeGreaterThanOrEqual(1)
       expect(body.websocket.events_broadcast).toBeGreaterThanOrEqual(1)
       expect(body.websocket.messages_delivered).toBeGreaterThanOrEqual(1)
-      expect(body.websocket.events_by_type["task.running"]).toEqual({ broadcast: 1, recipients: 1 })
+      expect(body.websocket.events_by_type["metrics.probe"]).toEqual({ broadcast: 1, recipients: 1 })
       expect(body.websocket.clients_disconnected).toBeTypeOf("object")
     }))
 

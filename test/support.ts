@@ -10,13 +10,12 @@ import { connect as connectTcp, createServer, type Server, type Socket } from "n
 import { WebSocket, type ClientOptions } from "ws"
 import { HubConfig, type HubSettings } from "../src/Config.js"
 import * as HttpServer from "../src/http/Server.js"
-import { WebSocketServer } from "../src/http/WebSocketServer.js"
+import * as WebSocketServer from "../src/http/WebSocketServer.js"
 import * as Hub from "../src/Hub.js"
 
 /** The hub, its HTTP server on 127.0.0.1 with a free port, and every service, for `layer(...)`. */
 export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
-  HttpServer.layerServe.pipe(
-    Layer.provide(WebSocketServer.layer),
+  Layer.merge(HttpServer.layerServe, WebSocketServer.layer).pipe(
     Layer.provideMerge(HttpServer.layerListen),
     Layer.provideMerge(Hub.layerLive),
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, ...overrides })),

@@ -26,8 +26,8 @@ const server = createServer((req, res) => {
     const chunks = []
     req.on("data", (chunk) => chunks.push(chunk))
     req.on("end", () => {
-      const { type, data } = JSON.parse(Buffer.concat(chunks).toString())
-      broadcast(type, data)
+      const body = JSON.parse(Buffer.concat(chunks).toString())
+      for (const { type, data } of Array.isArray(body) ? body : [body]) broadcast(type, data)
       res.writeHead(202, { "content-type": "application/json" }).end("{\"status\":\"accepted\"}")
     })
   } else if (req.url === "/metrics") {

@@ -12,13 +12,23 @@ import { Health } from "../Health.js"
 import { Hub } from "../Hub.js"
 import { HubMetrics } from "../Metrics.js"
 import { EventType, formatParseError } from "../Protocol.js"
-import { WebSocketServer } from "./WebSocketServer.js"
+import { UpgradeRoutes } from "./UpgradeRoutes.js"
+import * as WebSocketServer from "./WebSocketServer.js"
 
-/** Body of `POST /api/v1/events`. */
-export const PublishRequest = Schema.Struct({
+/** One event in the body of `POST /api/v1/events`. */
+export const PublishedEvent = Schema.Struct({
   type: EventType,
   data: Schema.Record({ key: Schema.String, value: Schema.Unknown })
 })
+
+/** Most events in one `POST /api/v1/events`. */
+export const maxEventsPerPublish = 1000
+
+/** Body of `POST /api/v1/events`: one event, or an array of events broadcast in order. */
+export const PublishRequest = Schema.Union(
+  PublishedEvent,
+  Schema.Array(PublishedEvent).pipe(Schema.minItems(1), Schema.maxItems(maxEventsPerPublish))
+)
 
 const decodePublish = Schema.decodeUnknownEither(PublishRequest)
 
@@ -35,7 +45,6 @@ export const makeRouter = Effect.gen(function*() {
   const hub = yield* Hub
   const metrics = yield* HubMetrics
   const health = yield* Health
-  const websocket = yield* WebSocketServer
 
   const healthRoute = Effect.map(health.report, (report) =>
     HttpServerResponse.unsafeJson(report, { status: report.status === "unavailable" ? 503 : 200 }))
@@ -78,12 +87,14 @@ export const makeRouter = Effect.gen(function*() {
       } catch {
         return problem(400, "body is not valid JSON; expected {\"type\": \"...\", \"data\": {...}}")
       }
-      const event = decodePublish(json)
-      if (event._tag === "Left") {
-        return problem(400, `invalid event: ${formatParseError(event.left)}`)
+      const decoded = decodePublish(json)
+      if (decoded._tag === "Left") {
+        return problem(400, `invalid event: ${formatParseError(decoded.left)}`)
       }
-      const recipients = yield* hub.broadcast(event.right.type, event.right.data)
-      return HttpServerResponse.unsafeJson({ status: "accepted", recipients }, { status: 202 })
+      const events = Array.isArray(decoded.right) ? decoded.right : [decoded.right as typeof PublishedEvent.Type]
+      let recipients = 0
+      for (const event of events) recipients += yield* hub.broadcast(event.type, event.data)
+      return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
     })
 
   const notFound = Effect.map(
@@ -92,7 +103,13 @@ export const makeRouter = Effect.gen(function*() {
   )
 
   const routes = HttpRouter.empty.pipe(
-    HttpRouter.get(config.wsPath, Effect.flatMap(HttpServerRequest.HttpServerRequest, websocket.upgrade)),
+    // Handshakes never get here (see WebSocketServer.ts): only plain requests do.
+    HttpRouter.get(
+      config.wsPath,
+      Effect.succeed(problem(426, "this endpoint only accepts WebSocket connections (Connection: Upgrade, Upgrade: websocket)", {
+        upgrade: "websocket"
+      }))
+    ),
     HttpRouter.get("/health", healthRoute),
     HttpRouter.get("/metrics", metricsRoute)
   )
@@ -107,7 +124,7 @@ export const makeRouter = Effect.gen(function*() {
 export const layerServe: Layer.Layer<
   never,
   never,
-  HttpServer.HttpServer | HubConfig | Hub | HubMetrics | Health | WebSocketServer
+  HttpServer.HttpServer | HubConfig | Hub | HubMetrics | Health
 > = Layer.unwrapEffect(
   Effect.map(makeRouter, (router) =>
     HttpServer.serve(router).pipe(
@@ -120,16 +137,23 @@ export const layerServe: Layer.Layer<
     ))
 )
 
-/** A Node HTTP server listening on `HOST`:`PORT`. */
+/** A Node HTTP server listening on `HOST`:`PORT`, with its upgrade requests routable (`UpgradeRoutes`). */
 export const layerListen = Layer.unwrapEffect(
-  Effect.map(HubConfig, (config) => NodeHttpServer.layer(createServer, { host: config.host, port: config.port }))
+  Effect.map(HubConfig, (config) => {
+    const server = createServer()
+    return Layer.merge(
+      NodeHttpServer.layer(() => server, { host: config.host, port: config.port }),
+      Layer.succeed(UpgradeRoutes, UpgradeRoutes.install(server))
+    )
+  })
 )
 
-/** The `ws` server behind the upgrade route (re-exported for custom compositions). */
+/** The WebSocket endpoint (re-exported for custom compositions). */
 export const WebSocketServerLive = WebSocketServer.layer
 
-/** The whole HTTP side: the WebSocket server, the routes, and the listening socket. */
-export const layer = layerServe.pipe(
-  Layer.provide(WebSocketServer.layer),
-  Layer.provide(layerListen)
-)
+/**
+ * The whole HTTP side: the routes and the WebSocket endpoint on one listening
+ * socket. Both are released before the socket closes, so every WebSocket
+ * client is closed (1001) before the server waits for its connections.
+ */
+export const layer = Layer.merge(layerServe, WebSocketServer.layer).pipe(Layer.provide(layerListen))
