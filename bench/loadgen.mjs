@@ -1,5 +1,7 @@
 // The load generator: a separate process holding the WebSocket clients, driven by bench/run.mjs over IPC.
 // It counts event messages, and measures publish-to-receipt latency on a sample of clients.
+import { randomBytes } from "node:crypto"
+import { request } from "node:http"
 import { performance } from "node:perf_hooks"
 import WebSocket from "ws"
 
@@ -42,8 +44,33 @@ const connectOne = (url, index, patterns, localAddress) =>
     })
   })
 
+/**
+ * A client that completes the handshake and then only drains its socket, without parsing frames: it costs the
+ * load generator a read per burst instead of a parse per message, so that measuring the latency of the sampled
+ * clients is not limited by the load generator itself (one process on the same 2 cores as the server).
+ */
+const connectDrainOnly = (url, localAddress) =>
+  new Promise((resolve, reject) => {
+    const req = request(url.replace("ws:", "http:"), {
+      localAddress,
+      headers: {
+        connection: "Upgrade",
+        upgrade: "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": randomBytes(16).toString("base64")
+      }
+    })
+    req.on("upgrade", (_response, socket) => {
+      socket.on("data", () => {})
+      socket.on("error", () => {})
+      resolve({ ws: { _socket: socket, terminate: () => socket.destroy() }, sampled: false, paused: false })
+    })
+    req.on("error", reject)
+    req.end()
+  })
+
 const handlers = {
-  async connect({ url, count, types, perClient, hub }) {
+  async connect({ url, count, types, perClient, hub, drainOnly = false }) {
     // Source addresses rotate over 127.0.0.2-254 so that many runs never exhaust ephemeral ports.
     for (let start = 0; start < count; start += 200) {
       const batch = []
@@ -52,7 +79,12 @@ const handlers = {
         const patterns = hub && perClient > 0
           ? Array.from({ length: perClient }, (_, k) => types[(index + k * 7) % types.length])
           : null
-        batch.push(connectOne(url, index, hub ? patterns : null, `127.0.0.${2 + (index % 253)}`))
+        const localAddress = `127.0.0.${2 + (index % 253)}`
+        batch.push(
+          drainOnly && index % 10 !== 0
+            ? connectDrainOnly(url, localAddress)
+            : connectOne(url, index, hub ? patterns : null, localAddress)
+        )
       }
       clients.push(...await Promise.all(batch))
     }

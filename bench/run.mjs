@@ -96,7 +96,7 @@ const startServer = async (kind, extraEnv = {}) => {
     })
   } else {
     child = fork(join(root, "bench", "servers", "baseline.mjs"), [], {
-      env: { ...env, MODE: kind === "ws-send" ? "send" : "frame" },
+      env: { ...env, MODE: kind === "ws-send" ? "send" : "frame", ...extraEnv },
       stdio: ["ignore", "inherit", "inherit", "ipc"]
     })
   }
@@ -284,20 +284,31 @@ const idle = async (kind) => {
   }
 }
 
-/** End-to-end latency from publishing to RabbitMQ to receipt, at a fixed rate; optionally with slow consumers. */
-const latency = async (rate, slowFraction) => {
+/**
+ * End-to-end latency from publishing to RabbitMQ to receipt, at a fixed rate; optionally with slow consumers.
+ * `kind` is `hub`, or `ws-frame` (a bare ws server consuming with amqplib: the floor).
+ */
+const latency = async (rate, slowFraction, kind = "hub") => {
   const tag = `${rate}/s${slowFraction > 0 ? `, ${slowFraction * 100}% slow consumers` : ""}`
-  progress(`latency: hub, ${options.latencyClients} clients, RabbitMQ at ${tag}, ${options.duration} s`)
+  progress(`latency: ${kind}, ${options.latencyClients} clients, RabbitMQ at ${tag}, ${options.duration} s`)
   const exchange = `bench_${process.pid}_${Date.now()}`
   const queue = `${exchange}.queue`
-  const server = await startServer("hub", { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue })
+  const server = await startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue })
   const loadgen = await startLoadgen()
   // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
   const connection = await amqp.connect(options.broker, { noDelay: true })
   const channel = await connection.createChannel()
   try {
     await waitFor("the hub to consume", async () => (await (await fetch(`${server.base}/health`)).json()).checks.rabbitmq.status === "up")
-    await loadgen.call("connect", { url: server.url, count: options.latencyClients, types: seedTypes, perClient: 0, hub: true })
+    // Every tenth client parses and measures; the others only drain their sockets (see loadgen.mjs).
+    await loadgen.call("connect", {
+      url: server.url,
+      count: options.latencyClients,
+      types: seedTypes,
+      perClient: 0,
+      hub: kind === "hub",
+      drainOnly: true
+    })
     if (slowFraction > 0) await loadgen.call("pause", { fraction: slowFraction })
     const base = eventData(options.size)
     const publishFor = async (seconds) => {
@@ -319,7 +330,7 @@ const latency = async (rate, slowFraction) => {
     await publishFor(options.duration)
     await new Promise((resolve) => setTimeout(resolve, 300))
     const result = await loadgen.call("latencyStop")
-    return { rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result }
+    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result }
   } finally {
     loadgen.stop()
     await server.stop()
@@ -381,14 +392,15 @@ const main = async () => {
   if (options.scenarios.includes("latency")) {
     const runs = []
     for (const rate of options.rates) {
+      runs.push(await latency(rate, 0, "ws-frame"))
       runs.push(await latency(rate, 0))
       runs.push(await latency(rate, options.slowFraction))
     }
     report.scenarios.latency = runs
     for (const run of runs) {
-      const healthy = runs.find((r) => r.rate === run.rate && r.slow_fraction === 0)
+      const healthy = runs.find((r) => r.server === run.server && r.rate === run.rate && r.slow_fraction === 0)
       rows.push([
-        `latency ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
+        `latency ${run.server} ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
         `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
         `max ${fmt(run.max)} ms (${run.samples} samples)`,
         run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow` : ""

@@ -30,6 +30,10 @@ const server = createServer((req, res) => {
       for (const { type, data } of Array.isArray(body) ? body : [body]) broadcast(type, data)
       res.writeHead(202, { "content-type": "application/json" }).end("{\"status\":\"accepted\"}")
     })
+  } else if (req.url === "/health") {
+    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({
+      checks: { rabbitmq: { status: consuming ? "up" : "down" } }
+    }))
   } else if (req.url === "/metrics") {
     const memory = process.memoryUsage()
     res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({
@@ -50,4 +54,24 @@ server.on("upgrade", (req, socket, head) => {
   })
 })
 server.listen(port, "127.0.0.1", () => process.send?.({ ready: true }))
+
+// With RABBITMQ_URL set, also consume the exchange (as the hub does, minus everything else) and broadcast each
+// delivery: the floor for the end-to-end latency scenario.
+let consuming = false
+if (process.env.RABBITMQ_URL) {
+  const { default: amqp } = await import("amqplib")
+  const connection = await amqp.connect(process.env.RABBITMQ_URL, { noDelay: true })
+  const channel = await connection.createChannel()
+  const exchange = process.env.RABBITMQ_EXCHANGE
+  const queue = process.env.RABBITMQ_QUEUE
+  await channel.assertExchange(exchange, "topic", { durable: true })
+  await channel.assertQueue(queue, { durable: true })
+  await channel.bindQueue(queue, exchange, "#")
+  await channel.prefetch(100)
+  await channel.consume(queue, (message) => {
+    broadcast(message.fields.routingKey, JSON.parse(message.content.toString()))
+    channel.ack(message)
+  })
+  consuming = true
+}
 process.on("SIGTERM", () => process.exit(0))

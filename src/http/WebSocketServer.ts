@@ -45,7 +45,10 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
       socket.on("error", () => undefined)
       // `ws` answers a bad handshake (400) itself and destroys the socket.
       wss.handleUpgrade(request, socket, head, (ws) => {
-        run(Client.serve(ws, socket, { remoteAddress: request.socket.remoteAddress }))
+        run(Client.serve(ws, socket, { remoteAddress: request.socket.remoteAddress }).pipe(
+          // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
+          Effect.tapDefect((defect) => Effect.logError("client connection failed", defect))
+        ))
       })
     }
     yield* routes.register(config.wsPath, upgrade)
