@@ -37,6 +37,18 @@ describe("node dist/main.js", () => {
     expect(await service.exited).toEqual({ code: 0, signal: null })
   })
 
+  it("LOG_FORMAT=pretty writes each line once, in the pretty format only", async () => {
+    const port = await freePort()
+    const service = ServiceProcess.start({ PORT: String(port), HOST: "127.0.0.1", LOG_FORMAT: "pretty", RABBITMQ_URL: "" })
+    await service.waitForOutput("INFO")
+    await service.waitForOutput("listening")
+    service.child.kill("SIGTERM")
+    expect(await service.exited).toEqual({ code: 0, signal: null })
+    const lines = service.output.split("\n")
+    expect(lines.filter((line) => line.includes("listening"))).toHaveLength(1)
+    expect(lines.filter((line) => line.trimStart().startsWith("{"))).toEqual([])
+  })
+
   it("refuses to start on a bad setting, naming the variable", async () => {
     const port = await freePort()
     const service = ServiceProcess.start({ PORT: String(port), WS_PING_PERIOD: "soon" })

@@ -199,10 +199,15 @@ export class ServiceProcess {
   }
 
   /** Waits until a JSON log line with `message` has been written. */
-  async waitForLog(message: string, timeoutMs = 10_000): Promise<void> {
+  waitForLog(message: string, timeoutMs = 10_000): Promise<void> {
+    return this.waitForOutput(`"message":"${message}"`, timeoutMs)
+  }
+
+  /** Waits until the output contains `text`. */
+  async waitForOutput(text: string, timeoutMs = 10_000): Promise<void> {
     const deadline = Date.now() + timeoutMs
-    while (!this.output.includes(`"message":"${message}"`)) {
-      if (Date.now() > deadline) throw new Error(`no "${message}" log line; output:\n${this.output}`)
+    while (!this.output.includes(text)) {
+      if (Date.now() > deadline) throw new Error(`no ${JSON.stringify(text)} in the output:\n${this.output}`)
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, deadline - Date.now() + 1)
         this.child.stdout!.once("data", () => {

@@ -4,7 +4,7 @@
  */
 import { HttpRouter, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Effect, Either, Layer, Option, Redacted, Schema } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { createServer } from "node:http"
 import { HubConfig } from "../Config.js"
@@ -30,7 +30,11 @@ export const PublishRequest = Schema.Union(
   Schema.Array(PublishedEvent).pipe(Schema.minItems(1), Schema.maxItems(maxEventsPerPublish))
 )
 
-const decodePublish = Schema.decodeUnknownEither(PublishRequest)
+/** Decodes one event or an array of them; each shape is decoded on its own, so errors name the field at fault. */
+const decodePublish = (json: unknown) =>
+  Array.isArray(json)
+    ? Schema.decodeUnknownEither(PublishRequest.members[1])(json)
+    : Either.map(Schema.decodeUnknownEither(PublishedEvent)(json), (event) => [event])
 
 const problem = (status: number, error: string, headers: Record<string, string> = {}) =>
   HttpServerResponse.unsafeJson({ error }, { status, headers })
@@ -91,7 +95,7 @@ export const makeRouter = Effect.gen(function*() {
       if (decoded._tag === "Left") {
         return problem(400, `invalid event: ${formatParseError(decoded.left)}`)
       }
-      const events = Array.isArray(decoded.right) ? decoded.right : [decoded.right as typeof PublishedEvent.Type]
+      const events = decoded.right
       let recipients = 0
       for (const event of events) recipients += yield* hub.broadcast(event.type, event.data)
       return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
