@@ -7,7 +7,7 @@
  * go back to the queue), then the HTTP server stops accepting connections and
  * closes every client with 1001, then the hub itself.
  */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { ConfigError, Effect, Layer, Logger } from "effect"
 import { HubConfig, RabbitMqConfig } from "./Config.js"
 import * as HttpServer from "./http/Server.js"
