@@ -150,7 +150,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       if (verdict !== "accept") {
         if (verdict === "drop") return
         if (verdict === "close") {
-          limits.refused("rate_limit_closed")
+          if (leaving === undefined) limits.refused("rate_limit_closed")
           return kick("rate_limited")
         }
         limits.refused("rate_limited")

@@ -85,9 +85,9 @@ export class TestClient {
     })
   }
 
-  static connect(url: string, options?: ClientOptions): Promise<TestClient> {
+  static connect(url: string, options?: ClientOptions, protocols: Array<string> = []): Promise<TestClient> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, options)
+      const ws = new WebSocket(url, protocols, options)
       const client = new TestClient(ws)
       ws.once("open", () => resolve(client))
       ws.once("error", reject)
