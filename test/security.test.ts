@@ -10,7 +10,19 @@ import * as jose from "jose"
 import { createServer } from "node:http"
 import { WebSocket, type ClientOptions } from "ws"
 import { Hub } from "../src/Hub.js"
-import { baseUrl, connect, eventually, get, hubLayer, post, promise, security, TestClient, wsUrl } from "./support.js"
+import {
+  baseUrl,
+  connect,
+  eventually,
+  freePort,
+  get,
+  hubLayer,
+  post,
+  promise,
+  security,
+  TestClient,
+  wsUrl
+} from "./support.js"
 
 const secret = "a-test-secret-that-is-at-least-32-characters-long"
 const secretKey = new TextEncoder().encode(secret)
@@ -277,6 +289,25 @@ layer(
     }))
 })
 
+const unreachablePort = await freePort()
+
+layer(
+  hubLayer({
+    security: security({
+      authKeys: { _tag: "jwks", url: new URL(`http://127.0.0.1:${unreachablePort}/jwks`), cacheMaxAge: Duration.minutes(10) }
+    })
+  }),
+  { excludeTestServices: true }
+)("authentication (JWKS unreachable)", (it) => {
+  it.effect("answers 503 when the signing keys cannot be fetched (not the client's fault)", () =>
+    Effect.gen(function*() {
+      const token = yield* promise(() => asymmetric("ES256", esKeys.privateKey, "key-1"))
+      const refusal = yield* refused(bearer(token))
+      expect(refusal.status).toBe(503)
+      expect(refusal.body.error).toContain("signing keys are unavailable")
+    }))
+})
+
 const rsaPem = await jose.exportSPKI(rsKeys.publicKey)
 
 layer(
@@ -382,6 +413,20 @@ layer(
       first.close()
       yield* eventually(hub.clientCount, (n) => n === 2)
       yield* connect()
+    }))
+})
+
+layer(
+  hubLayer({ security: security({ maxConnectionsPerIp: 1, trustProxy: true }) }),
+  { excludeTestServices: true }
+)("connection limits behind a proxy", (it) => {
+  it.scoped("with TRUST_PROXY, counts connections per X-Forwarded-For address", () =>
+    Effect.gen(function*() {
+      yield* connectWith({ headers: { "x-forwarded-for": "203.0.113.1" } })
+      yield* connectWith({ headers: { "x-forwarded-for": "203.0.113.2" } })
+      // A client cannot escape by prepending addresses: the proxy's (last) entry counts.
+      const refusal = yield* refused({ headers: { "x-forwarded-for": "198.51.100.9, 203.0.113.1" } })
+      expect(refusal.status).toBe(503)
     }))
 })
 
