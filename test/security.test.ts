@@ -371,6 +371,9 @@ layer(
       expect(health.headers.get("access-control-allow-origin")).toBe(appOrigin)
       const foreign = yield* promise(() => fetch(`${url}/health`, { headers: { origin: "https://evil.example.com" } }))
       expect(foreign.headers.get("access-control-allow-origin")).toBeNull()
+      const noOrigin = yield* promise(() => fetch(`${url}/health`))
+      expect(noOrigin.status).toBe(200)
+      expect(noOrigin.headers.get("access-control-allow-origin")).toBeNull()
     }))
 })
 

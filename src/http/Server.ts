@@ -149,7 +149,8 @@ export const corsMiddleware = (config: HubConfig["Type"]) =>
   HttpMiddleware.cors({
     allowedOrigins: config.security.allowedOrigins[0] === "*"
       ? []
-      : (origin: string) => isOriginAllowed(config.security, origin),
+      // Called with `undefined` for requests without Origin, which get no CORS header.
+      : (origin: string | undefined) => origin !== undefined && isOriginAllowed(config.security, origin),
     allowedMethods: ["GET", "POST", "OPTIONS"],
     allowedHeaders: ["authorization", "content-type"],
     maxAge: 600,
