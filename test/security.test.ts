@@ -4,7 +4,7 @@
  * limit, with real clients against the real server. Each refusal is checked
  * for its answer and its counter in `/metrics`.
  */
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect, Option, Redacted } from "effect"
 import * as jose from "jose"
 import { createServer } from "node:http"
@@ -20,6 +20,7 @@ import {
   post,
   promise,
   security,
+  ServiceProcess,
   TestClient,
   wsUrl
 } from "./support.js"
@@ -549,4 +550,53 @@ layer(hubLayer(), { excludeTestServices: true })("auth disabled", (it) => {
       const reply = yield* promise(() => client.request({ action: "auth", token: "x" }, "hub.error"))
       expect(reply.data.code).toBe("auth_disabled")
     }))
+})
+
+// ---------------------------------------------------------------------------
+// The service as deployed: settings from the environment, tokens never logged
+// ---------------------------------------------------------------------------
+
+describe("node dist/main.js with authentication", () => {
+  it("reads the security settings from the environment and never logs a token", async () => {
+    const port = await freePort()
+    const service = ServiceProcess.start({
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      RABBITMQ_URL: "",
+      LOG_LEVEL: "debug",
+      AUTH_JWT_SECRET: secret,
+      AUTH_JWT_ISSUER: issuer,
+      AUTH_JWT_AUDIENCE: audience,
+      ALLOWED_ORIGINS: appOrigin,
+      WS_MAX_MESSAGE_SIZE: "4096"
+    })
+    try {
+      await service.waitForLog("listening")
+      const url = `ws://127.0.0.1:${port}/api/v1/ws/events`
+      const badToken = await hs256({}, 3600, new TextEncoder().encode("x".repeat(40)))
+      const expired = await hs256({}, -60)
+      const refusals = [
+        await attempt(`${url}?token=${badToken}`),
+        await attempt(url, bearer(expired)),
+        await attempt(url, { protocols: ["bearer", badToken] }),
+        await attempt(url, { ...bearer(await hs256()), origin: "https://evil.example.com" })
+      ]
+      expect(refusals.map((r) => r === "accepted" ? r : r.status)).toEqual([401, 401, 401, 403])
+      const good = await hs256()
+      const client = await TestClient.connect(url, { origin: appOrigin }, ["bearer", good])
+      const reply = await client.request({ action: "auth", token: badToken }, "hub.error")
+      expect(reply.data.code).toBe("invalid_token")
+      await client.request({ action: "auth", token: await hs256({}, 7200) }, "hub.authenticated")
+      client.close()
+      await service.waitForLog("client disconnected")
+      expect(service.output).toContain("\"reason\":\"unauthorized\"")
+      for (const token of [badToken, expired, good]) {
+        expect(service.output).not.toContain(token)
+        expect(service.output).not.toContain(token.split(".")[2]!)
+      }
+      expect(service.output).not.toContain(secret)
+    } finally {
+      service.child.kill("SIGKILL")
+    }
+  })
 })
