@@ -67,13 +67,6 @@ export const makeRouter = Effect.gen(function*() {
   const publishRoute = (token: Redacted.Redacted) =>
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
-      const allowed = limits.takePublish(Date.now())
-      if (Either.isLeft(allowed)) {
-        limits.refused("publish_rate_limited")
-        return problem(429, `more than ${config.security.publishRate} requests per second; retry later`, {
-          "retry-after": String(allowed.left)
-        })
-      }
       const authorization = request.headers["authorization"] ?? ""
       const bearer = /^Bearer (.+)$/i.exec(authorization)?.[1]
       if (bearer === undefined) {
@@ -85,6 +78,14 @@ export const makeRouter = Effect.gen(function*() {
       if (!sameSecret(bearer, Redacted.value(token))) {
         limits.refused("publish_unauthorized")
         return problem(401, "invalid token", { "www-authenticate": "Bearer error=\"invalid_token\"" })
+      }
+      // After the token check (cheap, constant time): requests without the token cannot starve publishers.
+      const allowed = limits.takePublish(Date.now())
+      if (Either.isLeft(allowed)) {
+        limits.refused("publish_rate_limited")
+        return problem(429, `more than ${config.security.publishRate} requests per second; retry later`, {
+          "retry-after": String(allowed.left)
+        })
       }
       const tooLarge = problem(413, `body larger than ${config.publishMaxBody} bytes`)
       const declared = Number(request.headers["content-length"] ?? 0)
