@@ -171,6 +171,8 @@ layer(hubLayer({ maxMessageSize, sendBuffer: 1024 }), { excludeTestServices: tru
       console.info(
         `fuzz: ${parallelClients * 60} runs in ${elapsed} ms, ${sent} events; heap ${(baseline / 1e6).toFixed(1)} MB -> ${(after / 1e6).toFixed(1)} MB`
       )
-      expect(growth).toBeLessThan(8 * 1024 * 1024)
+      // Measured: about 1.6 MB (fast-check's and vitest's own state included). A leak of 10 KB per fuzzing
+      // connection (360 of them) would add 3.6 MB more.
+      expect(growth).toBeLessThan(4 * 1024 * 1024)
     }), { timeout: 60_000 })
 })
