@@ -83,6 +83,14 @@ const waitFor = async (what, check, timeoutMs = 30_000) => {
   }
 }
 
+/** Limits (WS_MAX_CONNECTIONS...) that would otherwise refuse the load generator's clients. */
+const benchLimits = {
+  WS_MAX_CONNECTIONS: "1000000",
+  WS_MAX_CONNECTIONS_PER_IP: "1000000",
+  PUBLISH_RATE_LIMIT: "1000000",
+  PUBLISH_RATE_BURST: "1000000"
+}
+
 /** Starts a server: `hub` (node dist/main.js), `ws-send` or `ws-frame` (bench/servers/baseline.mjs). */
 const startServer = async (kind, extraEnv = {}) => {
   const port = nextPort++
@@ -91,7 +99,8 @@ const startServer = async (kind, extraEnv = {}) => {
   if (kind === "hub") {
     const profileArgs = options.profile ? ["--cpu-prof", `--cpu-prof-dir=${join(results, "profiles")}`] : []
     child = spawn(process.execPath, [...profileArgs, join(root, "dist", "main.js")], {
-      env: { ...env, PUBLISH_TOKEN: "bench", RABBITMQ_URL: "", LOG_LEVEL: "warn", ...extraEnv },
+      // Every load-generator client connects from 127.0.0.1: lift the per-address and publish limits.
+      env: { ...env, PUBLISH_TOKEN: "bench", RABBITMQ_URL: "", LOG_LEVEL: "warn", ...benchLimits, ...extraEnv },
       stdio: ["ignore", "inherit", "inherit"]
     })
   } else {

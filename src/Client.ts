@@ -6,11 +6,13 @@
  * scope registers the client with the hub and, when the fiber ends for any
  * reason, unregisters it and closes the socket with a close code that says why.
  */
-import { Clock, Duration, Effect, Either, Exit } from "effect"
+import { Clock, Duration, Effect, Either, Exit, Option } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
+import { allows, Auth, type Principal } from "./Auth.js"
 import { HubConfig } from "./Config.js"
 import { type Connection, Hub } from "./Hub.js"
+import { checkPattern, Limits, MessageRate } from "./Limits.js"
 import { HubMetrics } from "./Metrics.js"
 import { Outbox } from "./Outbox.js"
 import {
@@ -34,10 +36,14 @@ const maxCloseHandshake = Duration.seconds(2)
 interface Incoming {
   readonly data: Buffer
   readonly isBinary: boolean
+  /** Set when the frame was dropped before being read (rate limit): only this answer is sent. */
+  readonly refusal?: ErrorData
 }
 
 export interface ClientInfo {
   readonly remoteAddress: string | undefined
+  /** Who connected, when authentication is enabled (see Auth.ts). */
+  readonly principal?: Principal | undefined
 }
 
 /** The close code `ws` attaches to a protocol error (a symbol-keyed property). */
@@ -59,6 +65,8 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     const hub = yield* Hub
     const config = yield* HubConfig
     const metrics = yield* HubMetrics
+    const auth = yield* Auth
+    const limits = yield* Limits
     const id = yield* hub.nextId
     const annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
     const outbox = new Outbox(ws, socket, config.sendBuffer, metrics.delivered)
@@ -88,6 +96,27 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     let leaving: DisconnectReason | undefined
     let closeCode: number | undefined
 
+    // --- security: token expiry, first-message deadline, message rate ---------
+    let principal = info.principal
+    const openedAt = lastSeen
+    const firstMessageTimeout = Option.map(limits.settings.firstMessageTimeout, Duration.toMillis)
+    let messageReceived = false
+    const rate = new MessageRate(limits.settings, openedAt)
+    /** Kicks the client if its token expired or it said nothing in time; true when it did. */
+    const securityDue = (now: number): boolean => {
+      if (principal !== undefined && now >= principal.expiresAt) {
+        limits.refused("token_expired")
+        kick("token_expired")
+        return true
+      }
+      if (!messageReceived && Option.isSome(firstMessageTimeout) && now - openedAt >= firstMessageTimeout.value) {
+        limits.refused("first_message_timeout")
+        kick("first_message_timeout")
+        return true
+      }
+      return false
+    }
+
     const end = () => deliver(ended)
     const kick = (reason: DisconnectReason) => {
       if (leaving !== undefined) return
@@ -101,6 +130,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       kick,
       keepAlive: (now) => {
         if (leaving !== undefined || ws.readyState !== WebSocket.OPEN) return
+        if (securityDue(now)) return
         const blockedSince = outbox.blockedSince
         if (blockedSince !== undefined && now - blockedSince >= writeTimeout) kick("write_timeout")
         else if (now - lastSeen >= pongTimeout) kick("pong_timeout")
@@ -115,7 +145,25 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     let pending = 0
     ws.on("message", (data, isBinary) => {
       lastSeen = Date.now()
-      deliver({ data: toBuffer(data), isBinary })
+      messageReceived = true
+      const verdict = rate.check(lastSeen)
+      if (verdict !== "accept") {
+        if (verdict === "drop") return
+        if (verdict === "close") {
+          if (leaving === undefined) limits.refused("rate_limit_closed")
+          return kick("rate_limited")
+        }
+        limits.refused("rate_limited")
+        deliver({
+          data: Buffer.alloc(0),
+          isBinary: false,
+          refusal: {
+            code: "rate_limited",
+            message: `more than ${limits.settings.messageRate} messages per second: messages are dropped; ` +
+              "the connection is closed (1008) if this goes on"
+          }
+        })
+      } else deliver({ data: toBuffer(data), isBinary })
       if (++pending >= inboxHighWater && !ws.isPaused) ws.pause()
     })
     ws.on("pong", () => {
@@ -186,7 +234,8 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       )
 
     // --- reader: one request at a time, in order -----------------------------
-    const handle = ({ data, isBinary }: Incoming): Effect.Effect<void> => {
+    const handle = ({ data, isBinary, refusal }: Incoming): Effect.Effect<void> => {
+      if (refusal !== undefined) return refuse(refusal)
       if (isBinary) {
         return refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
       }
@@ -194,11 +243,19 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       if (text === TextPing) return send(pongMessage)
       const request = parseRequest(text)
       if (Either.isLeft(request)) return refuse(request.left)
+      if (request.right.action === "auth") return refresh(request.right.token)
       const { action, event_types } = request.right
+      if (action === "subscribe") {
+        const refused = checkSubscription(event_types)
+        if (refused !== undefined) return refuse(refused)
+      }
       return action === "subscribe"
         ? hub.subscribe(id, event_types).pipe(
           Effect.matchEffect({
-            onFailure: (error) => refuse({ code: "too_many_subscriptions", message: error.message }),
+            onFailure: (error) => {
+              limits.refused("too_many_subscriptions")
+              return refuse({ code: "too_many_subscriptions", message: error.message })
+            },
             onSuccess: (now) => reply(HubMessageType.subscribed, { event_types: now })
           })
         )
@@ -206,6 +263,48 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
           hub.unsubscribe(id, event_types),
           (now) => reply(HubMessageType.unsubscribed, { event_types: now })
         )
+    }
+    /** The pattern limits and the token's `event_types`: the reason to refuse a `subscribe`, if any. */
+    const checkSubscription = (patterns: ReadonlyArray<string>): ErrorData | undefined => {
+      for (const pattern of patterns) {
+        const checked = checkPattern(pattern, limits.settings)
+        if (Either.isLeft(checked)) {
+          limits.refused("invalid_pattern")
+          return { code: "invalid_pattern", message: checked.left }
+        }
+      }
+      const forbidden = patterns.filter((pattern) => !allows(principal, pattern))
+      if (forbidden.length === 0) return undefined
+      limits.refused("forbidden_event_types")
+      return {
+        code: "forbidden_event_types",
+        message: `not allowed by your token: ${forbidden.map((p) => JSON.stringify(p)).join(", ")}; ` +
+          `allowed: ${(principal?.eventTypes ?? []).map((p) => JSON.stringify(p)).join(", ")}`
+      }
+    }
+    /** `{"action":"auth"}`: a new token for this connection, with the same subject. */
+    const refresh = (token: string): Effect.Effect<void> => {
+      if (!auth.enabled) return refuse({ code: "auth_disabled", message: "authentication is not enabled on this hub" })
+      return auth.verify(token).pipe(
+        Effect.flatMap((next) =>
+          principal !== undefined && next.subject !== principal.subject
+            ? Effect.fail({ message: "the new token's subject (sub) differs from the connection's" })
+            : Effect.succeed(next)
+        ),
+        Effect.matchEffect({
+          onFailure: (error) => {
+            limits.refused("token_refresh_refused")
+            return refuse({ code: "invalid_token", message: `${error.message}; the current token stays in effect` })
+          },
+          onSuccess: (next) => {
+            principal = next
+            return Effect.zipRight(
+              hub.authorize(id, next.eventTypes),
+              reply(HubMessageType.authenticated, { expires_at: new Date(next.expiresAt).toISOString() })
+            )
+          }
+        })
+      )
     }
     /** Handles the client's frames until the connection ends. */
     const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
@@ -244,7 +343,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
         yield* log("client disconnected").pipe(Effect.annotateLogs({ ...annotations, reason: leaving, code: closeCode }))
       })
     )
-    yield* Effect.acquireRelease(hub.register(connection), () => hub.unregister(id))
+    yield* Effect.acquireRelease(hub.register(connection, principal?.eventTypes), () => hub.unregister(id))
     yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(annotations))
     // This fiber is the reader: it returns when the connection has ended.
     yield* read

@@ -79,6 +79,169 @@ const optionalSecret = (name: string): Config.Config<Option.Option<Redacted.Reda
   )
 
 // ---------------------------------------------------------------------------
+// Security: origins, authentication, limits
+// ---------------------------------------------------------------------------
+
+/** Where the hub's JWT verification keys come from; `none` turns authentication off. */
+export type AuthKeySource =
+  | { readonly _tag: "none" }
+  /** HS256 with a shared secret (`AUTH_JWT_SECRET`). */
+  | { readonly _tag: "secret"; readonly secret: Redacted.Redacted }
+  /** RS256/ES256 keys fetched from a JWKS endpoint (`AUTH_JWKS_URL`), cached and refreshed. */
+  | { readonly _tag: "jwks"; readonly url: URL; readonly cacheMaxAge: Duration.Duration }
+  /** One RS256/ES256 public key, PEM (SPKI) or JWK (`AUTH_JWT_PUBLIC_KEY`). */
+  | { readonly _tag: "publicKey"; readonly key: string }
+
+export interface SecuritySettings {
+  /** Origins allowed to open a WebSocket and to read HTTP answers (CORS); `["*"]` allows every origin. */
+  readonly allowedOrigins: ReadonlyArray<string>
+  /** Take the client's address from the last `X-Forwarded-For` entry (set it behind a reverse proxy only). */
+  readonly trustProxy: boolean
+  /** JWT verification keys; authentication is required whenever this is not `none`. */
+  readonly authKeys: AuthKeySource
+  /** Required `iss` claim, if set. */
+  readonly authIssuer: Option.Option<string>
+  /** Required `aud` claim (one of them), if set. */
+  readonly authAudience: Option.Option<string>
+  /** Most WebSocket connections in total. */
+  readonly maxConnections: number
+  /** Most WebSocket connections from one client address. */
+  readonly maxConnectionsPerIp: number
+  /** Client-to-server messages per second (token bucket refill rate). */
+  readonly messageRate: number
+  /** Client-to-server messages allowed in a burst (token bucket size). */
+  readonly messageBurst: number
+  /** Longest subscription pattern, in characters (at most 255). */
+  readonly maxPatternLength: number
+  /** Most dot-separated words in a subscription pattern. */
+  readonly maxPatternWords: number
+  /** Close a connection that sends no message within this time after opening; `None`: never. */
+  readonly firstMessageTimeout: Option.Option<Duration.Duration>
+  /** `POST /api/v1/events` requests per second, all callers together (token bucket refill rate). */
+  readonly publishRate: number
+  /** `POST /api/v1/events` requests allowed in a burst. */
+  readonly publishBurst: number
+}
+
+export const defaultSecurity: SecuritySettings = {
+  allowedOrigins: ["*"],
+  trustProxy: false,
+  authKeys: { _tag: "none" },
+  authIssuer: Option.none(),
+  authAudience: Option.none(),
+  maxConnections: 10_000,
+  maxConnectionsPerIp: 100,
+  messageRate: 10,
+  messageBurst: 50,
+  maxPatternLength: 255,
+  maxPatternWords: 16,
+  firstMessageTimeout: Option.none(),
+  publishRate: 1000,
+  publishBurst: 1000
+}
+
+const optionalString = (name: string): Config.Config<Option.Option<string>> =>
+  Config.string(name).pipe(Config.option, Config.map(Option.filter((value) => value.trim().length > 0)))
+
+/** A duration setting that may be left unset (or set to `0` / `off`) to disable what it limits. */
+const optionalDuration = (name: string): Config.Config<Option.Option<Duration.Duration>> =>
+  Config.string(name).pipe(
+    Config.withDefault(""),
+    Config.mapOrFail((text) => {
+      const trimmed = text.trim()
+      if (trimmed === "" || trimmed === "0" || trimmed.toLowerCase() === "off") return Either.right(Option.none())
+      const millis = parseGoDuration(trimmed)
+      return millis === undefined || millis < 1
+        ? Either.left(ConfigError.InvalidData([name], `expected a duration such as 30s, or off; got ${JSON.stringify(text)}`))
+        : Either.right(Option.some(Duration.millis(millis)))
+    })
+  )
+
+const allowedOriginsConfig = Config.string("ALLOWED_ORIGINS").pipe(
+  Config.withDefault("*"),
+  Config.mapOrFail((text) => {
+    const list = text.split(",").map((origin) => origin.trim().replace(/\/+$/, "")).filter((origin) => origin.length > 0)
+    if (list.length === 0) {
+      return Either.left(ConfigError.InvalidData(["ALLOWED_ORIGINS"], "expected * or a comma-separated list of origins"))
+    }
+    if (list.includes("*")) return Either.right(["*"])
+    const bad = list.find((origin) => !/^https?:\/\/[^/\s]+$/i.test(origin))
+    return bad === undefined
+      ? Either.right(list.map((origin) => origin.toLowerCase()))
+      : Either.left(
+        ConfigError.InvalidData(["ALLOWED_ORIGINS"], `expected origins such as https://app.example.com, got ${JSON.stringify(bad)}`)
+      )
+  })
+)
+
+const authKeysConfig: Config.Config<AuthKeySource> = Config.all({
+  secret: optionalSecret("AUTH_JWT_SECRET"),
+  jwksUrl: optionalString("AUTH_JWKS_URL"),
+  publicKey: optionalString("AUTH_JWT_PUBLIC_KEY"),
+  cacheMaxAge: goDuration("AUTH_JWKS_CACHE_MAX_AGE", "10m")
+}).pipe(
+  Config.mapOrFail(({ cacheMaxAge, jwksUrl, publicKey, secret }): Either.Either<AuthKeySource, ConfigError.ConfigError> => {
+    const set = [Option.isSome(secret), Option.isSome(jwksUrl), Option.isSome(publicKey)].filter(Boolean).length
+    if (set > 1) {
+      return Either.left(ConfigError.InvalidData(
+        ["AUTH_JWT_SECRET"],
+        "set only one of AUTH_JWT_SECRET, AUTH_JWKS_URL and AUTH_JWT_PUBLIC_KEY (mixing symmetric and asymmetric keys invites algorithm confusion)"
+      ))
+    }
+    if (Option.isSome(secret)) {
+      return Redacted.value(secret.value).length < 32
+        ? Either.left(ConfigError.InvalidData(["AUTH_JWT_SECRET"], "must be at least 32 characters (256 bits for HS256)"))
+        : Either.right({ _tag: "secret", secret: secret.value })
+    }
+    if (Option.isSome(jwksUrl)) {
+      let url: URL
+      try {
+        url = new URL(jwksUrl.value.trim())
+      } catch {
+        return Either.left(ConfigError.InvalidData(["AUTH_JWKS_URL"], "expected an http(s) URL"))
+      }
+      return url.protocol === "https:" || url.protocol === "http:"
+        ? Either.right({ _tag: "jwks", url, cacheMaxAge })
+        : Either.left(ConfigError.InvalidData(["AUTH_JWKS_URL"], "expected an http(s) URL"))
+    }
+    if (Option.isSome(publicKey)) {
+      const text = publicKey.value.trim()
+      let key = text
+      if (!text.startsWith("-----BEGIN") && !text.startsWith("{")) {
+        try {
+          key = readFileSync(text, "utf8").trim()
+        } catch (error) {
+          return Either.left(ConfigError.InvalidData(["AUTH_JWT_PUBLIC_KEY"], `cannot read the file ${text}: ${String(error)}`))
+        }
+      }
+      return Either.right({ _tag: "publicKey", key })
+    }
+    return Either.right({ _tag: "none" })
+  })
+)
+
+const securitySettings: Config.Config<SecuritySettings> = Config.all({
+  allowedOrigins: allowedOriginsConfig,
+  trustProxy: Config.boolean("TRUST_PROXY").pipe(Config.withDefault(false)),
+  authKeys: authKeysConfig,
+  authIssuer: optionalString("AUTH_JWT_ISSUER"),
+  authAudience: optionalString("AUTH_JWT_AUDIENCE"),
+  maxConnections: positiveInt("WS_MAX_CONNECTIONS", defaultSecurity.maxConnections),
+  maxConnectionsPerIp: positiveInt("WS_MAX_CONNECTIONS_PER_IP", defaultSecurity.maxConnectionsPerIp),
+  messageRate: positiveInt("WS_RATE_LIMIT", defaultSecurity.messageRate),
+  messageBurst: positiveInt("WS_RATE_BURST", defaultSecurity.messageBurst),
+  maxPatternLength: positiveInt("WS_MAX_PATTERN_LENGTH", defaultSecurity.maxPatternLength).pipe(
+    Config.mapOrFail((n) =>
+      n <= 255 ? Either.right(n) : Either.left(ConfigError.InvalidData(["WS_MAX_PATTERN_LENGTH"], `at most 255, got ${n}`))
+    )
+  ),
+  maxPatternWords: positiveInt("WS_MAX_PATTERN_WORDS", defaultSecurity.maxPatternWords),
+  firstMessageTimeout: optionalDuration("WS_FIRST_MESSAGE_TIMEOUT"),
+  publishRate: positiveInt("PUBLISH_RATE_LIMIT", defaultSecurity.publishRate),
+  publishBurst: positiveInt("PUBLISH_RATE_BURST", defaultSecurity.publishBurst)
+})
+
+// ---------------------------------------------------------------------------
 // The hub: WebSocket and HTTP settings
 // ---------------------------------------------------------------------------
 
@@ -107,6 +270,8 @@ export interface HubSettings {
   readonly publishToken: Option.Option<Redacted.Redacted>
   /** Largest body accepted by `POST /api/v1/events`, in bytes. */
   readonly publishMaxBody: number
+  /** Security settings (see `SecuritySettings`). */
+  readonly security: SecuritySettings
 }
 
 export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, HubSettings>() {
@@ -133,7 +298,8 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       writeTimeout: goDuration("WS_WRITE_TIMEOUT", "10s"),
       shutdownTimeout: goDuration("SHUTDOWN_TIMEOUT", "10s"),
       publishToken: optionalSecret("PUBLISH_TOKEN"),
-      publishMaxBody: positiveInt("PUBLISH_MAX_BODY", 1024 * 1024)
+      publishMaxBody: positiveInt("PUBLISH_MAX_BODY", 1024 * 1024),
+      security: securitySettings
     })
   )
 }
@@ -150,7 +316,8 @@ const defaults: HubSettings = {
   writeTimeout: Duration.seconds(10),
   shutdownTimeout: Duration.seconds(10),
   publishToken: Option.none(),
-  publishMaxBody: 1024 * 1024
+  publishMaxBody: 1024 * 1024,
+  security: defaultSecurity
 }
 
 // ---------------------------------------------------------------------------

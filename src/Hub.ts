@@ -35,7 +35,13 @@ interface Registration {
   readonly patterns: ReadonlyArray<string>
   /** False until the client's first `subscribe`, which replaces the default `#`. */
   readonly explicit: boolean
+  /** What the client may receive at most (its token's `event_types`); `undefined`: no limit. */
+  readonly allowed?: ReadonlyArray<string> | undefined
 }
+
+/** Does the registration's `allowed` limit let an event of `type` through? */
+const isAllowed = (registration: Registration, type: string) =>
+  registration.allowed === undefined || registration.allowed.some((pattern) => Topic.matches(pattern, type))
 
 /**
  * An immutable snapshot of the clients and the subscription index
@@ -63,7 +69,9 @@ class HubState {
       found = []
       for (const id of ids) {
         const registration = HashMap.get(this.clients, id)
-        if (Option.isSome(registration)) (found as Array<Connection>).push(registration.value.connection)
+        if (Option.isSome(registration) && isAllowed(registration.value, type)) {
+          ;(found as Array<Connection>).push(registration.value.connection)
+        }
       }
       if (this.#recipients.size >= 1024) this.#recipients.clear()
       this.#recipients.set(type, found)
@@ -126,8 +134,13 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
   readonly broadcast: (type: string, data: unknown) => Effect.Effect<number>
   /** A fresh client id. */
   readonly nextId: Effect.Effect<ClientId>
-  /** Adds a client with the default subscription (`#`). */
-  readonly register: (connection: Connection) => Effect.Effect<void>
+  /**
+   * Adds a client with the default subscription (`#`), limited to `allowed`
+   * (patterns) when given: it never receives an event outside them.
+   */
+  readonly register: (connection: Connection, allowed?: ReadonlyArray<string>) => Effect.Effect<void>
+  /** Replaces a client's `allowed` limit (after a token refresh); `undefined` lifts it. */
+  readonly authorize: (id: ClientId, allowed: ReadonlyArray<string> | undefined) => Effect.Effect<void>
   readonly unregister: (id: ClientId) => Effect.Effect<void>
   /** Adds patterns; the first call replaces the default `#`. Returns the subscription now in effect. */
   readonly subscribe: (
@@ -193,13 +206,16 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
               return recipients.length
             })),
         nextId: Effect.sync(() => ++lastId),
-        register: (connection) =>
+        register: (connection, allowed) =>
           Ref.update(state, (current) =>
             current.withRegistration(connection.id, {
               connection,
               patterns: defaultSubscription,
-              explicit: false
+              explicit: false,
+              allowed
             })),
+        authorize: (id, allowed) =>
+          Effect.asVoid(updateSubscription(id, (registration) => Either.right({ ...registration, allowed }))),
         unregister: (id) => Ref.update(state, (current) => current.withRegistration(id, undefined)),
         subscribe: (id, patterns) =>
           Effect.flatMap(

@@ -71,10 +71,20 @@ export const Unsubscribe = Schema.Struct({
 })
 export type Unsubscribe = typeof Unsubscribe.Type
 
-export const ClientRequest = Schema.Union(Subscribe, Unsubscribe)
+/**
+ * `{"action":"auth","token":"<JWT>"}`: replaces the connection's token before it expires (answered with
+ * `hub.authenticated`, or `hub.error` `invalid_token`). Only when authentication is enabled.
+ */
+export const Authenticate = Schema.Struct({
+  action: Schema.Literal("auth"),
+  token: Schema.String.pipe(Schema.minLength(1, { message: () => "token must not be empty" }))
+})
+export type Authenticate = typeof Authenticate.Type
+
+export const ClientRequest = Schema.Union(Subscribe, Unsubscribe, Authenticate)
 export type ClientRequest = typeof ClientRequest.Type
 
-export const clientActions: ReadonlyArray<ClientRequest["action"]> = ["subscribe", "unsubscribe"]
+export const clientActions: ReadonlyArray<ClientRequest["action"]> = ["subscribe", "unsubscribe", "auth"]
 
 /** The text frame a browser sends to keep the connection alive; answered with `pong`. */
 export const TextPing = "ping"
@@ -99,7 +109,17 @@ export const ErrorCode = Schema.Literal(
   "invalid_request",
   "unknown_action",
   "binary_not_supported",
-  "too_many_subscriptions"
+  "too_many_subscriptions",
+  /** A pattern longer than `WS_MAX_PATTERN_LENGTH`, with more than `WS_MAX_PATTERN_WORDS` words, or badly formed. */
+  "invalid_pattern",
+  /** The token's `event_types` claim does not cover the requested patterns. */
+  "forbidden_event_types",
+  /** More than `WS_RATE_LIMIT` messages per second (beyond the `WS_RATE_BURST` allowance): the message was dropped. */
+  "rate_limited",
+  /** An `auth` request whose token was refused; the connection keeps its current token. */
+  "invalid_token",
+  /** An `auth` request while authentication is not enabled. */
+  "auth_disabled"
 )
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -110,7 +130,9 @@ export const HubMessageType = {
   /** Reply to `unsubscribe`: `data.event_types` is the client's whole subscription now. */
   unsubscribed: "hub.unsubscribed",
   /** A request was refused: `data.code` (see `ErrorCode`) and `data.message`. */
-  error: "hub.error"
+  error: "hub.error",
+  /** Reply to `auth`: the new token is in effect; `data.expires_at` is its expiry (RFC 3339) or null. */
+  authenticated: "hub.authenticated"
 } as const
 
 export const SubscriptionData = Schema.Struct({
@@ -151,7 +173,13 @@ export const CloseCode = {
   /** The client sent nothing, not even a pong, within `WS_PONG_TIMEOUT`. */
   pongTimeout: 4001,
   /** A write to the client did not complete within `WS_WRITE_TIMEOUT`. */
-  writeTimeout: 4002
+  writeTimeout: 4002,
+  /** The client kept sending faster than `WS_RATE_LIMIT` after being told (`rate_limited`). */
+  policyViolation: 1008,
+  /** The connection's token expired and was not replaced in time by an `auth` request. */
+  tokenExpired: 4003,
+  /** The client sent nothing within `WS_FIRST_MESSAGE_TIMEOUT` of opening the connection. */
+  firstMessageTimeout: 4004
 } as const
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
 
@@ -165,7 +193,10 @@ export const DisconnectReason = Schema.Literal(
   "message_too_big",
   "invalid_payload",
   "protocol_error",
-  "error"
+  "error",
+  "rate_limited",
+  "token_expired",
+  "first_message_timeout"
 )
 export type DisconnectReason = typeof DisconnectReason.Type
 
@@ -178,7 +209,10 @@ export const closeFor: Record<Exclude<DisconnectReason, "client_closed" | "error
   pong_timeout: { code: CloseCode.pongTimeout, reason: "pong timeout" },
   write_timeout: { code: CloseCode.writeTimeout, reason: "write timeout" },
   message_too_big: { code: CloseCode.messageTooBig, reason: "message too big" },
-  invalid_payload: { code: CloseCode.invalidPayload, reason: "invalid UTF-8" }
+  invalid_payload: { code: CloseCode.invalidPayload, reason: "invalid UTF-8" },
+  rate_limited: { code: CloseCode.policyViolation, reason: "rate limit exceeded" },
+  token_expired: { code: CloseCode.tokenExpired, reason: "token expired" },
+  first_message_timeout: { code: CloseCode.firstMessageTimeout, reason: "no message received" }
 }
 
 // ---------------------------------------------------------------------------
@@ -226,7 +260,8 @@ export const pongMessage = Outbound.text(TextPong)
 
 const decoders: Record<ClientRequest["action"], (input: unknown) => Either.Either<ClientRequest, ParseResult.ParseError>> = {
   subscribe: Schema.decodeUnknownEither(Subscribe),
-  unsubscribe: Schema.decodeUnknownEither(Unsubscribe)
+  unsubscribe: Schema.decodeUnknownEither(Unsubscribe),
+  auth: Schema.decodeUnknownEither(Authenticate)
 }
 
 /** One line per problem, each naming the field: `event_types[2]: event type pattern must not be empty`. */

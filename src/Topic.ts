@@ -54,3 +54,36 @@ const matchWords = (pattern: ReadonlyArray<string>, type: ReadonlyArray<string>)
   }
   return reachable[type.length]!
 }
+
+/**
+ * Is every event type matched by `pattern` also matched by `allowed`? Decided
+ * word by word: `#` in `allowed` covers any run of words of `pattern` (its
+ * wildcards included), `*` covers one word or `*`, a literal covers only
+ * itself. Sound (never says yes wrongly); it may refuse an unusual spelling
+ * of an allowed pattern, such as `*.#` under `#.*`.
+ */
+export const covers = (allowed: string, pattern: string): boolean => {
+  if (allowed === "#" || allowed === pattern) return true
+  const outer = compile(allowed)
+  const inner = pattern.split(".")
+  let reachable = new Array<boolean>(inner.length + 1).fill(false)
+  reachable[0] = true
+  for (const word of outer) {
+    const next = new Array<boolean>(inner.length + 1).fill(false)
+    if (word === "#") {
+      let any = false
+      for (let j = 0; j <= inner.length; j++) {
+        any = any || reachable[j]!
+        next[j] = any
+      }
+    } else {
+      for (let j = 0; j < inner.length; j++) {
+        const candidate = inner[j]!
+        const fits = word === "*" ? candidate !== "#" : candidate === word
+        if (reachable[j] && fits) next[j + 1] = true
+      }
+    }
+    reachable = next
+  }
+  return reachable[inner.length]!
+}

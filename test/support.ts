@@ -8,17 +8,33 @@ import * as amqp from "amqplib"
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import { connect as connectTcp, createServer, type Server, type Socket } from "node:net"
 import { WebSocket, type ClientOptions } from "ws"
-import { HubConfig, type HubSettings } from "../src/Config.js"
+import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } from "../src/Config.js"
 import * as HttpServer from "../src/http/Server.js"
 import * as WebSocketServer from "../src/http/WebSocketServer.js"
 import * as Hub from "../src/Hub.js"
+
+/**
+ * Security settings for tests: the defaults with the limits lifted that every
+ * test would otherwise hit (all clients come from 127.0.0.1, some tests send
+ * bursts of requests). Tests of the limits set their own (`security(...)`).
+ */
+export const testSecurity: SecuritySettings = {
+  ...defaultSecurity,
+  maxConnectionsPerIp: 100_000,
+  maxConnections: 100_000,
+  messageRate: 100_000,
+  messageBurst: 100_000
+}
+
+/** Security settings for a test: `testSecurity` with `overrides`. */
+export const security = (overrides: Partial<SecuritySettings>): SecuritySettings => ({ ...testSecurity, ...overrides })
 
 /** The hub, its HTTP server on 127.0.0.1 with a free port, and every service, for `layer(...)`. */
 export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
   Layer.merge(HttpServer.layerServe, WebSocketServer.layer).pipe(
     Layer.provideMerge(HttpServer.layerListen),
     Layer.provideMerge(Hub.layerLive),
-    Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, ...overrides })),
+    Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
     // TEST_LOG_LEVEL=Debug shows the hub's logs while debugging a test.
     Layer.provide(Logger.minimumLogLevel(
       LogLevel.allLevels.find((level) => level.label === process.env.TEST_LOG_LEVEL?.toUpperCase()) ?? LogLevel.Warning
@@ -69,9 +85,9 @@ export class TestClient {
     })
   }
 
-  static connect(url: string, options?: ClientOptions): Promise<TestClient> {
+  static connect(url: string, options?: ClientOptions, protocols: Array<string> = []): Promise<TestClient> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, options)
+      const ws = new WebSocket(url, protocols, options)
       const client = new TestClient(ws)
       ws.once("open", () => resolve(client))
       ws.once("error", reject)

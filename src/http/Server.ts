@@ -1,7 +1,9 @@
 /**
  * The HTTP server: the WebSocket endpoint, `GET /health`, `GET /metrics` and
- * (when `PUBLISH_TOKEN` is set) `POST /api/v1/events`.
+ * (when `PUBLISH_TOKEN` is set) `POST /api/v1/events`. CORS follows
+ * `ALLOWED_ORIGINS` on every HTTP route.
  */
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
@@ -11,8 +13,10 @@ import { Effect, Either, Layer, Option, Redacted, Schema } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { createServer } from "node:http"
 import { HubConfig } from "../Config.js"
+import { Auth } from "../Auth.js"
 import { Health } from "../Health.js"
 import { Hub } from "../Hub.js"
+import { isOriginAllowed, Limits } from "../Limits.js"
 import { HubMetrics } from "../Metrics.js"
 import { EventType, formatParseError } from "../Protocol.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
@@ -52,6 +56,7 @@ export const makeRouter = Effect.gen(function*() {
   const hub = yield* Hub
   const metrics = yield* HubMetrics
   const health = yield* Health
+  const limits = yield* Limits
 
   const healthRoute = Effect.map(health.report, (report) =>
     HttpServerResponse.unsafeJson(report, { status: report.status === "unavailable" ? 503 : 200 }))
@@ -73,21 +78,37 @@ export const makeRouter = Effect.gen(function*() {
       const authorization = request.headers["authorization"] ?? ""
       const bearer = /^Bearer (.+)$/i.exec(authorization)?.[1]
       if (bearer === undefined) {
+        limits.refused("publish_unauthorized")
         return problem(401, "missing bearer token (Authorization: Bearer <PUBLISH_TOKEN>)", {
           "www-authenticate": "Bearer"
         })
       }
       if (!sameSecret(bearer, Redacted.value(token))) {
+        limits.refused("publish_unauthorized")
         return problem(401, "invalid token", { "www-authenticate": "Bearer error=\"invalid_token\"" })
+      }
+      // After the token check (cheap, constant time): requests without the token cannot starve publishers.
+      const allowed = limits.takePublish(Date.now())
+      if (Either.isLeft(allowed)) {
+        limits.refused("publish_rate_limited")
+        return problem(429, `more than ${config.security.publishRate} requests per second; retry later`, {
+          "retry-after": String(allowed.left)
+        })
       }
       const tooLarge = problem(413, `body larger than ${config.publishMaxBody} bytes`)
       const declared = Number(request.headers["content-length"] ?? 0)
-      if (declared > config.publishMaxBody) return tooLarge
+      if (declared > config.publishMaxBody) {
+        limits.refused("publish_too_large")
+        return tooLarge
+      }
       const text = yield* request.text.pipe(
         HttpServerRequest.withMaxBodySize(Option.some(config.publishMaxBody)),
         Effect.option
       )
-      if (Option.isNone(text)) return tooLarge
+      if (Option.isNone(text)) {
+        limits.refused("publish_too_large")
+        return tooLarge
+      }
       let json: unknown
       try {
         json = JSON.parse(text.value)
@@ -127,14 +148,32 @@ export const makeRouter = Effect.gen(function*() {
   return Effect.catchTag(withPublish, "RouteNotFound", () => notFound)
 })
 
+/**
+ * CORS from `ALLOWED_ORIGINS`: with `*`, `Access-Control-Allow-Origin: *`;
+ * with a list, the request's origin echoed when it is listed (with
+ * `Vary: Origin`), nothing otherwise. Never with credentials: the endpoints
+ * take tokens in headers, not cookies. Preflight requests get 204.
+ */
+export const corsMiddleware = (config: HubConfig["Type"]) =>
+  HttpMiddleware.cors({
+    allowedOrigins: config.security.allowedOrigins[0] === "*"
+      ? []
+      // Called with `undefined` for requests without Origin, which get no CORS header.
+      : (origin: string | undefined) => origin !== undefined && isOriginAllowed(config.security, origin),
+    allowedMethods: ["GET", "POST", "OPTIONS"],
+    allowedHeaders: ["authorization", "content-type"],
+    maxAge: 600,
+    credentials: false
+  })
+
 /** Serves the routes on whatever `HttpServer` is provided. */
 export const layerServe: Layer.Layer<
   never,
   never,
-  HttpServer.HttpServer | HubConfig | Hub | HubMetrics | Health
+  HttpServer.HttpServer | HubConfig | Hub | HubMetrics | Health | Limits
 > = Layer.unwrapEffect(
-  Effect.map(makeRouter, (router) =>
-    HttpServer.serve(router).pipe(
+  Effect.zipWith(makeRouter, HubConfig, (router, config) =>
+    HttpServer.serve(router, corsMiddleware(config)).pipe(
       Layer.tap(() =>
         Effect.flatMap(HttpServer.HttpServer, (server) =>
           Effect.logInfo("listening").pipe(Effect.annotateLogs({
@@ -144,13 +183,20 @@ export const layerServe: Layer.Layer<
     ))
 )
 
-/** A Node HTTP server listening on `HOST`:`PORT`, with its upgrade requests routable (`UpgradeRoutes`). */
+/** Authentication and limits, shared by the WebSocket endpoint and the HTTP routes. */
+export const layerSecurity = Layer.merge(Auth.layer, Limits.layer)
+
+/**
+ * A Node HTTP server listening on `HOST`:`PORT`, with its upgrade requests
+ * routable (`UpgradeRoutes`), and what guards it (`Auth`, `Limits`).
+ */
 export const layerListen = Layer.unwrapEffect(
   Effect.map(HubConfig, (config) => {
     const server = createServer()
-    return Layer.merge(
+    return Layer.mergeAll(
       NodeHttpServer.layer(() => server, { host: config.host, port: config.port }),
-      Layer.succeed(UpgradeRoutes, UpgradeRoutes.install(server))
+      Layer.succeed(UpgradeRoutes, UpgradeRoutes.install(server)),
+      layerSecurity
     )
   })
 )

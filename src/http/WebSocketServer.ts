@@ -5,28 +5,63 @@
  * costs no HTTP request fiber: each one runs as its own fiber (`Client.serve`)
  * in this layer's `FiberSet`. Closing the layer interrupts every connection,
  * which then closes with 1001.
+ *
+ * Before the handshake, `upgrade` refuses a foreign origin (403), a client
+ * over the connection limits (503) and a missing or bad token (401), each
+ * with a JSON reason, then closes the socket.
  */
-import { Effect, FiberSet, Layer } from "effect"
-import type { IncomingMessage } from "node:http"
+import { Effect, Either, FiberSet, Layer, Option } from "effect"
+import { type IncomingMessage, STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer as WsServer } from "ws"
+import { Auth, BearerProtocol, type Principal } from "../Auth.js"
 import * as Client from "../Client.js"
 import { HubConfig } from "../Config.js"
 import type { Hub } from "../Hub.js"
+import { clientAddress, isOriginAllowed, Limits, type Refusal } from "../Limits.js"
 import type { HubMetrics } from "../Metrics.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 
-export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | UpgradeRoutes> = Layer.scopedDiscard(
+/**
+ * Answers a handshake with an HTTP error and a JSON reason, then closes the
+ * socket (as `ws` does for the handshakes it refuses itself).
+ */
+const refuseHandshake = (socket: Duplex, status: number, error: string, headers: Record<string, string> = {}) => {
+  if (socket.destroyed) return
+  const body = JSON.stringify({ error })
+  const head = {
+    connection: "close",
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(body)),
+    ...headers
+  }
+  socket.once("finish", () => socket.destroy())
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n` +
+      Object.entries(head).map(([name, value]) => `${name}: ${value}`).join("\r\n") +
+      `\r\n\r\n${body}`
+  )
+}
+
+/** Seconds a client refused for the connection limits is told to wait (`Retry-After`). */
+const connectionRetryAfter = 5
+
+export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | UpgradeRoutes | Auth | Limits> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* HubConfig
     const routes = yield* UpgradeRoutes
+    const auth = yield* Auth
+    const limits = yield* Limits
     const wss = yield* Effect.acquireRelease(
       Effect.sync(() =>
         new WsServer({
           noServer: true,
           maxPayload: config.maxMessageSize,
           perMessageDeflate: false,
-          clientTracking: true
+          clientTracking: true,
+          // `Sec-WebSocket-Protocol: bearer, <token>` carries a token: the server selects `bearer`.
+          handleProtocols: (protocols) =>
+            protocols.has(BearerProtocol) ? BearerProtocol : protocols.values().next().value ?? false
         })
       ),
       (wss) =>
@@ -38,18 +73,63 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
     )
     // Released before the server above: every connection is interrupted (and closed with 1001) first.
     const connections = yield* FiberSet.make()
-    const run = yield* FiberSet.runtime(connections)<HubConfig | Hub | HubMetrics>()
+    const run = yield* FiberSet.runtime(connections)<HubConfig | Hub | HubMetrics | Auth | Limits>()
+
+    /** Refuses the handshake, counts and logs the refusal (never the token: the URL is not logged). */
+    const refuse = (
+      socket: Duplex,
+      address: string,
+      refusal: Refusal,
+      status: number,
+      error: string,
+      headers?: Record<string, string>
+    ) => {
+      limits.refused(refusal)
+      refuseHandshake(socket, status, error, headers)
+      run(Effect.logInfo("connection refused").pipe(
+        Effect.annotateLogs({ remote_address: address, status, reason: refusal, detail: error })
+      ))
+    }
 
     const upgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       // A socket error before or during the handshake must not crash the process.
       socket.on("error", () => undefined)
-      // `ws` answers a bad handshake (400) itself and destroys the socket.
-      wss.handleUpgrade(request, socket, head, (ws) => {
-        run(Client.serve(ws, socket, { remoteAddress: request.socket.remoteAddress }).pipe(
-          // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
-          Effect.tapDefect((defect) => Effect.logError("client connection failed", defect))
-        ))
-      })
+      const address = clientAddress(request, config.security.trustProxy)
+      const origin = request.headers.origin
+      if (!isOriginAllowed(config.security, origin)) {
+        return refuse(socket, address, "origin_refused", 403, `origin ${JSON.stringify(origin)} is not allowed`)
+      }
+      const slot = limits.acquireConnection(address)
+      if (Either.isLeft(slot)) {
+        const error = slot.left === "too_many_connections"
+          ? "too many connections to this hub; retry later"
+          : "too many connections from your address; retry later"
+        return refuse(socket, address, slot.left, 503, error, { "retry-after": String(connectionRetryAfter) })
+      }
+      // The slot is held for as long as the socket lives, whatever ends it.
+      socket.once("close", slot.right)
+      const accept = (principal: Principal | undefined) => {
+        if (socket.destroyed) return
+        // `ws` answers a bad handshake (400) itself and destroys the socket.
+        wss.handleUpgrade(request, socket, head, (ws) => {
+          run(Client.serve(ws, socket, { remoteAddress: address, principal }).pipe(
+            // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
+            Effect.tapDefect((defect) => Effect.logError("client connection failed", defect))
+          ))
+        })
+      }
+      if (!auth.enabled) return accept(undefined)
+      run(auth.authenticate(request).pipe(
+        Effect.match({
+          onFailure: (error) =>
+            refuse(socket, address, "unauthorized", error.status, error.message, {
+              "www-authenticate": error.reason === "missing"
+                ? "Bearer"
+                : `Bearer error="invalid_token", error_description="${error.message}"`
+            }),
+          onSuccess: (principal) => accept(Option.getOrUndefined(principal))
+        })
+      ))
     }
     yield* routes.register(config.wsPath, upgrade)
   })

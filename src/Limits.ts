@@ -1,0 +1,192 @@
+/**
+ * The hub's limits against abuse: connection counts (in total and per client
+ * address), token buckets for message and request rates, the shape of
+ * subscription patterns, and the counting of every refusal in `/metrics`
+ * (under `security`).
+ */
+import { Context, Effect, Either, Layer } from "effect"
+import type { IncomingMessage } from "node:http"
+import { HubConfig, type SecuritySettings } from "./Config.js"
+import { HubMetrics } from "./Metrics.js"
+
+/**
+ * A token bucket: `burst` tokens, refilled at `rate` per second. Each `take`
+ * spends one token; an empty bucket refuses. Time is passed in (milliseconds)
+ * so the bucket needs no timer.
+ */
+export class TokenBucket {
+  #tokens: number
+  #updated: number
+  constructor(readonly rate: number, readonly burst: number, now: number) {
+    this.#tokens = burst
+    this.#updated = now
+  }
+
+  #refill(now: number) {
+    if (now > this.#updated) {
+      this.#tokens = Math.min(this.burst, this.#tokens + ((now - this.#updated) * this.rate) / 1000)
+      this.#updated = now
+    }
+  }
+
+  /** Spends a token; `false` when none is left. */
+  take(now: number): boolean {
+    this.#refill(now)
+    if (this.#tokens < 1) return false
+    this.#tokens -= 1
+    return true
+  }
+
+  /** True when the bucket has refilled completely (the client has been quiet for a while). */
+  isFull(now: number): boolean {
+    this.#refill(now)
+    return this.#tokens >= this.burst
+  }
+
+  /** Seconds until the next token. */
+  retryAfter(now: number): number {
+    this.#refill(now)
+    return this.#tokens >= 1 ? 0 : Math.ceil((1 - this.#tokens) / this.rate)
+  }
+}
+
+/**
+ * A client's message rate: tokens spent per message; the first message over
+ * the limit is answered with `rate_limited`, the next ones are dropped
+ * silently, and once `burst` messages have been dropped without the client
+ * calming down (its bucket refilling completely) the connection is closed.
+ */
+export class MessageRate {
+  readonly #bucket: TokenBucket
+  #dropped = 0
+  constructor(settings: Pick<SecuritySettings, "messageRate" | "messageBurst">, now: number) {
+    this.#bucket = new TokenBucket(settings.messageRate, settings.messageBurst, now)
+  }
+
+  /** `accept`: handle the message; `warn`: drop it and tell the client; `drop`: drop it; `close`: disconnect. */
+  check(now: number): "accept" | "warn" | "drop" | "close" {
+    if (this.#dropped > 0 && this.#bucket.isFull(now)) this.#dropped = 0
+    if (this.#bucket.take(now)) return "accept"
+    this.#dropped++
+    return this.#dropped === 1 ? "warn" : this.#dropped > this.#bucket.burst ? "close" : "drop"
+  }
+}
+
+/** Names of the `security` counters in `/metrics`: one per kind of refusal. */
+export const refusals = [
+  "origin_refused",
+  "unauthorized",
+  "too_many_connections",
+  "too_many_connections_per_ip",
+  "first_message_timeout",
+  "token_expired",
+  "token_refresh_refused",
+  "rate_limited",
+  "rate_limit_closed",
+  "too_many_subscriptions",
+  "invalid_pattern",
+  "forbidden_event_types",
+  "publish_unauthorized",
+  "publish_rate_limited",
+  "publish_too_large"
+] as const
+export type Refusal = (typeof refusals)[number]
+
+export type ConnectionRefusal = "too_many_connections" | "too_many_connections_per_ip"
+
+/**
+ * The client's address: the socket's peer, or, with `TRUST_PROXY`, the last
+ * entry of `X-Forwarded-For` (the one the trusted proxy appended; earlier
+ * entries come from the client and prove nothing).
+ */
+export const clientAddress = (request: IncomingMessage, trustProxy: boolean): string => {
+  const peer = request.socket.remoteAddress ?? "unknown"
+  if (!trustProxy) return peer
+  const header = request.headers["x-forwarded-for"]
+  const value = Array.isArray(header) ? header.at(-1) : header
+  const last = value?.split(",").at(-1)?.trim()
+  return last === undefined || last === "" ? peer : last
+}
+
+/**
+ * Checks a subscription pattern's shape and size: at most `maxPatternLength`
+ * characters and `maxPatternWords` words, no empty word (`a..b`, `.a`), no
+ * whitespace or control characters, and `*`/`#` only as whole words.
+ */
+export const checkPattern = (
+  pattern: string,
+  limits: Pick<SecuritySettings, "maxPatternLength" | "maxPatternWords">
+): Either.Either<string, string> => {
+  const shown = JSON.stringify(pattern.length > 64 ? `${pattern.slice(0, 64)}...` : pattern)
+  if (pattern.length > limits.maxPatternLength) {
+    return Either.left(`pattern ${shown} is longer than ${limits.maxPatternLength} characters`)
+  }
+  const words = pattern.split(".")
+  if (words.length > limits.maxPatternWords) {
+    return Either.left(`pattern ${shown} has more than ${limits.maxPatternWords} words`)
+  }
+  if (words.some((word) => word.length === 0)) return Either.left(`pattern ${shown} has an empty word`)
+  // eslint-disable-next-line no-control-regex
+  if (/[\s\u0000-\u001f\u007f]/.test(pattern)) {
+    return Either.left(`pattern ${shown} contains whitespace or control characters`)
+  }
+  if (words.some((word) => word !== "*" && word !== "#" && /[*#]/.test(word))) {
+    return Either.left(`pattern ${shown}: * and # must be whole words`)
+  }
+  return Either.right(pattern)
+}
+
+export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
+  readonly settings: SecuritySettings
+  /**
+   * Reserves a connection slot for `address`; returns its release (to call
+   * once, when the connection ends), or why it was refused.
+   */
+  readonly acquireConnection: (address: string) => Either.Either<() => void, ConnectionRefusal>
+  /** Spends a token of the publish endpoint's bucket; the seconds to wait when there is none. */
+  readonly takePublish: (now: number) => Either.Either<void, number>
+  /** Counts a refusal in `/metrics` (`security.<name>`). */
+  readonly refused: (name: Refusal) => void
+}>() {
+  static readonly layer: Layer.Layer<Limits, never, HubConfig | HubMetrics> = Layer.effect(
+    Limits,
+    Effect.gen(function*() {
+      const { security: settings } = yield* HubConfig
+      const metrics = yield* HubMetrics
+      metrics.declare("security", refusals)
+      let total = 0
+      const perAddress = new Map<string, number>()
+      const publish = new TokenBucket(settings.publishRate, settings.publishBurst, Date.now())
+      return Limits.of({
+        settings,
+        acquireConnection: (address) => {
+          if (total >= settings.maxConnections) return Either.left("too_many_connections")
+          const current = perAddress.get(address) ?? 0
+          if (current >= settings.maxConnectionsPerIp) return Either.left("too_many_connections_per_ip")
+          total++
+          perAddress.set(address, current + 1)
+          let released = false
+          return Either.right(() => {
+            if (released) return
+            released = true
+            total--
+            const left = (perAddress.get(address) ?? 1) - 1
+            if (left <= 0) perAddress.delete(address)
+            else perAddress.set(address, left)
+          })
+        },
+        takePublish: (now) => publish.take(now) ? Either.right(undefined) : Either.left(publish.retryAfter(now)),
+        refused: (name) => metrics.count("security", name)
+      })
+    })
+  )
+}
+
+/**
+ * May a request with this `Origin` header open a WebSocket (or read an HTTP
+ * answer)? Requests without one come from programs, not browsers: the origin
+ * check is a browser protection, and they are left to authentication.
+ */
+export const isOriginAllowed = (settings: Pick<SecuritySettings, "allowedOrigins">, origin: string | undefined): boolean =>
+  origin === undefined || settings.allowedOrigins[0] === "*" ||
+  settings.allowedOrigins.includes(origin.trim().replace(/\/+$/, "").toLowerCase())
