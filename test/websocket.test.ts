@@ -254,7 +254,7 @@ layer(hubLayer({ sendBuffer: 100_000, writeTimeout: Duration.millis(300) }), { e
 )
 
 layer(
-  hubLayer({ pingPeriod: Duration.millis(50), pongTimeout: Duration.millis(300) }),
+  hubLayer({ pingPeriod: Duration.millis(100), pongTimeout: Duration.millis(1000) }),
   { excludeTestServices: true }
 )("keep-alive", (it) => {
   it.scoped("pings every WS_PING_PERIOD, closes with 4001 a client that sends no pong within WS_PONG_TIMEOUT", () =>
