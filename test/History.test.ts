@@ -1,7 +1,9 @@
 /**
  * The history on its own: ids, bounds, and where a `since` stands.
  */
-import { describe, expect, it } from "vitest"
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, Either, Layer } from "effect"
+import { HubConfig, RabbitMqConfig } from "../src/Config.js"
 import { History, streamId } from "../src/History.js"
 import { Outbound } from "../src/Protocol.js"
 
@@ -124,4 +126,57 @@ describe("History", () => {
     history.markReady()
     expect(calls).toEqual(["appended", "ready"])
   })
+})
+
+const fromEnv = <A, E>(layer: Layer.Layer<A, E>, env: Record<string, string>) =>
+  Effect.either(Effect.flatMap(Effect.context<A>(), Effect.succeed).pipe(
+    Effect.provide(layer.pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))))
+  ))
+
+describe("history and stream settings", () => {
+  it.effect("default to 10,000 events for 10 minutes, the classic queue mode, and a 24 h / 1 GiB stream", () =>
+    Effect.gen(function*() {
+      const hub = Either.getOrThrow(yield* fromEnv(HubConfig.fromEnv, {}))
+      const rabbit = Either.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {}))
+      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Type"]
+      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Type"]
+      expect(hubSettings.historyMaxEvents).toBe(10_000)
+      expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(600_000)
+      expect(rabbitSettings.mode).toBe("queue")
+      expect(rabbitSettings.stream).toBe("websocket_events_stream")
+      expect(Duration.toMillis(rabbitSettings.streamMaxAge)).toBe(86_400_000)
+      expect(rabbitSettings.streamMaxBytes).toBe(1024 ** 3)
+    }))
+
+  it.effect("are read from HISTORY_MAX_EVENTS, HISTORY_MAX_AGE, RABBITMQ_MODE, RABBITMQ_STREAM, RABBITMQ_STREAM_MAX_*", () =>
+    Effect.gen(function*() {
+      const hub = Either.getOrThrow(yield* fromEnv(HubConfig.fromEnv, { HISTORY_MAX_EVENTS: "500", HISTORY_MAX_AGE: "1h" }))
+      const rabbit = Either.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {
+        RABBITMQ_MODE: "stream",
+        RABBITMQ_STREAM: "hub.events",
+        RABBITMQ_STREAM_MAX_AGE: "7h",
+        RABBITMQ_STREAM_MAX_BYTES: "5000000"
+      }))
+      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Type"]
+      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Type"]
+      expect(hubSettings.historyMaxEvents).toBe(500)
+      expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(3_600_000)
+      expect(rabbitSettings).toMatchObject({ mode: "stream", stream: "hub.events", streamMaxBytes: 5_000_000 })
+      expect(Duration.toHours(rabbitSettings.streamMaxAge)).toBe(7)
+    }))
+
+  it.effect.each<[Record<string, string>, string]>([
+    [{ HISTORY_MAX_EVENTS: "0" }, "HISTORY_MAX_EVENTS"],
+    [{ HISTORY_MAX_AGE: "ten minutes" }, "HISTORY_MAX_AGE"]
+  ])("refuse %j", ([env, name]) =>
+    Effect.gen(function*() {
+      const result = yield* fromEnv(HubConfig.fromEnv, env)
+      expect(Either.isLeft(result) && String(result.left)).toContain(name)
+    }))
+
+  it.effect("refuse an unknown RABBITMQ_MODE", () =>
+    Effect.gen(function*() {
+      const result = yield* fromEnv(RabbitMqConfig.fromEnv, { RABBITMQ_MODE: "streams" })
+      expect(Either.isLeft(result) && String(result.left)).toContain("RABBITMQ_MODE")
+    }))
 })

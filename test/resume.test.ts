@@ -17,9 +17,12 @@ import {
   type Broker,
   brokerUrl,
   eventually,
+  freePort,
   hubLayer,
   promise,
   type Received,
+  ServiceProcess,
+  tcpProxy,
   TestClient,
   uniqueNames,
   wsUrl
@@ -367,5 +370,90 @@ describe("resume with RabbitMQ", () => {
         expect(types(client).indexOf("hub.history_gap")).toBeLessThan(types(client).indexOf("backtest.failed"))
         expectExactly(client, range(50, 100).filter((seq) => seq % 2 === 1))
       }).pipe(Effect.provide(hubWithSource(rabbit, { historyMaxEvents: 50 }))))
+    }), { timeout: 60_000 })
+
+  it.scopedLive("stream mode: after a network outage the hub resumes after the last offset it read: nothing lost, nothing twice", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const proxy = yield* tcpProxy
+      yield* Effect.gen(function*() {
+        const health = yield* Health
+        yield* consuming
+        const client = yield* connectSince()
+        yield* publishRange(publisher, names.exchange, 0, 50)
+        yield* promise(() => client.until(() => lastSeq(client) === 49, "event 49"))
+        yield* promise(() => proxy.cut())
+        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        yield* publishRange(publisher, names.exchange, 50, 100)
+        yield* promise(() => proxy.restore())
+        yield* consuming
+        yield* publishRange(publisher, names.exchange, 100, 150)
+        yield* promise(() => client.until(() => lastSeq(client) === 149, "event 149"))
+        expectExactly(client, range(0, 150))
+      }).pipe(Effect.provide(hubWithSource({
+        ...names,
+        mode: "stream",
+        url: Option.some(Redacted.make(proxy.url))
+      })))
+    }), { timeout: 60_000 })
+
+  it.scopedLive("stream mode: a message that is not an event is skipped (counted), the events around it arrive", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const client = yield* connectSince()
+        yield* promise(() => publisher.publish(names.exchange, "backtest.completed", { seq: 0 }))
+        yield* promise(() => publisher.publish(names.exchange, "backtest.completed", "not JSON"))
+        yield* publishRange(publisher, names.exchange, 1, 20)
+        yield* promise(() => client.until(() => lastSeq(client) === 19, "event 19"))
+        expectExactly(client, range(0, 20))
+        const metrics = yield* (yield* HubMetrics).snapshot
+        expect(metrics.sources.rabbitmq?.events_rejected).toBe(1)
+      }).pipe(Effect.provide(hubWithSource({ ...names, mode: "stream" })))
+    }), { timeout: 30_000 })
+})
+
+describe("resume across a restart of the service process (node dist/main.js, RABBITMQ_MODE=stream)", () => {
+  it.scopedLive("a client resumes on the restarted process with exactly the events published while it was down", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const start = Effect.promise(async () => {
+        const port = await freePort()
+        const service = ServiceProcess.start({
+          PORT: String(port),
+          HOST: "127.0.0.1",
+          RABBITMQ_URL: brokerUrl,
+          RABBITMQ_EXCHANGE: names.exchange,
+          RABBITMQ_MODE: "stream",
+          RABBITMQ_STREAM: names.stream
+        })
+        await service.waitForLog("history refilled from the stream; events are live")
+        return { service, url: `ws://127.0.0.1:${port}/api/v1/ws/events` }
+      })
+      const running: Array<ServiceProcess> = []
+      yield* Effect.addFinalizer(() => Effect.sync(() => running.forEach((service) => service.child.kill("SIGKILL"))))
+
+      const before = yield* start
+      running.push(before.service)
+      const client = yield* promise(() => TestClient.connect(before.url))
+      yield* publishRange(publisher, names.exchange, 0, 10)
+      yield* promise(() => client.until(() => lastSeq(client) === 9, "event 9"))
+      before.service.child.kill("SIGTERM")
+      expect((yield* promise(() => client.closed)).code).toBe(1001)
+      expect(yield* promise(() => before.service.exited)).toEqual({ code: 0, signal: null })
+
+      yield* publishRange(publisher, names.exchange, 10, 510)
+      const after = yield* start
+      running.push(after.service)
+      const since = client.events.at(-1)!.id as string
+      const again = yield* promise(() => TestClient.connect(`${after.url}?since=${since}`))
+      yield* publishRange(publisher, names.exchange, 510, 600)
+      yield* promise(() => again.until(() => lastSeq(again) === 599, "event 599", 30_000))
+      expectExactly(again, range(10, 600))
+      again.close()
     }), { timeout: 60_000 })
 })
