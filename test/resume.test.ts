@@ -198,7 +198,8 @@ layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30) }), { exclude
         }
         ;(slow.ws as any)._socket.resume()
         const closed = yield* promise(() => slow.closed)
-        expect(closed.code).toBe(4000)
+        // 4000, or 1006 when the close frame could not get through the stopped socket.
+        expect([4000, 1006]).toContain(closed.code)
         const received = slow.events
         const last = received.at(-1) as Received | undefined
         expect(received.length).toBeLessThan(count)
