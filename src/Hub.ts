@@ -29,7 +29,8 @@ export interface Connection {
   /**
    * Calls `ready` once fewer than `size` messages wait in the send buffer (at
    * once if so): a replay is paced by it instead of overflowing the buffer.
-   * Without it, the connection is taken to have unlimited room.
+   * Without it, a replay that finds the connection full drops it as a slow
+   * consumer, as a broadcast does.
    */
   readonly whenBelow?: (size: number, ready: () => void) => void
   /** Messages waiting in the send buffer (with `whenBelow`). */
@@ -226,7 +227,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
           const fromStream = event.fromStream === true
           const id = event.id ?? history.nextLocalId()
           const message = Outbound.message(event.type, event.data, new Date(now), id)
-          history.append({ id, type: event.type, message, at: now }, fromStream)
+          // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
+          history.append({ id, type: event.type, message, at: Date.now() }, fromStream)
           if (event.live === false) return [0, current]
           const recipients = current.recipients(event.type)
           for (const connection of recipients) {
@@ -246,8 +248,11 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
           if (!current()) return
           const registration = registrationOf(id)!
           const connection = registration.connection
+          // A connection that cannot say when it has room again (`whenBelow`) and is full is a slow consumer.
           const waitForRoom = () =>
-            connection.whenBelow === undefined ? step() : connection.whenBelow(config.sendBuffer, step)
+            connection.whenBelow === undefined
+              ? connection.kick("slow_consumer")
+              : connection.whenBelow(config.sendBuffer, step)
           history.trim(Date.now())
           for (;;) {
             if (cursor !== undefined && !history.covers(cursor)) {
