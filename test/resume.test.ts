@@ -417,6 +417,36 @@ describe("resume with RabbitMQ", () => {
     }), { timeout: 30_000 })
 })
 
+describe("resume while a hub refills its history (stream mode)", () => {
+  it.scopedLive("a client that resumes before the refill is done waits for it, then gets every missed event", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const rabbit = { ...names, mode: "stream" as const }
+      const since = yield* Effect.scoped(Effect.gen(function*() {
+        yield* consuming
+        return yield* receiveThenLeave(publisher, names.exchange, 9)
+      }).pipe(Effect.provide(hubWithSource(rabbit))))
+      yield* publishRange(publisher, names.exchange, 10, 100)
+      // The next hub cannot reach the broker yet, and then reads one message at a time.
+      const proxy = yield* tcpProxy
+      yield* promise(() => proxy.cut())
+      yield* Effect.gen(function*() {
+        const health = yield* Health
+        const client = yield* connectSince(since)
+        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        expect(client.messages).toEqual([])
+        yield* promise(() => proxy.restore())
+        yield* promise(() => client.until(() => lastSeq(client) === 99, "event 99", 30_000))
+        yield* promise(() => first(client, "hub.live"))
+        yield* publishRange(publisher, names.exchange, 100, 110)
+        yield* promise(() => client.until(() => lastSeq(client) === 109, "event 109"))
+        expectExactly(client, range(10, 110))
+        expect(types(client).filter((type) => type.startsWith("hub."))).toEqual(["hub.live"])
+      }).pipe(Effect.provide(hubWithSource({ ...rabbit, prefetch: 1, url: Option.some(Redacted.make(proxy.url)) })))
+    }), { timeout: 60_000 })
+})
+
 describe("resume across a restart of the service process (node dist/main.js, RABBITMQ_MODE=stream)", () => {
   it.scopedLive("a client resumes on the restarted process with exactly the events published while it was down", () =>
     Effect.gen(function*() {
