@@ -19,6 +19,7 @@ import {
   eventually,
   freePort,
   hubLayer,
+  post,
   promise,
   type Received,
   ServiceProcess,
@@ -414,6 +415,32 @@ describe("resume with RabbitMQ", () => {
         const metrics = yield* (yield* HubMetrics).snapshot
         expect(metrics.sources.rabbitmq?.events_rejected).toBe(1)
       }).pipe(Effect.provide(hubWithSource({ ...names, mode: "stream" })))
+    }), { timeout: 30_000 })
+})
+
+describe("events published to one instance only, in stream mode", () => {
+  it.scopedLive("POST /api/v1/events gets an id between two offsets and resumes on that instance", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const since = yield* receiveThenLeave(publisher, names.exchange, 0)
+        const response = yield* post("/api/v1/events", { type: "backtest.completed", data: { seq: 1 } }, {
+          authorization: "Bearer secret"
+        })
+        expect(response.status).toBe(202)
+        yield* publishRange(publisher, names.exchange, 2, 3)
+        yield* eventually(Effect.flatMap(HubMetrics, (m) => m.snapshot), (s) => s.sources.rabbitmq?.events_consumed === 2)
+        const client = yield* connectSince(since)
+        yield* promise(() => client.until(() => lastSeq(client) === 2, "event 2"))
+        expectExactly(client, [1, 2])
+        const [local, fromStream] = client.events
+        expect(local!.id).toBe(`${since}.0000000001`)
+        expect(fromStream!.id).toMatch(/^\d{20}$/)
+      }).pipe(Effect.provide(hubWithSource({ ...names, mode: "stream" }, {
+        publishToken: Option.some(Redacted.make("secret"))
+      })))
     }), { timeout: 30_000 })
 })
 
