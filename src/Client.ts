@@ -44,6 +44,8 @@ export interface ClientInfo {
   readonly remoteAddress: string | undefined
   /** Who connected, when authentication is enabled (see Auth.ts). */
   readonly principal?: Principal | undefined
+  /** The `since` query parameter of the WebSocket URL: resume from this event id. */
+  readonly since?: string | undefined
 }
 
 /** The close code `ws` attaches to a protocol error (a symbol-keyed property). */
@@ -128,6 +130,8 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       id,
       offer: (message) => leaving !== undefined || outbox.offer(message),
       kick,
+      whenBelow: (size, ready) => outbox.whenBelow(size, ready),
+      backlog: () => outbox.size,
       keepAlive: (now) => {
         if (leaving !== undefined || ws.readyState !== WebSocket.OPEN) return
         if (securityDue(now)) return
@@ -249,6 +253,8 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
         const refused = checkSubscription(event_types)
         if (refused !== undefined) return refuse(refused)
       }
+      const since = action === "subscribe" ? request.right.since : undefined
+      if (since !== undefined) return subscribeSince(event_types, since)
       return action === "subscribe"
         ? hub.subscribe(id, event_types).pipe(
           Effect.matchEffect({
@@ -306,6 +312,25 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
         })
       )
     }
+    /**
+     * `subscribe` with `since`: no live events from here on, then the
+     * subscription, its reply, and the replay (which runs on its own, paced
+     * by the send buffer, while this reader goes on).
+     */
+    const subscribeSince = (patterns: ReadonlyArray<string>, since: string) =>
+      hub.resume(id, since).pipe(
+        Effect.matchEffect({
+          onFailure: (error) => refuse({ code: "invalid_request", message: error.message }),
+          onSuccess: (resume) =>
+            hub.subscribe(id, patterns).pipe(
+              Effect.matchEffect({
+                onFailure: (error) =>
+                  Effect.zipRight(resume.cancel, refuse({ code: "too_many_subscriptions", message: error.message })),
+                onSuccess: (now) => Effect.zipRight(reply(HubMessageType.subscribed, { event_types: now }), resume.start)
+              })
+            )
+        })
+      )
     /** Handles the client's frames until the connection ends. */
     const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
       if (incoming === ended || leaving !== undefined) return Effect.void
@@ -343,8 +368,19 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
         yield* log("client disconnected").pipe(Effect.annotateLogs({ ...annotations, reason: leaving, code: closeCode }))
       })
     )
-    yield* Effect.acquireRelease(hub.register(connection, principal?.eventTypes), () => hub.unregister(id))
+    yield* Effect.acquireRelease(
+      hub.register(connection, { allowed: principal?.eventTypes, resuming: info.since !== undefined }),
+      () => hub.unregister(id)
+    )
     yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(annotations))
+    if (info.since !== undefined) {
+      yield* hub.resume(id, info.since).pipe(
+        Effect.matchEffect({
+          onFailure: (error) => refuse({ code: "invalid_request", message: error.message }),
+          onSuccess: (resume) => resume.start
+        })
+      )
+    }
     // This fiber is the reader: it returns when the connection has ended.
     yield* read
   }).pipe(Effect.scoped)

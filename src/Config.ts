@@ -272,6 +272,10 @@ export interface HubSettings {
   readonly publishMaxBody: number
   /** Security settings (see `SecuritySettings`). */
   readonly security: SecuritySettings
+  /** Most events kept for clients that resume (`since`). */
+  readonly historyMaxEvents: number
+  /** Events older than this are dropped from the history. */
+  readonly historyMaxAge: Duration.Duration
 }
 
 export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, HubSettings>() {
@@ -299,7 +303,9 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       shutdownTimeout: goDuration("SHUTDOWN_TIMEOUT", "10s"),
       publishToken: optionalSecret("PUBLISH_TOKEN"),
       publishMaxBody: positiveInt("PUBLISH_MAX_BODY", 1024 * 1024),
-      security: securitySettings
+      security: securitySettings,
+      historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", 10_000),
+      historyMaxAge: goDuration("HISTORY_MAX_AGE", "10m")
     })
   )
 }
@@ -317,7 +323,9 @@ const defaults: HubSettings = {
   shutdownTimeout: Duration.seconds(10),
   publishToken: Option.none(),
   publishMaxBody: 1024 * 1024,
-  security: defaultSecurity
+  security: defaultSecurity,
+  historyMaxEvents: 10_000,
+  historyMaxAge: Duration.minutes(10)
 }
 
 // ---------------------------------------------------------------------------
@@ -390,7 +398,20 @@ export interface RabbitMqSettings {
   readonly maxReconnectWait: Duration.Duration
   /** Routing key -> event type renaming. */
   readonly eventTypeMap: Readonly<Record<string, string>>
+  /** `queue`: this instance's own classic queue; `stream`: a stream queue shared by every instance. */
+  readonly mode: "queue" | "stream"
+  /** Stream mode: the stream queue every instance reads. */
+  readonly stream: string
+  /** Stream mode: the broker drops stream segments older than this (`x-max-age`). */
+  readonly streamMaxAge: Duration.Duration
+  /** Stream mode: the broker keeps the stream under this size (`x-max-length-bytes`). */
+  readonly streamMaxBytes: number
 }
+
+/** Stream mode: the stream queue every hub instance reads. */
+export const defaultStreamName = "websocket_events_stream"
+/** Stream mode: 1 GiB of retained events (the broker drops whole segments, 500 MB by default). */
+export const defaultStreamMaxBytes = 1024 ** 3
 
 /** `websocket_events_queue.<host>.<pid>`: unique per process, stable across restarts of a container (pid 1). */
 export const defaultQueueName = (): string => `websocket_events_queue.${hostname()}.${process.pid}`
@@ -440,6 +461,10 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
       reconnectDelay: Duration.seconds(5),
       maxReconnectWait: Duration.seconds(30),
       eventTypeMap: defaultEventTypeMap,
+      mode: "queue",
+      stream: defaultStreamName,
+      streamMaxAge: Duration.hours(24),
+      streamMaxBytes: defaultStreamMaxBytes,
       ...overrides
     }
   }
@@ -481,7 +506,14 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
       ),
       reconnectDelay: goDuration("RABBITMQ_RECONNECT_DELAY", "5s"),
       maxReconnectWait: goDuration("RABBITMQ_MAX_RECONNECT_WAIT", "30s"),
-      eventTypeMap: eventTypeMapConfig("EVENT_TYPE_MAP")
+      eventTypeMap: eventTypeMapConfig("EVENT_TYPE_MAP"),
+      mode: Config.literal("queue", "stream")("RABBITMQ_MODE").pipe(Config.withDefault("queue" as const)),
+      stream: Config.string("RABBITMQ_STREAM").pipe(
+        Config.withDefault(defaultStreamName),
+        Config.map((name) => name.trim() === "" ? defaultStreamName : name.trim())
+      ),
+      streamMaxAge: goDuration("RABBITMQ_STREAM_MAX_AGE", "24h"),
+      streamMaxBytes: positiveInt("RABBITMQ_STREAM_MAX_BYTES", defaultStreamMaxBytes)
     })
   )
 }

@@ -10,8 +10,9 @@
 import { Clock, Context, Data, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schedule } from "effect"
 import { HubConfig } from "./Config.js"
 import { Health } from "./Health.js"
+import { History, maxIdLength } from "./History.js"
 import { HubMetrics } from "./Metrics.js"
-import { type DisconnectReason, Outbound } from "./Protocol.js"
+import { type DisconnectReason, HubMessageType, Outbound } from "./Protocol.js"
 import * as Topic from "./Topic.js"
 
 export type ClientId = number
@@ -25,6 +26,15 @@ export interface Connection {
   readonly kick: (reason: DisconnectReason) => void
   /** Called on every tick: sends a ping when due, kicks the client if it went silent or a write is stuck. */
   readonly keepAlive: (now: number) => void
+  /**
+   * Calls `ready` once fewer than `size` messages wait in the send buffer (at
+   * once if so): a replay is paced by it instead of overflowing the buffer.
+   * Without it, a replay that finds the connection full drops it as a slow
+   * consumer, as a broadcast does.
+   */
+  readonly whenBelow?: (size: number, ready: () => void) => void
+  /** Messages waiting in the send buffer (with `whenBelow`). */
+  readonly backlog?: () => number
 }
 
 /** The subscription every client starts with: everything. */
@@ -37,11 +47,17 @@ interface Registration {
   readonly explicit: boolean
   /** What the client may receive at most (its token's `event_types`); `undefined`: no limit. */
   readonly allowed?: ReadonlyArray<string> | undefined
+  /** True while the client resumes from the history: it receives no live events until it has caught up. */
+  readonly catchingUp?: boolean
 }
 
 /** Does the registration's `allowed` limit let an event of `type` through? */
 const isAllowed = (registration: Registration, type: string) =>
   registration.allowed === undefined || registration.allowed.some((pattern) => Topic.matches(pattern, type))
+
+/** Whether the client receives events of `type`: subscribed to it, and allowed to (for replays; live uses the index). */
+const wants = (registration: Registration, type: string) =>
+  isAllowed(registration, type) && registration.patterns.some((pattern) => Topic.matches(pattern, type))
 
 /**
  * An immutable snapshot of the clients and the subscription index
@@ -69,7 +85,7 @@ class HubState {
       found = []
       for (const id of ids) {
         const registration = HashMap.get(this.clients, id)
-        if (Option.isSome(registration) && isAllowed(registration.value, type)) {
+        if (Option.isSome(registration) && registration.value.catchingUp !== true && isAllowed(registration.value, type)) {
           ;(found as Array<Connection>).push(registration.value.connection)
         }
       }
@@ -124,6 +140,33 @@ export class TooManySubscriptions extends Data.TaggedError("TooManySubscriptions
   }
 }
 
+/** A `since` that cannot be an event id; nothing was changed. */
+export class InvalidSince extends Data.TaggedError("InvalidSince")<{
+  readonly since: string
+}> {
+  get message() {
+    return `since: must be the id of an event received (at most ${maxIdLength} letters, digits, ".", "_" or "-")`
+  }
+}
+
+/** An event to broadcast, with what a source knows about it. */
+export interface BroadcastEvent {
+  readonly type: string
+  readonly data: unknown
+  /** Its id (stream mode: the stream offset); by default the hub gives it the next local id. */
+  readonly id?: string | undefined
+  /** From the stream: its id is a stream offset. */
+  readonly fromStream?: boolean
+  /** `false`: only recorded in the history, sent to no client (a restarted hub refilling its history). */
+  readonly live?: boolean
+}
+
+/** A resume under way: its replay starts with `start`; `cancel` gives up on it (the client goes live at once). */
+export interface Resume {
+  readonly start: Effect.Effect<void>
+  readonly cancel: Effect.Effect<void>
+}
+
 export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
   /**
    * Sends an event to every client subscribed to `type`: the seed's
@@ -132,13 +175,31 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    * `Protocol.EventType`); the hub does not.
    */
   readonly broadcast: (type: string, data: unknown) => Effect.Effect<number>
+  /** `broadcast` with a source's id, or into the history only (`live: false`). */
+  readonly broadcastEvent: (event: BroadcastEvent) => Effect.Effect<number>
+  /** The history of the events broadcast (read by resumes; the stream source refills it). */
+  readonly history: History
+  /**
+   * Resumes client `id` from `since`: from now on it receives no live
+   * events; `start` replays the events after `since` that match its
+   * subscription (after a `hub.history_gap` notice if history does not
+   * reach back), then switches it to live, with a `hub.live` marker, in the
+   * same synchronous step as reading the last entry. The replay is paced by
+   * the client's send buffer and never kicks it. A new resume replaces one
+   * under way.
+   */
+  readonly resume: (id: ClientId, since: string) => Effect.Effect<Resume, InvalidSince>
   /** A fresh client id. */
   readonly nextId: Effect.Effect<ClientId>
   /**
-   * Adds a client with the default subscription (`#`), limited to `allowed`
-   * (patterns) when given: it never receives an event outside them.
+   * Adds a client with the default subscription (`#`). `allowed` (patterns)
+   * limits it: it never receives an event outside them. `resuming`: it will
+   * resume (`?since=`), so it receives no live events until `resume`.
    */
-  readonly register: (connection: Connection, allowed?: ReadonlyArray<string>) => Effect.Effect<void>
+  readonly register: (
+    connection: Connection,
+    options?: { readonly allowed?: ReadonlyArray<string> | undefined; readonly resuming?: boolean }
+  ) => Effect.Effect<void>
   /** Replaces a client's `allowed` limit (after a token refresh); `undefined` lifts it. */
   readonly authorize: (id: ClientId, allowed: ReadonlyArray<string> | undefined) => Effect.Effect<void>
   readonly unregister: (id: ClientId) => Effect.Effect<void>
@@ -159,6 +220,97 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
       const health = yield* Health
       const state = yield* Ref.make(HubState.empty)
       let lastId = 0
+      const history = new History(config.historyMaxEvents, Duration.toMillis(config.historyMaxAge))
+      /** The resume under way for each client, if any: a newer one replaces it. */
+      const resumes = new Map<ClientId, symbol>()
+      /** A replay waits for the send buffer to be this empty before the client goes live. */
+      const liveBelow = Math.max(1, Math.floor(config.sendBuffer / 2))
+
+      // Resumes run in callbacks (send buffer room, appends): these read and change the state synchronously.
+      const registrationOf = (id: ClientId) => Option.getOrUndefined(HashMap.get(Effect.runSync(Ref.get(state)).clients, id))
+      const setCatchingUp = (id: ClientId, catchingUp: boolean) =>
+        Effect.runSync(Ref.update(state, (current) => {
+          const registration = HashMap.get(current.clients, id)
+          return Option.isNone(registration) || (registration.value.catchingUp === true) === catchingUp
+            ? current
+            : current.withRegistration(id, { ...registration.value, catchingUp })
+        }))
+
+      const fanOut = (event: BroadcastEvent, now: number) =>
+        Ref.modify(state, (current): readonly [number, HubState] => {
+          // Appending and fanning out in one synchronous step: a resume sees the event in the history or
+          // receives it live, never both or neither.
+          const fromStream = event.fromStream === true
+          const id = event.id ?? history.nextLocalId()
+          const message = Outbound.message(event.type, event.data, new Date(now), id)
+          // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
+          history.append({ id, type: event.type, message, at: Date.now() }, fromStream)
+          if (event.live === false) return [0, current]
+          const recipients = current.recipients(event.type)
+          for (const connection of recipients) {
+            if (!connection.offer(message)) connection.kick("slow_consumer")
+          }
+          metrics.eventBroadcast(event.type, recipients.length)
+          return [recipients.length, current]
+        })
+
+      const replay = (id: ClientId, since: string, token: symbol) => {
+        const current = () => resumes.get(id) === token && registrationOf(id) !== undefined
+        let cursor: string | undefined = since
+        let replayed = 0
+        let gap: { since: string; oldest_available: string | null } | undefined
+        const notice = (type: string, data: unknown) => Outbound.message(type, data, new Date())
+        const step = (): void => {
+          if (!current()) return
+          const registration = registrationOf(id)!
+          const connection = registration.connection
+          // A connection that cannot say when it has room again (`whenBelow`) and is full is a slow consumer.
+          const waitForRoom = () =>
+            connection.whenBelow === undefined
+              ? connection.kick("slow_consumer")
+              : connection.whenBelow(config.sendBuffer, step)
+          history.trim(Date.now())
+          for (;;) {
+            if (cursor !== undefined && !history.covers(cursor)) {
+              // History moved past the cursor (the resume came too late, or the replay is too slow).
+              gap = { since: cursor, oldest_available: history.oldest?.id ?? null }
+              cursor = undefined
+            }
+            if (gap !== undefined) {
+              if (!connection.offer(notice(HubMessageType.historyGap, gap))) return waitForRoom()
+              gap = undefined
+            }
+            const next = history.after(cursor)
+            if (next === undefined) {
+              const head = history.newest?.id ?? history.floor
+              // `since` is newer than anything this instance has (another instance is ahead): wait for it.
+              if (cursor !== undefined && (head === undefined || cursor > head)) return history.whenAppended(step)
+              // Not with a full buffer, or the first live event would drop the client as a slow consumer.
+              if (connection.whenBelow !== undefined && connection.backlog !== undefined) {
+                if (connection.backlog() >= liveBelow) return connection.whenBelow(liveBelow, step)
+              }
+              // At the head, with room: go live now, in this same step.
+              connection.offer(notice(HubMessageType.live, { replayed, last_id: cursor ?? head ?? null }))
+              resumes.delete(id)
+              setCatchingUp(id, false)
+              return
+            }
+            if (wants(registration, next.type)) {
+              if (!connection.offer(next.message)) return waitForRoom()
+              replayed++
+            }
+            cursor = next.id
+          }
+        }
+        history.whenReady(() => {
+          if (!current()) return
+          if (history.place(since)._tag === "Gap") {
+            gap = { since, oldest_available: history.oldest?.id ?? null }
+            cursor = undefined
+          }
+          step()
+        })
+      }
 
       /** Applies `change` to a client's registration atomically; a refusal leaves the state as it was. */
       const updateSubscription = <E>(
@@ -194,29 +346,45 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
       yield* Effect.addFinalizer(() => health.set("hub", { status: "down", critical: true, detail: "shutting down" }))
 
       return Hub.of({
-        broadcast: (type, data) =>
-          Effect.flatMap(Clock.currentTimeMillis, (now) =>
-            Effect.map(Ref.get(state), (current) => {
-              const message = Outbound.message(type, data, new Date(now))
-              const recipients = current.recipients(type)
-              for (const connection of recipients) {
-                if (!connection.offer(message)) connection.kick("slow_consumer")
-              }
-              metrics.eventBroadcast(type, recipients.length)
-              return recipients.length
-            })),
+        broadcast: (type, data) => Effect.flatMap(Clock.currentTimeMillis, (now) => fanOut({ type, data }, now)),
+        broadcastEvent: (event) => Effect.flatMap(Clock.currentTimeMillis, (now) => fanOut(event, now)),
+        history,
+        resume: (id, since) =>
+          Effect.suspend(() => {
+            if (history.place(since)._tag === "Malformed") {
+              // A client registered to resume (`?since=`) goes live instead; one already resuming goes on.
+              if (!resumes.has(id)) setCatchingUp(id, false)
+              return Effect.fail(new InvalidSince({ since }))
+            }
+            const token = Symbol("resume")
+            resumes.set(id, token)
+            setCatchingUp(id, true)
+            return Effect.succeed<Resume>({
+              start: Effect.sync(() => replay(id, since, token)),
+              cancel: Effect.sync(() => {
+                if (resumes.get(id) !== token) return
+                resumes.delete(id)
+                setCatchingUp(id, false)
+              })
+            })
+          }),
         nextId: Effect.sync(() => ++lastId),
-        register: (connection, allowed) =>
+        register: (connection, options) =>
           Ref.update(state, (current) =>
             current.withRegistration(connection.id, {
               connection,
               patterns: defaultSubscription,
               explicit: false,
-              allowed
+              allowed: options?.allowed,
+              catchingUp: options?.resuming === true
             })),
         authorize: (id, allowed) =>
           Effect.asVoid(updateSubscription(id, (registration) => Either.right({ ...registration, allowed }))),
-        unregister: (id) => Ref.update(state, (current) => current.withRegistration(id, undefined)),
+        unregister: (id) =>
+          Ref.update(state, (current) => {
+            resumes.delete(id)
+            return current.withRegistration(id, undefined)
+          }),
         subscribe: (id, patterns) =>
           Effect.flatMap(
             updateSubscription(id, (registration) => {

@@ -64,6 +64,12 @@ export class Outbox {
     else this.#waiters.push(ready)
   }
 
+  /** Calls `ready` once fewer than `size` messages are queued (at once if so). */
+  whenBelow(size: number, ready: () => void): void {
+    if (this.#pending.length < size) ready()
+    else this.#waiters.push(ready)
+  }
+
   #schedule() {
     if (this.#marked) return
     this.#marked = true

@@ -60,7 +60,11 @@ const EventPatterns = Schema.Array(EventPattern).annotations({
 
 export const Subscribe = Schema.Struct({
   action: Schema.Literal("subscribe"),
-  event_types: EventPatterns
+  event_types: EventPatterns,
+  /** Resume: also send the events after this id (the last one received) that match, then the live ones. */
+  since: Schema.optional(Schema.String.annotations({
+    message: () => ({ message: "must be the id (a string) of the last event received", override: false })
+  }))
 })
 export type Subscribe = typeof Subscribe.Type
 
@@ -90,6 +94,9 @@ export const clientActions: ReadonlyArray<ClientRequest["action"]> = ["subscribe
 export const TextPing = "ping"
 export const TextPong = "pong"
 
+/** The query parameter of the WebSocket URL that resumes a client subscribed to everything: `?since=<id>`. */
+export const SinceParameter = "since"
+
 // ---------------------------------------------------------------------------
 // Server to client
 // ---------------------------------------------------------------------------
@@ -99,7 +106,13 @@ export const ServerMessage = Schema.Struct({
   type: Schema.String,
   data: Schema.Unknown,
   /** RFC 3339, UTC: when the hub sent it. */
-  timestamp: Schema.String
+  timestamp: Schema.String,
+  /**
+   * Events only: the event's id, a fixed-width string; ids of one hub (or of
+   * one stream) sort as strings in broadcast order. The id of the last event
+   * received is what a client sends back as `since` to resume.
+   */
+  id: Schema.optional(Schema.String)
 })
 export type ServerMessage = typeof ServerMessage.Type
 
@@ -132,7 +145,14 @@ export const HubMessageType = {
   /** A request was refused: `data.code` (see `ErrorCode`) and `data.message`. */
   error: "hub.error",
   /** Reply to `auth`: the new token is in effect; `data.expires_at` is its expiry (RFC 3339) or null. */
-  authenticated: "hub.authenticated"
+  authenticated: "hub.authenticated",
+  /**
+   * A resume: the history does not reach back to `data.since`, so events were
+   * missed; sent before the events still available, from `data.oldest_available`.
+   */
+  historyGap: "hub.history_gap",
+  /** A resume has sent every missed event: from here on, events are live. `data.replayed` counts them. */
+  live: "hub.live"
 } as const
 
 export const SubscriptionData = Schema.Struct({
@@ -145,6 +165,22 @@ export const ErrorData = Schema.Struct({
   message: Schema.String
 })
 export type ErrorData = typeof ErrorData.Type
+
+export const HistoryGapData = Schema.Struct({
+  /** The id the client resumed from (or the position a slow replay had reached when history moved past it). */
+  since: Schema.String,
+  /** The oldest id the hub still holds, sent next if it matches the subscription; `null` when it holds none. */
+  oldest_available: Schema.NullOr(Schema.String)
+})
+export type HistoryGapData = typeof HistoryGapData.Type
+
+export const LiveData = Schema.Struct({
+  /** Events replayed by this resume. */
+  replayed: Schema.Number,
+  /** The newest id the hub had when the client became live: the position of the resume. */
+  last_id: Schema.NullOr(Schema.String)
+})
+export type LiveData = typeof LiveData.Type
 
 // ---------------------------------------------------------------------------
 // Close codes
@@ -246,9 +282,12 @@ export class Outbound {
     return new Outbound(Buffer.from(text, "utf8"))
   }
 
-  /** `{"type","data","timestamp"}`. JSON.stringify escapes newlines, so a frame never holds a raw one. */
-  static message(type: string, data: unknown, timestamp: Date): Outbound {
-    return Outbound.text(JSON.stringify({ type, data, timestamp: timestamp.toISOString() }))
+  /**
+   * `{"type","data","timestamp"}`, plus `"id"` for events. JSON.stringify
+   * escapes newlines, so a frame never holds a raw one.
+   */
+  static message(type: string, data: unknown, timestamp: Date, id?: string): Outbound {
+    return Outbound.text(JSON.stringify({ type, data, timestamp: timestamp.toISOString(), id }))
   }
 }
 

@@ -19,7 +19,8 @@ import * as Shutdown from "./Shutdown.js"
 const MainLive = RabbitMqSource.layer.pipe(
   Layer.provideMerge(HttpServer.layer),
   Layer.merge(Shutdown.layer),
-  Layer.provide(Hub.layerLive),
+  // In stream mode, the history switches to stream ids before the HTTP server accepts a client.
+  Layer.provide(RabbitMqSource.historyLayer.pipe(Layer.provideMerge(Hub.layerLive))),
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
   Layer.provide(Logging.layer)
 )

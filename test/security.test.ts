@@ -196,6 +196,23 @@ layer(
       expect((yield* securityCounters).forbidden_event_types).toBeGreaterThanOrEqual(1)
     }))
 
+  it.scoped("event_types also limits what a resume replays", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const token = yield* promise(() => hs256({ event_types: ["backtest.*"] }))
+      const watcher = yield* connectWith(bearer(token))
+      yield* hub.broadcast("backtest.submitted", { n: 0 })
+      yield* promise(() => watcher.until(() => watcher.events.length === 1, "the first event"))
+      const since = watcher.events[0]!.id as string
+      for (const [n, type] of ["task.running", "backtest.completed", "optimization.new_best", "backtest.failed"].entries()) {
+        yield* hub.broadcast(type, { n: n + 1 })
+      }
+      // Resuming on a new connection, never subscribed: the replay holds only what the token allows.
+      const resumed = yield* connectWith(bearer(token), `?since=${since}`)
+      yield* promise(() => resumed.until(() => resumed.messages.some((m) => m.type === "hub.live"), "hub.live"))
+      expect(resumed.events.map((event) => event.type)).toEqual(["backtest.completed", "backtest.failed"])
+    }))
+
   it.scoped("closes the connection with 4003 when its token expires", () =>
     Effect.gen(function*() {
       const token = yield* promise(() => hs256({}, 1))

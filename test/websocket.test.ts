@@ -13,7 +13,7 @@ const rfc3339Utc = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/
 const eventTypes = (client: TestClient) => client.events.map((event) => event.type)
 
 layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protocol", (it) => {
-  it.scoped("sends one {type, data, timestamp} JSON object per text frame, without raw newlines", () =>
+  it.scoped("sends one {type, data, timestamp, id} JSON object per text frame, without raw newlines", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -23,7 +23,9 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       const frame = client.frames.at(-1)!
       expect(frame).not.toContain("\n")
       const message = JSON.parse(frame)
-      expect(Object.keys(message)).toEqual(["type", "data", "timestamp"])
+      // The seed's three fields, then the event id (additive: seed clients ignore it).
+      expect(Object.keys(message)).toEqual(["type", "data", "timestamp", "id"])
+      expect(message.id).toMatch(/^\d{13}[0-9a-f]{4}-\d{16}$/)
       expect(message.type).toBe("backtest.completed")
       expect(message.data).toEqual(data)
       expect(message.timestamp).toMatch(rfc3339Utc)

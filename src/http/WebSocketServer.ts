@@ -20,7 +20,14 @@ import { HubConfig } from "../Config.js"
 import type { Hub } from "../Hub.js"
 import { clientAddress, isOriginAllowed, Limits, type Refusal } from "../Limits.js"
 import type { HubMetrics } from "../Metrics.js"
+import { SinceParameter } from "../Protocol.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
+
+/** The `since` query parameter of a WebSocket URL (`/api/v1/ws/events?since=<id>`), if any. */
+const sinceOf = (url: string | undefined): string | undefined => {
+  const query = url?.indexOf("?") ?? -1
+  return query === -1 ? undefined : new URLSearchParams(url!.slice(query + 1)).get(SinceParameter) ?? undefined
+}
 
 /**
  * Answers a handshake with an HTTP error and a JSON reason, then closes the
@@ -112,7 +119,7 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
         if (socket.destroyed) return
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
-          run(Client.serve(ws, socket, { remoteAddress: address, principal }).pipe(
+          run(Client.serve(ws, socket, { remoteAddress: address, principal, since: sinceOf(request.url) }).pipe(
             // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
             Effect.tapDefect((defect) => Effect.logError("client connection failed", defect))
           ))

@@ -16,6 +16,7 @@ import { Cause, Data, Deferred, Duration, Effect, Either, Layer, Option, Queue, 
 import { hostname } from "node:os"
 import { RabbitMqConfig, type RabbitMqSettings } from "../Config.js"
 import { Health } from "../Health.js"
+import { streamId } from "../History.js"
 import { Hub } from "../Hub.js"
 import { HubMetrics } from "../Metrics.js"
 import { EventType } from "../Protocol.js"
@@ -132,7 +133,35 @@ const closing = (step: () => Promise<unknown>) =>
     })
   )
 
-const session = (config: RabbitMqSettings, url: Redacted.Redacted): Stream.Stream<SessionItem, RabbitMqError> =>
+/**
+ * Stream mode: the header that marks the hub's own "you are caught up"
+ * message. A starting hub writes one (value: its instance id) into the
+ * stream after subscribing; everything it reads before its own marker was
+ * in the stream before it started, and only refills its history. Every hub
+ * skips every marker.
+ */
+export const markerHeader = "x-event-hub-marker"
+
+/** Stream mode: how a session consumes. */
+export interface StreamPosition {
+  /** The `x-stream-offset` to start from (evaluated when the session starts). */
+  readonly from: () => unknown
+  /** The marker to write once subscribed, while the history is being refilled. */
+  readonly marker: () => string | undefined
+}
+
+/** The stream queue's arguments: every instance must declare it identically. */
+export const streamArguments = (config: Pick<RabbitMqSettings, "streamMaxAge" | "streamMaxBytes">) => ({
+  "x-queue-type": "stream",
+  "x-max-age": `${Math.max(1, Math.ceil(Duration.toSeconds(config.streamMaxAge)))}s`,
+  "x-max-length-bytes": config.streamMaxBytes
+})
+
+const session = (
+  config: RabbitMqSettings,
+  url: Redacted.Redacted,
+  stream?: StreamPosition
+): Stream.Stream<SessionItem, RabbitMqError> =>
   Stream.unwrapScoped(Effect.gen(function*() {
     const lost = yield* Deferred.make<never, RabbitMqError>()
     let open = true
@@ -160,9 +189,17 @@ const session = (config: RabbitMqSettings, url: Redacted.Redacted): Stream.Strea
       Deferred.unsafeDone(lost, Effect.fail(new RabbitMqError({ reason: "ChannelLost" })))
     })
 
+    const queue = stream === undefined ? config.queue : config.stream
     yield* attempt("Topology", async () => {
       // Exactly as the publishers declare it: a different declaration would be refused.
       await channel.assertExchange(config.exchange, "topic", { durable: true })
+      if (stream !== undefined) {
+        // Shared by every instance; a prefetch is mandatory on a stream queue.
+        await channel.assertQueue(config.stream, { durable: true, arguments: streamArguments(config) })
+        for (const key of config.bindingKeys) await channel.bindQueue(config.stream, config.exchange, key)
+        await channel.prefetch(config.prefetch)
+        return
+      }
       await channel.assertQueue(config.queue, {
         durable: true,
         arguments: {
@@ -181,16 +218,26 @@ const session = (config: RabbitMqSettings, url: Redacted.Redacted): Stream.Strea
     const deliveries = yield* Queue.unbounded<SessionItem>()
     yield* Effect.acquireRelease(
       attempt("Topology", () =>
-        channel.consume(config.queue, (message) => {
+        channel.consume(queue, (message) => {
           if (message === null) {
             Deferred.unsafeDone(lost, Effect.fail(new RabbitMqError({ reason: "ConsumerCancelled" })))
           } else {
             Queue.unsafeOffer(deliveries, { _tag: "Delivery", message, channel })
           }
-        }, { noAck: false })),
+        }, stream === undefined ? { noAck: false } : {
+          // `noAck: true` is refused on a stream (540, which closes the connection).
+          noAck: false,
+          arguments: { "x-stream-offset": stream.from() }
+        })),
       // Released first: deliveries not yet acknowledged return to the queue when the channel closes.
       ({ consumerTag }) => open ? closing(() => channel.cancel(consumerTag)) : Effect.void
     )
+    const marker = stream?.marker()
+    if (marker !== undefined) {
+      yield* attempt("Topology", async () => {
+        channel.sendToQueue(config.stream, Buffer.from("{}"), { headers: { [markerHeader]: marker } })
+      })
+    }
     return Stream.succeed<SessionItem>({ _tag: "Connected" }).pipe(
       Stream.concat(Stream.fromQueue(deliveries)),
       Stream.interruptWhen(Deferred.await(lost))
@@ -240,7 +287,98 @@ const run = Effect.gen(function*() {
     }
   }
 
+  // --- stream mode: offsets are the event ids; the hub keeps its position ---
+  const streamMode = config.mode === "stream"
+  /** The instance id this hub writes in its marker. */
+  const instance = `${hostname()}.${process.pid}.${Math.random().toString(36).slice(2, 10)}`
+  /** True until this hub has read its own marker: what it reads until then only refills the history. */
+  let refilling = streamMode
+  /** The last stream offset read; the broker does not keep it for AMQP 0-9-1 consumers. */
+  let lastOffset: number | undefined
+  const position: StreamPosition = {
+    // First: back as far as the history keeps events. Then: right after the last offset read.
+    from: () =>
+      lastOffset === undefined
+        ? { "!": "timestamp", value: Math.floor((Date.now() - hub.history.maxAgeMs) / 1000) }
+        : lastOffset + 1,
+    marker: () => refilling ? instance : undefined
+  }
+
+  const handleStream = (channel: amqp.Channel, message: amqp.ConsumeMessage): Effect.Effect<void> => {
+    const headers = message.properties.headers ?? {}
+    const offset = headers["x-stream-offset"]
+    if (typeof offset !== "number") {
+      settle(channel, message, true)
+      return Effect.logWarning("stream delivery without an x-stream-offset header; skipped")
+    }
+    if (lastOffset !== undefined && offset <= lastOffset) {
+      // Read again (a session starts at a chunk boundary): already handled.
+      settle(channel, message, true)
+      metrics.count("rabbitmq", "duplicates_dropped")
+      return Effect.void
+    }
+    const hole = lastOffset !== undefined && offset > lastOffset + 1
+    if (lastOffset === undefined || hole) hub.history.startsAt(offset)
+    lastOffset = offset
+    const logHole = hole
+      ? Effect.logWarning("the stream's retention removed events this hub had not read; history starts again here")
+        .pipe(Effect.annotateLogs({ offset }))
+      : Effect.void
+    const marker = headers[markerHeader]
+    if (marker !== undefined) {
+      settle(channel, message, true)
+      if (!refilling || marker !== instance) return logHole
+      refilling = false
+      hub.history.markReady()
+      return Effect.zipRight(
+        logHole,
+        Effect.zipRight(
+          setHealth("up"),
+          Effect.logInfo("history refilled from the stream; events are live").pipe(
+            Effect.annotateLogs({ stream: config.stream, events: hub.history.size, offset })
+          )
+        )
+      )
+    }
+    const routingKey = message.fields.routingKey
+    const event = toEvent(routingKey, message.content, config.eventTypeMap)
+    if (Either.isLeft(event)) {
+      // A stream cannot reject or dead-letter: the message stays in it, and every hub skips it.
+      settle(channel, message, true)
+      metrics.count("rabbitmq", "events_rejected")
+      return Effect.zipRight(
+        logHole,
+        Effect.logWarning("skipped a stream message that is not an event").pipe(
+          Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length, offset })
+        )
+      )
+    }
+    return Effect.zipRight(
+      logHole,
+      hub.broadcastEvent({
+        type: event.right.type,
+        data: event.right.data,
+        id: streamId(offset),
+        fromStream: true,
+        live: !refilling
+      }).pipe(
+        Effect.zipRight(Effect.sync(() => {
+          metrics.count("rabbitmq", "events_consumed")
+          settle(channel, message, true)
+        }))
+      )
+    )
+  }
+
   const handle = (item: SessionItem): Effect.Effect<void> => {
+    if (item._tag === "Connected" && streamMode) {
+      metrics.count("rabbitmq", "connections")
+      return Effect.zipRight(
+        refilling ? setHealth("starting", "refilling the history from the stream") : setHealth("up"),
+        Effect.logInfo("consuming from RabbitMQ").pipe(Effect.annotateLogs({ stream: config.stream }))
+      )
+    }
+    if (item._tag === "Delivery" && streamMode) return handleStream(item.channel, item.message)
     if (item._tag === "Connected") {
       metrics.count("rabbitmq", "connections")
       return Effect.zipRight(
@@ -277,10 +415,10 @@ const run = Effect.gen(function*() {
   yield* Effect.logInfo("RabbitMQ source starting").pipe(Effect.annotateLogs({
     url: safeUrl(Redacted.value(url)),
     exchange: config.exchange,
-    queue: config.queue,
+    ...(streamMode ? { mode: "stream", stream: config.stream } : { mode: "queue", queue: config.queue }),
     binding_keys: config.bindingKeys.join(",")
   }))
-  yield* session(config, url).pipe(
+  yield* session(config, url, streamMode ? position : undefined).pipe(
     Stream.mapEffect(handle),
     // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
     Stream.catchAllCause((cause) =>
@@ -313,7 +451,22 @@ const run = Effect.gen(function*() {
   Effect.annotateLogs({ component: "rabbitmq" })
 )
 
+/**
+ * Stream mode: switches the hub's history to stream ids (resumes wait until
+ * it is refilled). `layer` does it too; composing this layer before the HTTP
+ * server (as main.ts does) means no client can resume before.
+ */
+export const historyLayer: Layer.Layer<never, never, RabbitMqConfig | Hub> = Layer.effectDiscard(
+  Effect.gen(function*() {
+    const config = yield* RabbitMqConfig
+    const hub = yield* Hub
+    if (config.mode === "stream" && Option.isSome(config.url) && hub.history.mode !== "stream") {
+      hub.history.useStreamIds()
+    }
+  })
+)
+
 /** Runs the source for the lifetime of the layer; does nothing when `RABBITMQ_URL` is empty. */
 export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubMetrics | Health> = Layer.scopedDiscard(
-  Effect.forkScoped(run)
+  Effect.zipRight(Layer.build(historyLayer), Effect.forkScoped(run))
 )
