@@ -256,6 +256,11 @@ export interface HubSettings {
   readonly maxMessageSize: number
   /** Messages buffered per client before it is disconnected as a slow consumer. */
   readonly sendBuffer: number
+  /**
+   * permessage-deflate: messages of at least this many bytes are compressed
+   * for clients that ask for compression; `None` turns compression off.
+   */
+  readonly compressionThreshold: Option.Option<number>
   /** Most patterns one client may subscribe to. */
   readonly maxSubscriptions: number
   /** Interval of protocol-level pings. */
@@ -296,6 +301,7 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       wsPath: Config.succeed("/api/v1/ws/events" as const),
       maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", 512),
       sendBuffer: positiveInt("WS_SEND_BUFFER", 256),
+      compressionThreshold: Config.option(positiveInt("WS_COMPRESSION_THRESHOLD", 1)),
       maxSubscriptions: positiveInt("WS_MAX_SUBSCRIPTIONS", 256),
       pingPeriod: goDuration("WS_PING_PERIOD", "54s"),
       pongTimeout: goDuration("WS_PONG_TIMEOUT", "60s"),
@@ -316,6 +322,7 @@ const defaults: HubSettings = {
   wsPath: "/api/v1/ws/events",
   maxMessageSize: 512,
   sendBuffer: 256,
+  compressionThreshold: Option.none(),
   maxSubscriptions: 256,
   pingPeriod: Duration.seconds(54),
   pongTimeout: Duration.seconds(60),

@@ -3,7 +3,7 @@
  * free port.
  */
 import { expect, layer } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Option } from "effect"
 import { Hub } from "../src/Hub.js"
 import { HubMetrics } from "../src/Metrics.js"
 import { connect, eventually, hubLayer, promise, type TestClient } from "./support.js"
@@ -282,4 +282,37 @@ layer(hubLayer(), { excludeTestServices: true })("scale", (it) => {
       yield* promise(() => Promise.all(clients.map((client) => client.until(() => client.events.length === 1))))
       for (const client of clients) expect(client.events[0]!.data).toEqual({ sharpe_ratio: 2.1 })
     }), { timeout: 60_000 })
+})
+
+layer(hubLayer({ compressionThreshold: Option.some(1024) }), { excludeTestServices: true })("compression", (it) => {
+  it.scoped("compresses messages above WS_COMPRESSION_THRESHOLD for clients that ask, and only for them", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const deflating = yield* connect({ perMessageDeflate: true })
+      const plain = yield* connect({ perMessageDeflate: false })
+      expect(deflating.ws.extensions).toContain("permessage-deflate")
+      expect(plain.ws.extensions).toBe("")
+      const bytesRead = (client: TestClient) => (client.ws as any)._socket.bytesRead as number
+      const [deflatingBefore, plainBefore] = [bytesRead(deflating), bytesRead(plain)]
+      // About 20 KB of very repetitive JSON, and a small event under the threshold.
+      const large = { rows: Array.from({ length: 400 }, (_, i) => ({ strategy_id: "987e6543", sharpe_ratio: 1.85, i })) }
+      yield* hub.broadcast("backtest.completed", large)
+      yield* hub.broadcast("backtest.failed", { small: true })
+      for (const client of [deflating, plain]) {
+        yield* promise(() => client.until(() => client.events.length === 2, "both events"))
+        expect(client.events[0]!.data).toEqual(large)
+        expect(client.events[1]!.data).toEqual({ small: true })
+      }
+      const size = JSON.stringify(large).length
+      expect(bytesRead(plain) - plainBefore).toBeGreaterThan(size)
+      expect(bytesRead(deflating) - deflatingBefore).toBeLessThan(size / 4)
+    }))
+})
+
+layer(hubLayer(), { excludeTestServices: true })("no compression by default", (it) => {
+  it.scoped("a client that asks for permessage-deflate gets plain frames", () =>
+    Effect.gen(function*() {
+      const client = yield* connect({ perMessageDeflate: true })
+      expect(client.ws.extensions).toBe("")
+    }))
 })

@@ -64,7 +64,18 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
         new WsServer({
           noServer: true,
           maxPayload: config.maxMessageSize,
-          perMessageDeflate: false,
+          // Off unless WS_COMPRESSION_THRESHOLD is set: compressing costs CPU per client and per message.
+          perMessageDeflate: Option.match(config.compressionThreshold, {
+            onNone: () => false,
+            onSome: (threshold) => ({
+              threshold,
+              // Each message compressed on its own: no window kept per connection (memory), and only
+              // messages above the threshold pay for it.
+              serverNoContextTakeover: true,
+              clientNoContextTakeover: true,
+              zlibDeflateOptions: { level: 1 }
+            })
+          }),
           clientTracking: true,
           // `Sec-WebSocket-Protocol: bearer, <token>` carries a token: the server selects `bearer`.
           handleProtocols: (protocols) =>
