@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Layer } from "effect"
+import { ConfigProvider, Duration, Effect, Layer, Option } from "effect"
 import { defaultEventTypeMap, HubConfig, parseGoDuration, RabbitMqConfig } from "../src/Config.js"
 
 describe("parseGoDuration", () => {
@@ -48,6 +48,13 @@ describe("HubConfig.fromEnv", () => {
       expect(Duration.toMillis(config.writeTimeout)).toBe(10_000)
       expect(Duration.toMillis(config.shutdownTimeout)).toBe(10_000)
       expect(config.publishToken._tag).toBe("None")
+      expect(config.compressionThreshold._tag).toBe("None")
+    }))
+
+  it.effect("WS_COMPRESSION_THRESHOLD turns compression on", () =>
+    Effect.gen(function*() {
+      const config = yield* readConfig({ WS_COMPRESSION_THRESHOLD: "2048" })
+      expect(config.compressionThreshold).toEqual(Option.some(2048))
     }))
 
   it.effect("reads Go-style durations", () =>
@@ -64,7 +71,8 @@ describe("HubConfig.fromEnv", () => {
     ["WS_MAX_SUBSCRIPTIONS", "0"],
     ["WS_SEND_BUFFER", "-3"],
     ["PORT", "http"],
-    ["WS_MAX_MESSAGE_SIZE", "big"]
+    ["WS_MAX_MESSAGE_SIZE", "big"],
+    ["WS_COMPRESSION_THRESHOLD", "yes"]
   ])("a bad %s names the variable", ([name, value]) =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(readConfig({ [name]: value }))
