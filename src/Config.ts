@@ -301,7 +301,13 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       wsPath: Config.succeed("/api/v1/ws/events" as const),
       maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", 512),
       sendBuffer: positiveInt("WS_SEND_BUFFER", 256),
-      compressionThreshold: Config.option(positiveInt("WS_COMPRESSION_THRESHOLD", 1)),
+      compressionThreshold: Config.option(Config.integer("WS_COMPRESSION_THRESHOLD")).pipe(
+        Config.mapOrFail((threshold) =>
+          Option.isSome(threshold) && threshold.value <= 0
+            ? Either.left(ConfigError.InvalidData(["WS_COMPRESSION_THRESHOLD"], "expected a positive number of bytes"))
+            : Either.right(threshold)
+        )
+      ),
       maxSubscriptions: positiveInt("WS_MAX_SUBSCRIPTIONS", 256),
       pingPeriod: goDuration("WS_PING_PERIOD", "54s"),
       pongTimeout: goDuration("WS_PONG_TIMEOUT", "60s"),
