@@ -15,6 +15,8 @@ import { type Connection, Hub } from "./Hub.js"
 import { checkPattern, Limits, MessageRate } from "./Limits.js"
 import { HubMetrics } from "./Metrics.js"
 import { Outbox } from "./Outbox.js"
+import { Publisher } from "./rabbitmq/Publisher.js"
+import * as Topic from "./Topic.js"
 import {
   closeFor,
   CloseCode,
@@ -24,6 +26,7 @@ import {
   Outbound,
   parseRequest,
   pongMessage,
+  type Publish,
   TextPing
 } from "./Protocol.js"
 
@@ -69,6 +72,8 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
     const metrics = yield* HubMetrics
     const auth = yield* Auth
     const limits = yield* Limits
+    // Optional: without a publisher (an embedding program that provides none), `publish` is refused.
+    const publisher = yield* Effect.serviceOption(Publisher)
     const id = yield* hub.nextId
     const annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
     const outbox = new Outbox(ws, socket, config.sendBuffer, metrics.delivered)
@@ -248,6 +253,7 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
       const request = parseRequest(text)
       if (Either.isLeft(request)) return refuse(request.left)
       if (request.right.action === "auth") return refresh(request.right.token)
+      if (request.right.action === "publish") return publish(request.right)
       const { action, event_types } = request.right
       if (action === "subscribe") {
         const refused = checkSubscription(event_types)
@@ -269,6 +275,33 @@ export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
           hub.unsubscribe(id, event_types),
           (now) => reply(HubMessageType.unsubscribed, { event_types: now })
         )
+    }
+    /**
+     * `{"action":"publish"}`: to the exchange, with the type as routing key, if `WS_PUBLISH_TYPES` allows
+     * it. The reader waits for the broker's confirmation, so a client's publishes stay in order.
+     */
+    const publish = ({ data, type }: Publish): Effect.Effect<void> => {
+      if (Option.isNone(publisher) || !config.clientPublishTypes.some((pattern) => Topic.matches(pattern, type))) {
+        limits.refused("publish_forbidden")
+        return refuse({
+          code: "publish_forbidden",
+          message: config.clientPublishTypes.length === 0 || Option.isNone(publisher)
+            ? "publishing is not enabled on this hub (WS_PUBLISH_TYPES)"
+            : `${JSON.stringify(type)} is not a type clients may publish; allowed: ${config.clientPublishTypes.join(", ")}`
+        })
+      }
+      return publisher.value.publish(type, Buffer.from(JSON.stringify(data))).pipe(
+        Effect.matchEffect({
+          onFailure: (error) =>
+            Effect.zipRight(
+              Effect.logWarning("client publish failed").pipe(
+                Effect.annotateLogs({ ...annotations, event_type: type, reason: error.message })
+              ),
+              refuse({ code: "publish_failed", message: error.message })
+            ),
+          onSuccess: () => reply(HubMessageType.published, { type })
+        })
+      )
     }
     /** The pattern limits and the token's `event_types`: the reason to refuse a `subscribe`, if any. */
     const checkSubscription = (patterns: ReadonlyArray<string>): ErrorData | undefined => {

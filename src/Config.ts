@@ -277,6 +277,8 @@ export interface HubSettings {
   readonly publishMaxBody: number
   /** Security settings (see `SecuritySettings`). */
   readonly security: SecuritySettings
+  /** Event types (patterns) clients may publish to the exchange with `publish`; empty: client publishing is off. */
+  readonly clientPublishTypes: ReadonlyArray<string>
   /** Most events kept for clients that resume (`since`). */
   readonly historyMaxEvents: number
   /** Events older than this are dropped from the history. */
@@ -316,6 +318,10 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       publishToken: optionalSecret("PUBLISH_TOKEN"),
       publishMaxBody: positiveInt("PUBLISH_MAX_BODY", 1024 * 1024),
       security: securitySettings,
+      clientPublishTypes: Config.string("WS_PUBLISH_TYPES").pipe(
+        Config.withDefault(""),
+        Config.map((patterns) => patterns.split(",").map((pattern) => pattern.trim()).filter((pattern) => pattern !== ""))
+      ),
       historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", 10_000),
       historyMaxAge: goDuration("HISTORY_MAX_AGE", "10m")
     })
@@ -337,6 +343,7 @@ const defaults: HubSettings = {
   publishToken: Option.none(),
   publishMaxBody: 1024 * 1024,
   security: defaultSecurity,
+  clientPublishTypes: [],
   historyMaxEvents: 10_000,
   historyMaxAge: Duration.minutes(10)
 }

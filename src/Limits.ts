@@ -86,6 +86,7 @@ export const refusals = [
   "too_many_subscriptions",
   "invalid_pattern",
   "forbidden_event_types",
+  "publish_forbidden",
   "publish_unauthorized",
   "publish_rate_limited",
   "publish_too_large"

@@ -85,10 +85,25 @@ export const Authenticate = Schema.Struct({
 })
 export type Authenticate = typeof Authenticate.Type
 
-export const ClientRequest = Schema.Union(Subscribe, Unsubscribe, Authenticate)
+/**
+ * `{"action":"publish","type":"<event type>","data":{...}}`: a command (or any event) from the client to the
+ * backend, published to the RabbitMQ exchange with `type` as its routing key and `data` as its JSON body.
+ * Only types matched by `WS_PUBLISH_TYPES` are accepted; answered with `hub.published` once the broker has
+ * confirmed it, or `hub.error` (`publish_forbidden`, `publish_failed`).
+ */
+export const Publish = Schema.Struct({
+  action: Schema.Literal("publish"),
+  type: EventType,
+  data: Schema.Record({ key: Schema.String, value: Schema.Unknown }).annotations({
+    message: () => ({ message: "must be a JSON object", override: false })
+  })
+})
+export type Publish = typeof Publish.Type
+
+export const ClientRequest = Schema.Union(Subscribe, Unsubscribe, Authenticate, Publish)
 export type ClientRequest = typeof ClientRequest.Type
 
-export const clientActions: ReadonlyArray<ClientRequest["action"]> = ["subscribe", "unsubscribe", "auth"]
+export const clientActions: ReadonlyArray<ClientRequest["action"]> = ["subscribe", "unsubscribe", "auth", "publish"]
 
 /** The text frame a browser sends to keep the connection alive; answered with `pong`. */
 export const TextPing = "ping"
@@ -132,7 +147,11 @@ export const ErrorCode = Schema.Literal(
   /** An `auth` request whose token was refused; the connection keeps its current token. */
   "invalid_token",
   /** An `auth` request while authentication is not enabled. */
-  "auth_disabled"
+  "auth_disabled",
+  /** A `publish` of a type that `WS_PUBLISH_TYPES` does not allow (or client publishing is off). */
+  "publish_forbidden",
+  /** A `publish` the broker did not confirm (unreachable, refused, or too slow): it may not have been delivered. */
+  "publish_failed"
 )
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -152,7 +171,9 @@ export const HubMessageType = {
    */
   historyGap: "hub.history_gap",
   /** A resume has sent every missed event: from here on, events are live. `data.replayed` counts them. */
-  live: "hub.live"
+  live: "hub.live",
+  /** Reply to `publish`: the broker has confirmed the message; `data.type` is its type (routing key). */
+  published: "hub.published"
 } as const
 
 export const SubscriptionData = Schema.Struct({
@@ -300,7 +321,8 @@ export const pongMessage = Outbound.text(TextPong)
 const decoders: Record<ClientRequest["action"], (input: unknown) => Either.Either<ClientRequest, ParseResult.ParseError>> = {
   subscribe: Schema.decodeUnknownEither(Subscribe),
   unsubscribe: Schema.decodeUnknownEither(Unsubscribe),
-  auth: Schema.decodeUnknownEither(Authenticate)
+  auth: Schema.decodeUnknownEither(Authenticate),
+  publish: Schema.decodeUnknownEither(Publish)
 }
 
 /** One line per problem, each naming the field: `event_types[2]: event type pattern must not be empty`. */

@@ -13,6 +13,7 @@ import { HubConfig, RabbitMqConfig } from "./Config.js"
 import * as HttpServer from "./http/Server.js"
 import * as Hub from "./Hub.js"
 import * as Logging from "./Logging.js"
+import { Publisher } from "./rabbitmq/Publisher.js"
 import * as RabbitMqSource from "./rabbitmq/Source.js"
 import * as Shutdown from "./Shutdown.js"
 
@@ -21,6 +22,8 @@ const MainLive = RabbitMqSource.layer.pipe(
   Layer.merge(Shutdown.layer),
   // In stream mode, the history switches to stream ids before the HTTP server accepts a client.
   Layer.provide(RabbitMqSource.historyLayer.pipe(Layer.provideMerge(Hub.layerLive))),
+  // Clients' `publish` requests (WS_PUBLISH_TYPES); closed after the HTTP server.
+  Layer.provide(Publisher.layer),
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
   Layer.provide(Logging.layer)
 )

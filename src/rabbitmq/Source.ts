@@ -121,7 +121,7 @@ const closeTimeoutMs = 2000
  * Runs a closing step in a finalizer. Finalizers are uninterruptible, so the
  * time limit is a timer of its own, and errors (already closed) are ignored.
  */
-const closing = (step: () => Promise<unknown>) =>
+export const closing = (step: () => Promise<unknown>) =>
   Effect.promise(() =>
     new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, closeTimeoutMs)

@@ -1,0 +1,106 @@
+/**
+ * Publishing to the publishers' exchange, for clients' `publish` requests
+ * (commands to the backend). It has its own connection and confirm channel,
+ * opened on the first publish and opened again after a loss, so a broker that
+ * is down costs nothing until someone publishes, and the consumer's
+ * connection never waits behind a publish.
+ *
+ * A publish succeeds once the broker has confirmed the message (persistent,
+ * on a durable exchange); it fails if the broker cannot be reached or does
+ * not confirm within `publishTimeout`, and the client is told so.
+ */
+import * as amqp from "amqplib"
+import { Context, Data, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { hostname } from "node:os"
+import { RabbitMqConfig } from "../Config.js"
+import { closing } from "./Source.js"
+
+export class PublishError extends Data.TaggedError("PublishError")<{
+  readonly reason: "Disabled" | "Unavailable" | "Timeout"
+  readonly cause?: unknown
+}> {
+  get message() {
+    switch (this.reason) {
+      case "Disabled":
+        return "publishing is not available: this hub has no RabbitMQ connection (RABBITMQ_URL is empty)"
+      case "Timeout":
+        return "the broker did not confirm the message in time; it may or may not have been delivered"
+      case "Unavailable":
+        return `the broker is unavailable${this.cause instanceof Error ? ` (${this.cause.message})` : ""}`
+    }
+  }
+}
+
+/** Longest wait for a connection and a confirmation. */
+export const publishTimeout = Duration.seconds(5)
+
+export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
+  /** Publishes `body` (JSON) with `routingKey`; succeeds once the broker has confirmed it. */
+  readonly publish: (routingKey: string, body: Buffer) => Effect.Effect<void, PublishError>
+}>() {
+  static readonly layer: Layer.Layer<Publisher, never, RabbitMqConfig> = Layer.scoped(
+    Publisher,
+    Effect.gen(function*() {
+      const config = yield* RabbitMqConfig
+      if (Option.isNone(config.url)) {
+        return Publisher.of({ publish: () => Effect.fail(new PublishError({ reason: "Disabled" })) })
+      }
+      const url = config.url.value
+      let connection: amqp.ChannelModel | undefined
+      let channel: Promise<amqp.ConfirmChannel> | undefined
+
+      /** The open confirm channel, or a new one; a failed attempt is forgotten so the next publish tries again. */
+      const open = (): Promise<amqp.ConfirmChannel> =>
+        channel ??= (async () => {
+          const opened = await amqp.connect(Redacted.value(url), {
+            timeout: Duration.toMillis(publishTimeout),
+            clientProperties: { connection_name: `event-hub publisher ${hostname()} pid ${process.pid}` }
+          })
+          // Without 'error' listeners a broker hiccup would crash the process.
+          opened.on("error", () => undefined)
+          const forget = () => {
+            if (connection === opened) {
+              connection = undefined
+              channel = undefined
+            }
+          }
+          opened.on("close", forget)
+          connection = opened
+          const confirm = await opened.createConfirmChannel()
+          confirm.on("error", () => undefined)
+          confirm.on("close", () => {
+            forget()
+            opened.close().catch(() => undefined)
+          })
+          // Declared exactly as the publishers declare it (a different declaration would be refused).
+          await confirm.assertExchange(config.exchange, "topic", { durable: true })
+          return confirm
+        })().catch((error) => {
+          channel = undefined
+          connection?.close().catch(() => undefined)
+          throw error
+        })
+
+      yield* Effect.addFinalizer(() => connection === undefined ? Effect.void : closing(() => connection!.close()))
+
+      return Publisher.of({
+        publish: (routingKey, body) =>
+          Effect.tryPromise({
+            try: async () => {
+              const confirm = await open()
+              await new Promise<void>((resolve, reject) => {
+                // amqplib calls back once the broker confirms (or rejects) the message, or the channel closes.
+                confirm.publish(config.exchange, routingKey, body, {
+                  persistent: true,
+                  contentType: "application/json"
+                }, (error) => error ? reject(error) : resolve())
+              })
+            },
+            catch: (cause) => new PublishError({ reason: "Unavailable", cause })
+          }).pipe(
+            Effect.timeoutFail({ duration: publishTimeout, onTimeout: () => new PublishError({ reason: "Timeout" }) })
+          )
+      })
+    })
+  )
+}
