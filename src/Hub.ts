@@ -59,51 +59,87 @@ const isAllowed = (registration: Registration, type: string) =>
 const wants = (registration: Registration, type: string) =>
   isAllowed(registration, type) && registration.patterns.some((pattern) => Topic.matches(pattern, type))
 
+/** Most event types whose recipients are kept; past it they are computed again as events come. */
+const maxMemoTypes = 1024
+
+/** The clients that receive one event type, kept up to date as subscriptions change. */
+interface TypeRecipients {
+  /** How many of each client's patterns match the type (clients with none are absent). */
+  readonly matching: Map<ClientId, number>
+  /** The clients that receive it now: matched, allowed, and not catching up. */
+  readonly receivers: Set<Connection>
+}
+
+const countMatching = (patterns: ReadonlyArray<string>, type: string) => {
+  let count = 0
+  for (const pattern of patterns) if (Topic.matches(pattern, type)) count++
+  return count
+}
+
+const receivesWhenMatched = (registration: Registration, type: string) =>
+  registration.catchingUp !== true && isAllowed(registration, type)
+
 /**
- * An immutable snapshot of the clients and the subscription index
- * (pattern -> clients). Recipients per event type are derived lazily and
- * memoised on the snapshot, so repeated events of one type cost only their
- * recipients, not a scan of every client.
+ * The clients and the subscription index (pattern -> clients), as immutable
+ * maps, and the recipients of each event type seen so far (`memo`). The memo
+ * is computed from the index the first time a type is broadcast, then kept up
+ * to date by every change of a registration, at the cost of the patterns that
+ * changed: a broadcast costs its recipients, and one client's subscriptions
+ * never make the hub match every pattern again. The memo is shared by the
+ * states of one hub (only the newest state is ever read).
  */
 class HubState {
-  readonly #recipients = new Map<string, ReadonlyArray<Connection>>()
-
-  constructor(
+  private constructor(
     readonly clients: HashMap.HashMap<ClientId, Registration>,
-    readonly index: HashMap.HashMap<string, HashSet.HashSet<ClientId>>
+    readonly index: HashMap.HashMap<string, HashSet.HashSet<ClientId>>,
+    private readonly memo: Map<string, TypeRecipients>
   ) {}
 
-  static readonly empty = new HubState(HashMap.empty(), HashMap.empty())
+  static empty(): HubState {
+    return new HubState(HashMap.empty(), HashMap.empty(), new Map())
+  }
 
-  recipients(type: string): ReadonlyArray<Connection> {
-    let found = this.#recipients.get(type)
+  recipients(type: string): ReadonlySet<Connection> {
+    let found = this.memo.get(type)
     if (found === undefined) {
-      const ids = new Set<ClientId>()
+      found = { matching: new Map(), receivers: new Set() }
       for (const [pattern, clients] of this.index) {
-        if (Topic.matches(pattern, type)) for (const id of clients) ids.add(id)
+        if (!Topic.matches(pattern, type)) continue
+        for (const id of clients) found.matching.set(id, (found.matching.get(id) ?? 0) + 1)
       }
-      found = []
-      for (const id of ids) {
+      for (const id of found.matching.keys()) {
         const registration = HashMap.get(this.clients, id)
-        if (Option.isSome(registration) && registration.value.catchingUp !== true && isAllowed(registration.value, type)) {
-          ;(found as Array<Connection>).push(registration.value.connection)
+        if (Option.isSome(registration) && receivesWhenMatched(registration.value, type)) {
+          found.receivers.add(registration.value.connection)
         }
       }
-      if (this.#recipients.size >= 1024) this.#recipients.clear()
-      this.#recipients.set(type, found)
+      if (this.memo.size >= maxMemoTypes) this.memo.clear()
+      this.memo.set(type, found)
     }
-    return found
+    return found.receivers
   }
 
   /** The state with client `id` registered as `next` (or removed); only changed patterns are re-indexed. */
   withRegistration(id: ClientId, next: Registration | undefined): HubState {
-    const previous = Option.getOrUndefined(HashMap.get(this.clients, id))?.patterns ?? []
+    const previous = Option.getOrUndefined(HashMap.get(this.clients, id))
+    const before = previous?.patterns ?? []
     const patterns = next?.patterns ?? []
-    const removed = previous.filter((pattern) => !patterns.includes(pattern))
-    const added = patterns.filter((pattern) => !previous.includes(pattern))
+    const removed = before.filter((pattern) => !patterns.includes(pattern))
+    const added = patterns.filter((pattern) => !before.includes(pattern))
+    for (const [type, { matching, receivers }] of this.memo) {
+      if (previous !== undefined) receivers.delete(previous.connection)
+      if (next === undefined) {
+        matching.delete(id)
+        continue
+      }
+      const count = (matching.get(id) ?? 0) + countMatching(added, type) - countMatching(removed, type)
+      if (count > 0) matching.set(id, count)
+      else matching.delete(id)
+      if (count > 0 && receivesWhenMatched(next, type)) receivers.add(next.connection)
+    }
     const index = reindex(unindex(this.index, id, removed), id, added)
     const clients = next === undefined ? HashMap.remove(this.clients, id) : HashMap.set(this.clients, id, next)
-    return new HubState(clients, index)
+    return new HubState(clients, index, this.memo)
   }
 }
 
@@ -218,7 +254,7 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
       const config = yield* HubConfig
       const metrics = yield* HubMetrics
       const health = yield* Health
-      const state = yield* Ref.make(HubState.empty)
+      const state = yield* Ref.make(HubState.empty())
       let lastId = 0
       const history = new History(config.historyMaxEvents, Duration.toMillis(config.historyMaxAge))
       /** The resume under way for each client, if any: a newer one replaces it. */
@@ -250,8 +286,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
           for (const connection of recipients) {
             if (!connection.offer(message)) connection.kick("slow_consumer")
           }
-          metrics.eventBroadcast(event.type, recipients.length)
-          return [recipients.length, current]
+          metrics.eventBroadcast(event.type, recipients.size)
+          return [recipients.size, current]
         })
 
       const replay = (id: ClientId, since: string, token: symbol) => {

@@ -58,6 +58,37 @@ describe("Hub", () => {
       expect(a.types()).toEqual(["task.running", "backtest.completed", "optimization.iteration.completed"])
     }).pipe(Effect.provide(TestHub)))
 
+  it.scoped("keeps the recipients of a type already broadcast up to date as clients and subscriptions change", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const types = ["backtest.completed", "optimization.new_best", "task.running"]
+      const a = fakeConnection(1)
+      const b = fakeConnection(2)
+      const c = fakeConnection(3)
+      yield* hub.register(a.connection)
+      // Every type is now known to the hub, with its recipients.
+      for (const type of types) yield* hub.broadcast(type, {})
+      yield* hub.register(b.connection, { allowed: ["backtest.#"] })
+      yield* hub.subscribe(1, ["backtest.*", "backtest.#", "optimization.new_best"])
+      yield* hub.unsubscribe(1, ["backtest.*"])
+      yield* hub.register(c.connection)
+      yield* hub.subscribe(3, ["task.running"])
+      yield* hub.unregister(3)
+      const counts: Array<number> = []
+      for (const type of types) counts.push(yield* hub.broadcast(type, {}))
+      // a: backtest.# and optimization.new_best; b: only what it is allowed; c: gone.
+      expect(counts).toEqual([2, 1, 0])
+      expect(a.types().slice(3)).toEqual(["backtest.completed", "optimization.new_best"])
+      expect(b.types()).toEqual(["backtest.completed"])
+      expect(c.types()).toEqual([])
+      // Lifting b's limit lets every type through again; unsubscribing the last matching pattern stops one.
+      yield* hub.authorize(2, undefined)
+      yield* hub.unsubscribe(1, ["backtest.#"])
+      for (const type of types) yield* hub.broadcast(type, {})
+      expect(a.types().slice(5)).toEqual(["optimization.new_best"])
+      expect(b.types().slice(1)).toEqual(types)
+    }).pipe(Effect.provide(TestHub)))
+
   it.scoped("kicks a client whose buffer is full without holding up the others", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
