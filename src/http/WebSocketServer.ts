@@ -16,6 +16,9 @@ import type { Hub } from "../Hub.js"
 import type { HubMetrics } from "../Metrics.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 
+const ignore = () => undefined
+const logDefect = (defect: unknown) => Effect.logError("client connection failed", defect)
+
 export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | UpgradeRoutes> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* HubConfig
@@ -42,13 +45,13 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
 
     const upgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       // A socket error before or during the handshake must not crash the process.
-      socket.on("error", () => undefined)
+      socket.on("error", ignore)
+      // No closure here may capture `request`: the connection would keep the whole request alive.
+      const info: Client.ClientInfo = { remoteAddress: request.socket.remoteAddress }
       // `ws` answers a bad handshake (400) itself and destroys the socket.
       wss.handleUpgrade(request, socket, head, (ws) => {
-        run(Client.serve(ws, socket, { remoteAddress: request.socket.remoteAddress }).pipe(
-          // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
-          Effect.tapDefect((defect) => Effect.logError("client connection failed", defect))
-        ))
+        // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
+        run(Effect.tapDefect(Client.serve(ws, socket, info), logDefect))
       })
     }
     yield* routes.register(config.wsPath, upgrade)
