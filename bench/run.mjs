@@ -10,7 +10,7 @@
 import amqp from "amqplib"
 import { fork, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus } from "node:os"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
@@ -60,13 +60,24 @@ const progress = (text) => process.stderr.write(`${new Date().toISOString().slic
 // Processes
 // ---------------------------------------------------------------------------
 
-let nextPort = 20000 + Math.floor(Math.random() * 20000)
+// Below the ephemeral range (32768-60999 on Linux), so that no outgoing connection of this run holds the port.
+let nextPort = 20000 + Math.floor(Math.random() * 10000)
 
-/** Server CPU time (user + system) of a process, in microseconds, from /proc. */
+/**
+ * Server CPU time (user + system) of a process, in microseconds, from /proc: the sum of its threads' run time in
+ * /proc/<pid>/task/<tid>/schedstat (nanoseconds; /proc/<pid>/stat only counts 10 ms clock ticks, too coarse for
+ * the short windows of a quick run).
+ */
 const cpuMicros = (pid) => {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100)
+  let nanos = 0
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      nanos += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0])
+    } catch {
+      // the thread just exited
+    }
+  }
+  return nanos / 1000
 }
 const rssBytes = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024
 
@@ -75,7 +86,8 @@ const waitFor = async (what, check, timeoutMs = 30_000) => {
   for (;;) {
     try {
       if (await check()) return
-    } catch {
+    } catch (error) {
+      if (error.exited) throw error
       // not yet
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
@@ -83,8 +95,8 @@ const waitFor = async (what, check, timeoutMs = 30_000) => {
   }
 }
 
-/** Starts a server: `hub` (node dist/main.js), `ws-send` or `ws-frame` (bench/servers/baseline.mjs). */
-const startServer = async (kind, extraEnv = {}) => {
+/** Starts a server: `hub` (node dist/main.js), `ws-send`, `ws-frame` or `ws-corked` (bench/servers/baseline.mjs). */
+const startServer = async (kind, extraEnv = {}, attempt = 1) => {
   const port = nextPort++
   const env = { ...process.env, PORT: String(port), HOST: "127.0.0.1" }
   let child
@@ -96,12 +108,26 @@ const startServer = async (kind, extraEnv = {}) => {
     })
   } else {
     child = fork(join(root, "bench", "servers", "baseline.mjs"), [], {
-      env: { ...env, MODE: kind === "ws-send" ? "send" : "frame", ...extraEnv },
+      env: { ...env, MODE: kind.slice(3), ...extraEnv },
       stdio: ["ignore", "inherit", "inherit", "ipc"]
     })
   }
   const base = `http://127.0.0.1:${port}`
-  await waitFor(`${kind} to listen`, async () => (await fetch(`${base}/metrics`)).ok)
+  let exited = false
+  child.once("exit", () => {
+    exited = true
+  })
+  try {
+    await waitFor(`${kind} to listen`, async () => {
+      if (exited) throw Object.assign(new Error(`${kind} exited before listening`), { exited: true })
+      return (await fetch(`${base}/metrics`)).ok
+    })
+  } catch (error) {
+    child.kill("SIGKILL")
+    // Most likely the port was taken: try another one.
+    if (exited && attempt < 3) return startServer(kind, extraEnv, attempt + 1)
+    throw error
+  }
   return {
     kind,
     pid: child.pid,
@@ -132,6 +158,7 @@ const startLoadgen = async () => {
         pending.set(++id, { resolve, reject })
         child.send({ id, cmd, ...args })
       }),
+    pid: child.pid,
     stop: () => child.kill("SIGKILL")
   }
 }
@@ -239,9 +266,13 @@ const filtered = async () => {
     const got = await loadgen.call("expect", { total, timeoutMs: 120_000 })
     const cpu = cpuMicros(server.pid) - cpu0
 
-    // The same number of events of a type no client subscribed to.
+    // The same number of events of a type no client subscribed to, once the server is quiet again (the work left
+    // from the measurement above, such as collecting its garbage, must not be counted here).
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    // More of them than above: each costs little, and a short window would mostly measure noise.
+    const nobodyEvents = Math.max(1000, options.events)
     const cpu1 = cpuMicros(server.pid)
-    await publishHttp(server, options.events, () => "nobody.listens")
+    await publishHttp(server, nobodyEvents, () => "nobody.listens")
     const cpuNobody = cpuMicros(server.pid) - cpu1
     return {
       clients,
@@ -250,7 +281,7 @@ const filtered = async () => {
       cpu_us_per_delivery: cpu / got.received,
       cpu_us_per_event: cpu / options.events,
       recipients_per_event: got.received / options.events,
-      cpu_us_per_event_without_recipients: cpuNobody / options.events
+      cpu_us_per_event_without_recipients: cpuNobody / nobodyEvents
     }
   } finally {
     loadgen.stop()
@@ -286,7 +317,7 @@ const idle = async (kind) => {
 
 /**
  * End-to-end latency from publishing to RabbitMQ to receipt, at a fixed rate; optionally with slow consumers.
- * `kind` is `hub`, or `ws-frame` (a bare ws server consuming with amqplib: the floor).
+ * `kind` is `hub`, or `ws-corked` (a bare ws server consuming with amqplib and writing corked batches: the floor).
  */
 const latency = async (rate, slowFraction, kind = "hub") => {
   const tag = `${rate}/s${slowFraction > 0 ? `, ${slowFraction * 100}% slow consumers` : ""}`
@@ -294,22 +325,32 @@ const latency = async (rate, slowFraction, kind = "hub") => {
   const exchange = `bench_${process.pid}_${Date.now()}`
   const queue = `${exchange}.queue`
   const server = await startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue })
-  const loadgen = await startLoadgen()
+  // One client in ten parses every message and measures, in a process of its own; the others only drain their
+  // sockets (see loadgen.mjs) in another, so that neither the drain nor the parsing delays the measurement.
+  const sampler = await startLoadgen()
+  const drainer = await startLoadgen()
   // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
   const connection = await amqp.connect(options.broker, { noDelay: true })
   const channel = await connection.createChannel()
   try {
     await waitFor("the hub to consume", async () => (await (await fetch(`${server.base}/health`)).json()).checks.rabbitmq.status === "up")
-    // Every tenth client parses and measures; the others only drain their sockets (see loadgen.mjs).
-    await loadgen.call("connect", {
-      url: server.url,
-      count: options.latencyClients,
-      types: seedTypes,
-      perClient: 0,
-      hub: kind === "hub",
-      drainOnly: true
-    })
-    if (slowFraction > 0) await loadgen.call("pause", { fraction: slowFraction })
+    const sampled = Math.max(1, Math.round(options.latencyClients / 10))
+    const common = { url: server.url, types: seedTypes, perClient: 0, hub: kind === "hub" }
+    // Connected in alternating groups, so that sampled clients are spread over the server's client list: a bare
+    // server writes in connection order, and sampled clients connected first would always be served first.
+    const groups = 20
+    for (let group = 0, doneSampled = 0, doneDrain = 0; group < groups; group++) {
+      const toSampled = Math.round((sampled * (group + 1)) / groups) - doneSampled
+      const toDrain = Math.round(((options.latencyClients - sampled) * (group + 1)) / groups) - doneDrain
+      if (toSampled > 0) await sampler.call("connect", { ...common, count: toSampled })
+      if (toDrain > 0) await drainer.call("connect", { ...common, count: toDrain, drainOnly: true })
+      doneSampled += toSampled
+      doneDrain += toDrain
+    }
+    if (slowFraction > 0) {
+      await sampler.call("pause", { fraction: slowFraction })
+      await drainer.call("pause", { fraction: slowFraction })
+    }
     const base = eventData(options.size)
     const publishFor = async (seconds) => {
       const start = performance.now()
@@ -326,13 +367,20 @@ const latency = async (rate, slowFraction, kind = "hub") => {
     }
     await publishFor(Math.min(1, options.duration)) // warm-up
     await new Promise((resolve) => setTimeout(resolve, 200))
-    await loadgen.call("latencyStart")
+    await sampler.call("latencyStart")
+    const cpu0 = { server: cpuMicros(server.pid), sampler: cpuMicros(sampler.pid), drainer: cpuMicros(drainer.pid) }
+    const t0 = performance.now()
     await publishFor(options.duration)
     await new Promise((resolve) => setTimeout(resolve, 300))
-    const result = await loadgen.call("latencyStop")
-    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result }
+    const seconds = (performance.now() - t0) / 1000
+    // Share of one core each process used while the latency was measured.
+    const load = (name, pid) => (cpuMicros(pid) - cpu0[name]) / 1e6 / seconds
+    const cores = { server: load("server", server.pid), sampler: load("sampler", sampler.pid), drainer: load("drainer", drainer.pid) }
+    const result = await sampler.call("latencyStop")
+    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result, cores }
   } finally {
-    loadgen.stop()
+    sampler.stop()
+    drainer.stop()
     await server.stop()
     await channel.deleteQueue(queue).catch(() => undefined)
     await channel.deleteExchange(exchange).catch(() => undefined)
@@ -355,9 +403,9 @@ const main = async () => {
 
   if (options.scenarios.includes("fanout")) {
     const runs = {}
-    for (const kind of ["ws-send", "ws-frame", "hub"]) runs[kind] = await fanout(kind)
+    for (const kind of ["ws-send", "ws-frame", "ws-corked", "hub"]) runs[kind] = await fanout(kind)
     report.scenarios.fanout = runs
-    for (const kind of ["hub", "ws-frame", "ws-send"]) {
+    for (const kind of ["hub", "ws-corked", "ws-frame", "ws-send"]) {
       rows.push([
         `fan-out ${kind}`,
         `${fmt(runs[kind].cpu_us_per_delivery, 3)} us/delivery`,
@@ -392,7 +440,7 @@ const main = async () => {
   if (options.scenarios.includes("latency")) {
     const runs = []
     for (const rate of options.rates) {
-      runs.push(await latency(rate, 0, "ws-frame"))
+      runs.push(await latency(rate, 0, "ws-corked"))
       runs.push(await latency(rate, 0))
       runs.push(await latency(rate, options.slowFraction))
     }
@@ -402,7 +450,7 @@ const main = async () => {
       rows.push([
         `latency ${run.server} ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
         `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
-        `max ${fmt(run.max)} ms (${run.samples} samples)`,
+        `max ${fmt(run.max)} ms, sampler lag p99 ${fmt(run.lag_p99_ms)} ms, CPU server ${fmt(run.cores.server)} sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}`,
         run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow` : ""
       ])
     }
