@@ -1,6 +1,6 @@
-// The benchmark: the built hub against two bare `ws` baselines, each server in its own process, driven by a
-// load generator in another. Server CPU is read from /proc/<pid>/stat of the server process, so the load
-// generator's own cost never counts.
+// The benchmark: the built hub against bare `ws` baselines, each server in its own process, driven by load
+// generators in others. Server CPU is read from /proc/<pid>/task/*/schedstat of the server process, so the load
+// generators' own cost never counts.
 //
 //   npm run bench                  the full run (a few minutes)
 //   npm run bench -- --quick       a smaller run (under a minute)
@@ -40,9 +40,10 @@ const options = {
   idleClients: Number(flag("idle-clients", quick ? 2000 : 10000)),
   latencyClients: Number(flag("latency-clients", quick ? 500 : 1000)),
   rates: flag("rates", "100,300").split(",").map(Number),
-  duration: Number(flag("duration", quick ? 2 : 10)),
+  duration: Number(flag("duration", quick ? 1.5 : 10)),
   slowFraction: Number(flag("slow-fraction", 0.1)),
   profile: argv.includes("--profile"),
+  fanoutKinds: flag("fanout-servers", "ws-send,ws-frame,ws-corked,hub").split(","),
   broker: flag("broker", "amqp://guest:guest@127.0.0.1:5672/")
 }
 
@@ -100,14 +101,15 @@ const startServer = async (kind, extraEnv = {}, attempt = 1) => {
   const port = nextPort++
   const env = { ...process.env, PORT: String(port), HOST: "127.0.0.1" }
   let child
+  const profileArgs = options.profile ? ["--cpu-prof", `--cpu-prof-dir=${join(results, "profiles", kind)}`] : []
   if (kind === "hub") {
-    const profileArgs = options.profile ? ["--cpu-prof", `--cpu-prof-dir=${join(results, "profiles")}`] : []
     child = spawn(process.execPath, [...profileArgs, join(root, "dist", "main.js")], {
       env: { ...env, PUBLISH_TOKEN: "bench", RABBITMQ_URL: "", LOG_LEVEL: "warn", ...extraEnv },
       stdio: ["ignore", "inherit", "inherit"]
     })
   } else {
     child = fork(join(root, "bench", "servers", "baseline.mjs"), [], {
+      execArgv: profileArgs,
       env: { ...env, MODE: kind.slice(3), ...extraEnv },
       stdio: ["ignore", "inherit", "inherit", "ipc"]
     })
@@ -159,7 +161,13 @@ const startLoadgen = async () => {
         child.send({ id, cmd, ...args })
       }),
     pid: child.pid,
-    stop: () => child.kill("SIGKILL")
+    /** Kills the load generator and waits until it is gone (and its sockets closed), so the server stops at once. */
+    stop: () =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve()
+        child.once("exit", resolve)
+        child.kill("SIGKILL")
+      })
   }
 }
 
@@ -209,8 +217,7 @@ const publishHttp = async (server, count, typeOf) => {
 /** Broadcast cost: CPU of the server per delivered message, while `events` reach `clients` clients. */
 const fanout = async (kind) => {
   progress(`fan-out: ${kind}, ${options.clients} clients, ${options.events} events of ~${options.size} B`)
-  const server = await startServer(kind)
-  const loadgen = await startLoadgen()
+  const [server, loadgen] = await Promise.all([startServer(kind), startLoadgen()])
   try {
     await loadgen.call("connect", { url: server.url, count: options.clients, types: seedTypes, perClient: 0, hub: kind === "hub" })
     // Warm up (JIT), then measure.
@@ -231,7 +238,7 @@ const fanout = async (kind) => {
       deliveries_per_second: got.received / seconds
     }
   } finally {
-    loadgen.stop()
+    await loadgen.stop()
     await server.stop()
   }
 }
@@ -240,8 +247,7 @@ const fanout = async (kind) => {
 const filtered = async () => {
   const clients = options.filteredClients
   progress(`filtered: hub, ${clients} clients subscribed to 2 of 18 types, ${options.events} events`)
-  const server = await startServer("hub")
-  const loadgen = await startLoadgen()
+  const [server, loadgen] = await Promise.all([startServer("hub"), startLoadgen()])
   try {
     await loadgen.call("connect", { url: server.url, count: clients, types: seedTypes, perClient: 2, hub: true })
     const subscribers = new Map(seedTypes.map((type) => [type, 0]))
@@ -268,7 +274,7 @@ const filtered = async () => {
 
     // The same number of events of a type no client subscribed to, once the server is quiet again (the work left
     // from the measurement above, such as collecting its garbage, must not be counted here).
-    await new Promise((resolve) => setTimeout(resolve, 1000))
+    await new Promise((resolve) => setTimeout(resolve, options.quick ? 500 : 1000))
     // More of them than above: each costs little, and a short window would mostly measure noise.
     const nobodyEvents = Math.max(1000, options.events)
     const cpu1 = cpuMicros(server.pid)
@@ -284,7 +290,7 @@ const filtered = async () => {
       cpu_us_per_event_without_recipients: cpuNobody / nobodyEvents
     }
   } finally {
-    loadgen.stop()
+    await loadgen.stop()
     await server.stop()
   }
 }
@@ -293,15 +299,14 @@ const filtered = async () => {
 const idle = async (kind) => {
   const count = options.idleClients
   progress(`idle memory: ${kind}, ${count} connections`)
-  const server = await startServer(kind)
-  const loadgen = await startLoadgen()
+  const [server, loadgen] = await Promise.all([startServer(kind), startLoadgen()])
   try {
     const memory = async () => (await (await fetch(`${server.base}/metrics`)).json()).process
     await new Promise((resolve) => setTimeout(resolve, 500))
     const rss0 = rssBytes(server.pid)
     const heap0 = (await memory()).heap_used_bytes
     await loadgen.call("connect", { url: server.url, count, types: seedTypes, perClient: 0, hub: kind === "hub" })
-    await new Promise((resolve) => setTimeout(resolve, 2000))
+    await new Promise((resolve) => setTimeout(resolve, options.quick ? 1000 : 2000))
     const rss1 = rssBytes(server.pid)
     const heap1 = (await memory()).heap_used_bytes
     return {
@@ -310,7 +315,7 @@ const idle = async (kind) => {
       heap_kb_per_connection: (heap1 - heap0) / count / 1024
     }
   } finally {
-    loadgen.stop()
+    await loadgen.stop()
     await server.stop()
   }
 }
@@ -324,13 +329,15 @@ const latency = async (rate, slowFraction, kind = "hub") => {
   progress(`latency: ${kind}, ${options.latencyClients} clients, RabbitMQ at ${tag}, ${options.duration} s`)
   const exchange = `bench_${process.pid}_${Date.now()}`
   const queue = `${exchange}.queue`
-  const server = await startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue })
   // One client in ten parses every message and measures, in a process of its own; the others only drain their
   // sockets (see loadgen.mjs) in another, so that neither the drain nor the parsing delays the measurement.
-  const sampler = await startLoadgen()
-  const drainer = await startLoadgen()
-  // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
-  const connection = await amqp.connect(options.broker, { noDelay: true })
+  const [server, sampler, drainer, connection] = await Promise.all([
+    startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue }),
+    startLoadgen(),
+    startLoadgen(),
+    // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
+    amqp.connect(options.broker, { noDelay: true })
+  ])
   const channel = await connection.createChannel()
   try {
     await waitFor("the hub to consume", async () => (await (await fetch(`${server.base}/health`)).json()).checks.rabbitmq.status === "up")
@@ -365,7 +372,7 @@ const latency = async (rate, slowFraction, kind = "hub") => {
       }
       return sent
     }
-    await publishFor(Math.min(1, options.duration)) // warm-up
+    await publishFor(options.quick ? 0.5 : 1) // warm-up
     await new Promise((resolve) => setTimeout(resolve, 200))
     await sampler.call("latencyStart")
     const cpu0 = { server: cpuMicros(server.pid), sampler: cpuMicros(sampler.pid), drainer: cpuMicros(drainer.pid) }
@@ -379,8 +386,7 @@ const latency = async (rate, slowFraction, kind = "hub") => {
     const result = await sampler.call("latencyStop")
     return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result, cores }
   } finally {
-    sampler.stop()
-    drainer.stop()
+    await Promise.all([sampler.stop(), drainer.stop()])
     await server.stop()
     await channel.deleteQueue(queue).catch(() => undefined)
     await channel.deleteExchange(exchange).catch(() => undefined)
@@ -396,21 +402,21 @@ const fmt = (n, digits = 2) => Number.isFinite(n) ? n.toFixed(digits) : "n/a"
 
 const main = async () => {
   if (!existsSync(join(root, "dist", "main.js"))) throw new Error("dist/main.js is missing: run npm run build")
-  mkdirSync(join(results, "profiles"), { recursive: true })
+  for (const kind of ["hub", "ws-send", "ws-frame", "ws-corked"]) mkdirSync(join(results, "profiles", kind), { recursive: true })
   const started = performance.now()
   const report = { date: new Date().toISOString(), node: process.version, cpus: cpus().length, options, scenarios: {} }
   const rows = []
 
   if (options.scenarios.includes("fanout")) {
     const runs = {}
-    for (const kind of ["ws-send", "ws-frame", "ws-corked", "hub"]) runs[kind] = await fanout(kind)
+    for (const kind of options.fanoutKinds) runs[kind] = await fanout(kind)
     report.scenarios.fanout = runs
-    for (const kind of ["hub", "ws-corked", "ws-frame", "ws-send"]) {
+    for (const kind of ["hub", "ws-corked", "ws-frame", "ws-send"].filter((kind) => runs[kind] !== undefined)) {
       rows.push([
         `fan-out ${kind}`,
         `${fmt(runs[kind].cpu_us_per_delivery, 3)} us/delivery`,
         `${fmt(runs[kind].deliveries_per_second / 1e6, 2)} M deliveries/s`,
-        `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"].cpu_us_per_delivery, 2)}x send loop`
+        `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"]?.cpu_us_per_delivery, 2)}x send loop`
       ])
     }
   }
