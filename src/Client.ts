@@ -6,7 +6,7 @@
  * scope registers the client with the hub and, when the fiber ends for any
  * reason, unregisters it and closes the socket with a close code that says why.
  */
-import { Clock, Duration, Effect, Either, Exit, Scope } from "effect"
+import { Cause, Clock, Duration, Effect, Either, Exit, Scope } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { HubConfig } from "./Config.js"
@@ -57,7 +57,20 @@ const toBuffer = (data: WebSocket.RawData): Buffer =>
 export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
   // `Effect.scoped` without putting the scope in the fiber's context: that copy of the context and of the fiber's
   // refs (and `Effect.addFinalizer`'s snapshot of them) cost about 2 KB per idle connection.
-  Effect.acquireUseRelease(Scope.make(), (scope) => connect(ws, socket, info, scope), (scope, exit) => Scope.close(scope, exit))
+  Effect.acquireUseRelease(
+    Scope.make(),
+    (scope) => connect(ws, socket, info, scope),
+    (scope, exit) => Effect.zipRight(reportDefect(exit), Scope.close(scope, exit))
+  )
+
+/**
+ * The connection is closed with 1011 by its own finalizer; the cause must not go unseen. (Logged here rather than
+ * with `Effect.tapDefect` around the fiber, which would stay on every idle connection's stack.)
+ */
+const reportDefect = (exit: Exit.Exit<unknown, unknown>) =>
+  Exit.isFailure(exit) && Cause.isDie(exit.cause)
+    ? Effect.logError("client connection failed", exit.cause)
+    : Effect.void
 
 /** Sets the connection up in `scope` and returns its reader. */
 const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.Scope) =>
@@ -124,12 +137,11 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
       deliver({ data: toBuffer(data), isBinary })
       if (++pending >= inboxHighWater && !ws.isPaused) ws.pause()
     })
-    ws.on("pong", () => {
+    const seen = () => {
       lastSeen = Date.now()
-    })
-    ws.on("ping", () => {
-      lastSeen = Date.now()
-    })
+    }
+    ws.on("pong", seen)
+    ws.on("ping", seen)
     ws.on("error", (error: Error & { code?: string }) => {
       // `ws` closes the connection itself after these, with the status code it attaches (1009, 1007, 1002).
       leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"

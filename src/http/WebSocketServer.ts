@@ -17,7 +17,6 @@ import type { HubMetrics } from "../Metrics.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 
 const ignore = () => undefined
-const logDefect = (defect: unknown) => Effect.logError("client connection failed", defect)
 
 export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | UpgradeRoutes> = Layer.scopedDiscard(
   Effect.gen(function*() {
@@ -50,8 +49,8 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
       const info: Client.ClientInfo = { remoteAddress: request.socket.remoteAddress }
       // `ws` answers a bad handshake (400) itself and destroys the socket.
       wss.handleUpgrade(request, socket, head, (ws) => {
-        // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
-        run(Effect.tapDefect(Client.serve(ws, socket, info), logDefect))
+        // A defect is logged by the connection itself (see Client.serve).
+        run(Client.serve(ws, socket, info))
       })
     }
     yield* routes.register(config.wsPath, upgrade)
