@@ -384,7 +384,12 @@ const latency = async (rate, slowFraction, kind = "hub") => {
     const load = (name, pid) => (cpuMicros(pid) - cpu0[name]) / 1e6 / seconds
     const cores = { server: load("server", server.pid), sampler: load("sampler", sampler.pid), drainer: load("drainer", drainer.pid) }
     const result = await sampler.call("latencyStop")
-    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result, cores }
+    // How many slow consumers the hub had disconnected by the end (send buffer full, or a write stuck too long).
+    const disconnected = kind === "hub"
+      ? (await (await fetch(`${server.base}/metrics`)).json()).websocket.clients_disconnected
+      : undefined
+    const kicked = disconnected === undefined ? undefined : disconnected.slow_consumer + disconnected.write_timeout
+    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result, cores, kicked }
   } finally {
     await Promise.all([sampler.stop(), drainer.stop()])
     await server.stop()
@@ -457,7 +462,7 @@ const main = async () => {
         `latency ${run.server} ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
         `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
         `max ${fmt(run.max)} ms, sampler lag p99 ${fmt(run.lag_p99_ms)} ms, CPU server ${fmt(run.cores.server)} sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}`,
-        run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow` : ""
+        run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow, ${run.kicked} slow kicked` : ""
       ])
     }
   }
