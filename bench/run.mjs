@@ -1,16 +1,17 @@
-// The benchmark: the built hub against two bare `ws` baselines, each server in its own process, driven by a
-// load generator in another. Server CPU is read from /proc/<pid>/stat of the server process, so the load
-// generator's own cost never counts.
+// The benchmark: the built hub against bare `ws` baselines, each server in its own process, driven by load
+// generators in others. Server CPU is read from /proc/<pid>/task/*/schedstat of the server process, so the load
+// generators' own cost never counts.
 //
 //   npm run bench                  the full run (a few minutes)
 //   npm run bench -- --quick       a smaller run (under a minute)
 //   npm run bench -- --scenarios fanout,idle --clients 2000 --events 500 --profile
 //
-// Prints a table and writes bench/results/<date>.json and bench/results/latest.json.
+// Prints a table and writes bench/results/<date>.json; a full run (every scenario, not --quick) also writes
+// bench/results/latest.json, the figures quoted in the README.
 import amqp from "amqplib"
 import { fork, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus } from "node:os"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
@@ -40,9 +41,10 @@ const options = {
   idleClients: Number(flag("idle-clients", quick ? 2000 : 10000)),
   latencyClients: Number(flag("latency-clients", quick ? 500 : 1000)),
   rates: flag("rates", "100,300").split(",").map(Number),
-  duration: Number(flag("duration", quick ? 2 : 10)),
+  duration: Number(flag("duration", quick ? 1.5 : 10)),
   slowFraction: Number(flag("slow-fraction", 0.1)),
   profile: argv.includes("--profile"),
+  fanoutKinds: flag("fanout-servers", "ws-send,ws-frame,ws-corked,hub").split(","),
   broker: flag("broker", "amqp://guest:guest@127.0.0.1:5672/")
 }
 
@@ -60,13 +62,24 @@ const progress = (text) => process.stderr.write(`${new Date().toISOString().slic
 // Processes
 // ---------------------------------------------------------------------------
 
-let nextPort = 20000 + Math.floor(Math.random() * 20000)
+// Below the ephemeral range (32768-60999 on Linux), so that no outgoing connection of this run holds the port.
+let nextPort = 20000 + Math.floor(Math.random() * 10000)
 
-/** Server CPU time (user + system) of a process, in microseconds, from /proc. */
+/**
+ * Server CPU time (user + system) of a process, in microseconds, from /proc: the sum of its threads' run time in
+ * /proc/<pid>/task/<tid>/schedstat (nanoseconds; /proc/<pid>/stat only counts 10 ms clock ticks, too coarse for
+ * the short windows of a quick run).
+ */
 const cpuMicros = (pid) => {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100)
+  let nanos = 0
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      nanos += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0])
+    } catch {
+      // the thread just exited
+    }
+  }
+  return nanos / 1000
 }
 const rssBytes = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024
 
@@ -75,7 +88,8 @@ const waitFor = async (what, check, timeoutMs = 30_000) => {
   for (;;) {
     try {
       if (await check()) return
-    } catch {
+    } catch (error) {
+      if (error.exited) throw error
       // not yet
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
@@ -91,13 +105,13 @@ const benchLimits = {
   PUBLISH_RATE_BURST: "1000000"
 }
 
-/** Starts a server: `hub` (node dist/main.js), `ws-send` or `ws-frame` (bench/servers/baseline.mjs). */
-const startServer = async (kind, extraEnv = {}) => {
+/** Starts a server: `hub` (node dist/main.js), `ws-send`, `ws-frame` or `ws-corked` (bench/servers/baseline.mjs). */
+const startServer = async (kind, extraEnv = {}, attempt = 1) => {
   const port = nextPort++
   const env = { ...process.env, PORT: String(port), HOST: "127.0.0.1" }
   let child
+  const profileArgs = options.profile ? ["--cpu-prof", `--cpu-prof-dir=${join(results, "profiles", kind)}`] : []
   if (kind === "hub") {
-    const profileArgs = options.profile ? ["--cpu-prof", `--cpu-prof-dir=${join(results, "profiles")}`] : []
     child = spawn(process.execPath, [...profileArgs, join(root, "dist", "main.js")], {
       // Every load-generator client connects from 127.0.0.1: lift the per-address and publish limits.
       env: { ...env, PUBLISH_TOKEN: "bench", RABBITMQ_URL: "", LOG_LEVEL: "warn", ...benchLimits, ...extraEnv },
@@ -105,12 +119,27 @@ const startServer = async (kind, extraEnv = {}) => {
     })
   } else {
     child = fork(join(root, "bench", "servers", "baseline.mjs"), [], {
-      env: { ...env, MODE: kind === "ws-send" ? "send" : "frame", ...extraEnv },
+      execArgv: profileArgs,
+      env: { ...env, MODE: kind.slice(3), ...extraEnv },
       stdio: ["ignore", "inherit", "inherit", "ipc"]
     })
   }
   const base = `http://127.0.0.1:${port}`
-  await waitFor(`${kind} to listen`, async () => (await fetch(`${base}/metrics`)).ok)
+  let exited = false
+  child.once("exit", () => {
+    exited = true
+  })
+  try {
+    await waitFor(`${kind} to listen`, async () => {
+      if (exited) throw Object.assign(new Error(`${kind} exited before listening`), { exited: true })
+      return (await fetch(`${base}/metrics`)).ok
+    })
+  } catch (error) {
+    child.kill("SIGKILL")
+    // Most likely the port was taken: try another one.
+    if (exited && attempt < 3) return startServer(kind, extraEnv, attempt + 1)
+    throw error
+  }
   return {
     kind,
     pid: child.pid,
@@ -141,7 +170,14 @@ const startLoadgen = async () => {
         pending.set(++id, { resolve, reject })
         child.send({ id, cmd, ...args })
       }),
-    stop: () => child.kill("SIGKILL")
+    pid: child.pid,
+    /** Kills the load generator and waits until it is gone (and its sockets closed), so the server stops at once. */
+    stop: () =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve()
+        child.once("exit", resolve)
+        child.kill("SIGKILL")
+      })
   }
 }
 
@@ -191,8 +227,7 @@ const publishHttp = async (server, count, typeOf) => {
 /** Broadcast cost: CPU of the server per delivered message, while `events` reach `clients` clients. */
 const fanout = async (kind) => {
   progress(`fan-out: ${kind}, ${options.clients} clients, ${options.events} events of ~${options.size} B`)
-  const server = await startServer(kind)
-  const loadgen = await startLoadgen()
+  const [server, loadgen] = await Promise.all([startServer(kind), startLoadgen()])
   try {
     await loadgen.call("connect", { url: server.url, count: options.clients, types: seedTypes, perClient: 0, hub: kind === "hub" })
     // Warm up (JIT), then measure.
@@ -213,7 +248,7 @@ const fanout = async (kind) => {
       deliveries_per_second: got.received / seconds
     }
   } finally {
-    loadgen.stop()
+    await loadgen.stop()
     await server.stop()
   }
 }
@@ -222,8 +257,7 @@ const fanout = async (kind) => {
 const filtered = async () => {
   const clients = options.filteredClients
   progress(`filtered: hub, ${clients} clients subscribed to 2 of 18 types, ${options.events} events`)
-  const server = await startServer("hub")
-  const loadgen = await startLoadgen()
+  const [server, loadgen] = await Promise.all([startServer("hub"), startLoadgen()])
   try {
     await loadgen.call("connect", { url: server.url, count: clients, types: seedTypes, perClient: 2, hub: true })
     const subscribers = new Map(seedTypes.map((type) => [type, 0]))
@@ -248,9 +282,13 @@ const filtered = async () => {
     const got = await loadgen.call("expect", { total, timeoutMs: 120_000 })
     const cpu = cpuMicros(server.pid) - cpu0
 
-    // The same number of events of a type no client subscribed to.
+    // The same number of events of a type no client subscribed to, once the server is quiet again (the work left
+    // from the measurement above, such as collecting its garbage, must not be counted here).
+    await new Promise((resolve) => setTimeout(resolve, options.quick ? 500 : 1000))
+    // More of them than above: each costs little, and a short window would mostly measure noise.
+    const nobodyEvents = Math.max(1000, options.events)
     const cpu1 = cpuMicros(server.pid)
-    await publishHttp(server, options.events, () => "nobody.listens")
+    await publishHttp(server, nobodyEvents, () => "nobody.listens")
     const cpuNobody = cpuMicros(server.pid) - cpu1
     return {
       clients,
@@ -259,10 +297,10 @@ const filtered = async () => {
       cpu_us_per_delivery: cpu / got.received,
       cpu_us_per_event: cpu / options.events,
       recipients_per_event: got.received / options.events,
-      cpu_us_per_event_without_recipients: cpuNobody / options.events
+      cpu_us_per_event_without_recipients: cpuNobody / nobodyEvents
     }
   } finally {
-    loadgen.stop()
+    await loadgen.stop()
     await server.stop()
   }
 }
@@ -271,15 +309,14 @@ const filtered = async () => {
 const idle = async (kind) => {
   const count = options.idleClients
   progress(`idle memory: ${kind}, ${count} connections`)
-  const server = await startServer(kind)
-  const loadgen = await startLoadgen()
+  const [server, loadgen] = await Promise.all([startServer(kind), startLoadgen()])
   try {
     const memory = async () => (await (await fetch(`${server.base}/metrics`)).json()).process
     await new Promise((resolve) => setTimeout(resolve, 500))
     const rss0 = rssBytes(server.pid)
     const heap0 = (await memory()).heap_used_bytes
     await loadgen.call("connect", { url: server.url, count, types: seedTypes, perClient: 0, hub: kind === "hub" })
-    await new Promise((resolve) => setTimeout(resolve, 2000))
+    await new Promise((resolve) => setTimeout(resolve, options.quick ? 1000 : 2000))
     const rss1 = rssBytes(server.pid)
     const heap1 = (await memory()).heap_used_bytes
     return {
@@ -288,37 +325,49 @@ const idle = async (kind) => {
       heap_kb_per_connection: (heap1 - heap0) / count / 1024
     }
   } finally {
-    loadgen.stop()
+    await loadgen.stop()
     await server.stop()
   }
 }
 
 /**
  * End-to-end latency from publishing to RabbitMQ to receipt, at a fixed rate; optionally with slow consumers.
- * `kind` is `hub`, or `ws-frame` (a bare ws server consuming with amqplib: the floor).
+ * `kind` is `hub`, or `ws-corked` (a bare ws server consuming with amqplib and writing corked batches: the floor).
  */
 const latency = async (rate, slowFraction, kind = "hub") => {
   const tag = `${rate}/s${slowFraction > 0 ? `, ${slowFraction * 100}% slow consumers` : ""}`
   progress(`latency: ${kind}, ${options.latencyClients} clients, RabbitMQ at ${tag}, ${options.duration} s`)
   const exchange = `bench_${process.pid}_${Date.now()}`
   const queue = `${exchange}.queue`
-  const server = await startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue })
-  const loadgen = await startLoadgen()
-  // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
-  const connection = await amqp.connect(options.broker, { noDelay: true })
+  // One client in ten parses every message and measures, in a process of its own; the others only drain their
+  // sockets (see loadgen.mjs) in another, so that neither the drain nor the parsing delays the measurement.
+  const [server, sampler, drainer, connection] = await Promise.all([
+    startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue }),
+    startLoadgen(),
+    startLoadgen(),
+    // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
+    amqp.connect(options.broker, { noDelay: true })
+  ])
   const channel = await connection.createChannel()
   try {
     await waitFor("the hub to consume", async () => (await (await fetch(`${server.base}/health`)).json()).checks.rabbitmq.status === "up")
-    // Every tenth client parses and measures; the others only drain their sockets (see loadgen.mjs).
-    await loadgen.call("connect", {
-      url: server.url,
-      count: options.latencyClients,
-      types: seedTypes,
-      perClient: 0,
-      hub: kind === "hub",
-      drainOnly: true
-    })
-    if (slowFraction > 0) await loadgen.call("pause", { fraction: slowFraction })
+    const sampled = Math.max(1, Math.round(options.latencyClients / 10))
+    const common = { url: server.url, types: seedTypes, perClient: 0, hub: kind === "hub" }
+    // Connected in alternating groups, so that sampled clients are spread over the server's client list: a bare
+    // server writes in connection order, and sampled clients connected first would always be served first.
+    const groups = 20
+    for (let group = 0, doneSampled = 0, doneDrain = 0; group < groups; group++) {
+      const toSampled = Math.round((sampled * (group + 1)) / groups) - doneSampled
+      const toDrain = Math.round(((options.latencyClients - sampled) * (group + 1)) / groups) - doneDrain
+      if (toSampled > 0) await sampler.call("connect", { ...common, count: toSampled })
+      if (toDrain > 0) await drainer.call("connect", { ...common, count: toDrain, drainOnly: true })
+      doneSampled += toSampled
+      doneDrain += toDrain
+    }
+    if (slowFraction > 0) {
+      await sampler.call("pause", { fraction: slowFraction })
+      await drainer.call("pause", { fraction: slowFraction })
+    }
     const base = eventData(options.size)
     const publishFor = async (seconds) => {
       const start = performance.now()
@@ -333,15 +382,26 @@ const latency = async (rate, slowFraction, kind = "hub") => {
       }
       return sent
     }
-    await publishFor(Math.min(1, options.duration)) // warm-up
+    await publishFor(options.quick ? 0.5 : 1) // warm-up
     await new Promise((resolve) => setTimeout(resolve, 200))
-    await loadgen.call("latencyStart")
+    await sampler.call("latencyStart")
+    const cpu0 = { server: cpuMicros(server.pid), sampler: cpuMicros(sampler.pid), drainer: cpuMicros(drainer.pid) }
+    const t0 = performance.now()
     await publishFor(options.duration)
     await new Promise((resolve) => setTimeout(resolve, 300))
-    const result = await loadgen.call("latencyStop")
-    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result }
+    const seconds = (performance.now() - t0) / 1000
+    // Share of one core each process used while the latency was measured.
+    const load = (name, pid) => (cpuMicros(pid) - cpu0[name]) / 1e6 / seconds
+    const cores = { server: load("server", server.pid), sampler: load("sampler", sampler.pid), drainer: load("drainer", drainer.pid) }
+    const result = await sampler.call("latencyStop")
+    // How many slow consumers the hub had disconnected by the end (send buffer full, or a write stuck too long).
+    const disconnected = kind === "hub"
+      ? (await (await fetch(`${server.base}/metrics`)).json()).websocket.clients_disconnected
+      : undefined
+    const kicked = disconnected === undefined ? undefined : disconnected.slow_consumer + disconnected.write_timeout
+    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result, cores, kicked }
   } finally {
-    loadgen.stop()
+    await Promise.all([sampler.stop(), drainer.stop()])
     await server.stop()
     await channel.deleteQueue(queue).catch(() => undefined)
     await channel.deleteExchange(exchange).catch(() => undefined)
@@ -357,21 +417,21 @@ const fmt = (n, digits = 2) => Number.isFinite(n) ? n.toFixed(digits) : "n/a"
 
 const main = async () => {
   if (!existsSync(join(root, "dist", "main.js"))) throw new Error("dist/main.js is missing: run npm run build")
-  mkdirSync(join(results, "profiles"), { recursive: true })
+  for (const kind of ["hub", "ws-send", "ws-frame", "ws-corked"]) mkdirSync(join(results, "profiles", kind), { recursive: true })
   const started = performance.now()
   const report = { date: new Date().toISOString(), node: process.version, cpus: cpus().length, options, scenarios: {} }
   const rows = []
 
   if (options.scenarios.includes("fanout")) {
     const runs = {}
-    for (const kind of ["ws-send", "ws-frame", "hub"]) runs[kind] = await fanout(kind)
+    for (const kind of options.fanoutKinds) runs[kind] = await fanout(kind)
     report.scenarios.fanout = runs
-    for (const kind of ["hub", "ws-frame", "ws-send"]) {
+    for (const kind of ["hub", "ws-corked", "ws-frame", "ws-send"].filter((kind) => runs[kind] !== undefined)) {
       rows.push([
         `fan-out ${kind}`,
         `${fmt(runs[kind].cpu_us_per_delivery, 3)} us/delivery`,
         `${fmt(runs[kind].deliveries_per_second / 1e6, 2)} M deliveries/s`,
-        `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"].cpu_us_per_delivery, 2)}x send loop`
+        `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"]?.cpu_us_per_delivery, 2)}x send loop`
       ])
     }
   }
@@ -401,7 +461,7 @@ const main = async () => {
   if (options.scenarios.includes("latency")) {
     const runs = []
     for (const rate of options.rates) {
-      runs.push(await latency(rate, 0, "ws-frame"))
+      runs.push(await latency(rate, 0, "ws-corked"))
       runs.push(await latency(rate, 0))
       runs.push(await latency(rate, options.slowFraction))
     }
@@ -411,8 +471,8 @@ const main = async () => {
       rows.push([
         `latency ${run.server} ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
         `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
-        `max ${fmt(run.max)} ms (${run.samples} samples)`,
-        run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow` : ""
+        `max ${fmt(run.max)} ms, sampler lag p99 ${fmt(run.lag_p99_ms)} ms, CPU server ${fmt(run.cores.server)} sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}`,
+        run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow, ${run.kicked} slow kicked` : ""
       ])
     }
   }
@@ -420,7 +480,8 @@ const main = async () => {
   report.seconds = (performance.now() - started) / 1000
   const file = join(results, `${report.date.replace(/[:.]/g, "-")}.json`)
   writeFileSync(file, JSON.stringify(report, null, 2))
-  writeFileSync(join(results, "latest.json"), JSON.stringify(report, null, 2))
+  const full = !quick && ["fanout", "filtered", "idle", "latency"].every((name) => options.scenarios.includes(name))
+  if (full) writeFileSync(join(results, "latest.json"), JSON.stringify(report, null, 2))
 
   const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((row) => row[i].length)))
   process.stdout.write(`\n${rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join("  |  ")).join("\n")}\n\n`)

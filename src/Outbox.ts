@@ -24,6 +24,9 @@ import type { Outbound } from "./Protocol.js"
 let dirty: Array<Outbox> = []
 let flushScheduled = false
 
+/** Shared by every outbox that has no waiter (nearly all of them): never written to. */
+const noWaiters: Array<() => void> = []
+
 const flushAll = () => {
   flushScheduled = false
   const outboxes = dirty
@@ -34,7 +37,12 @@ const flushAll = () => {
 export class Outbox {
   #pending: Array<Outbound> = []
   #marked = false
-  #waiters: Array<() => void> = []
+  #waiters: Array<() => void> = noWaiters
+  /**
+   * Without compression, frames are pre-built and shared; with it, `ws` must frame (and compress) each one.
+   * Extensions are settled by the handshake, before the outbox exists (`ws.extensions` builds a string per call).
+   */
+  readonly #compressed: boolean
   /** Since when the socket has refused more data (`Date.now()`), or `undefined`. */
   blockedSince: number | undefined
 
@@ -44,7 +52,9 @@ export class Outbox {
     readonly capacity: number,
     /** Called with the number of messages handed to the socket. */
     readonly onWritten: (count: number) => void
-  ) {}
+  ) {
+    this.#compressed = ws.extensions.includes("permessage-deflate")
+  }
 
   get size(): number {
     return this.#pending.length
@@ -61,6 +71,7 @@ export class Outbox {
   /** Calls `ready` once there is room for another message (at once if there is). */
   whenRoom(ready: () => void): void {
     if (this.#pending.length < this.capacity) ready()
+    else if (this.#waiters === noWaiters) this.#waiters = [ready]
     else this.#waiters.push(ready)
   }
 
@@ -85,10 +96,8 @@ export class Outbox {
     this.#marked = false
     const messages = this.#pending
     if (messages.length === 0 || this.blockedSince !== undefined || this.ws.readyState !== WebSocket.OPEN) return
-    this.#pending = []
     let accepted = true
-    // Without compression, frames are pre-built and shared; with it, `ws` must frame (and compress) each one.
-    if (!this.ws.extensions.includes("permessage-deflate")) {
+    if (!this.#compressed) {
       this.socket.cork()
       for (const message of messages) accepted = this.socket.write(message.frame)
       this.socket.uncork()
@@ -97,6 +106,8 @@ export class Outbox {
       accepted = this.socket.writableLength < this.socket.writableHighWaterMark
     }
     this.onWritten(messages.length)
+    // Nothing above can queue a message (writes report errors and drains asynchronously): the array is reused.
+    messages.length = 0
     if (!accepted) {
       this.blockedSince = Date.now()
       this.socket.once("drain", () => {
@@ -104,8 +115,9 @@ export class Outbox {
         if (this.#pending.length > 0) this.#schedule()
       })
     }
+    if (this.#waiters === noWaiters) return
     const waiters = this.#waiters
-    this.#waiters = []
+    this.#waiters = noWaiters
     for (const ready of waiters) ready()
   }
 }

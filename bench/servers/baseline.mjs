@@ -1,6 +1,9 @@
 // A bare `ws` broadcast server, the baseline the hub is measured against.
 // MODE=send:  `client.send(text)` for every client (how most code uses ws).
 // MODE=frame: one pre-built frame, written to every client's socket (one write per frame).
+// MODE=corked: one pre-built frame per event; once per turn of the event loop, each client's pending frames are
+//              written in one corked batch (the floor measured in shared/notes/stack.md; not a requirement of the
+//              issue, shown for reference and used as the floor of the latency scenario).
 // Same endpoints as the hub: WS on /api/v1/ws/events, POST /api/v1/events {"type","data"}, GET /metrics.
 import { createServer } from "node:http"
 import { Sender, WebSocketServer } from "ws"
@@ -9,6 +12,18 @@ const mode = process.env.MODE ?? "send"
 const port = Number(process.env.PORT ?? 8080)
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 512 })
 let delivered = 0
+let pending = []
+
+const flush = () => {
+  const frames = pending
+  pending = []
+  for (const client of wss.clients) {
+    const socket = client._socket
+    socket.cork()
+    for (const frame of frames) socket.write(frame)
+    socket.uncork()
+  }
+}
 
 const broadcast = (type, data) => {
   const text = JSON.stringify({ type, data, timestamp: new Date().toISOString() })
@@ -16,7 +31,13 @@ const broadcast = (type, data) => {
     for (const client of wss.clients) client.send(text)
   } else {
     const frame = Buffer.concat(Sender.frame(Buffer.from(text), { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false }))
-    for (const client of wss.clients) client._socket.write(frame)
+    if (mode === "frame") {
+      for (const client of wss.clients) client._socket.write(frame)
+    } else {
+      // Every client receives every event here, so the pending frames are the same for all of them.
+      pending.push(frame)
+      if (pending.length === 1) setImmediate(flush)
+    }
   }
   delivered += wss.clients.size
 }

@@ -23,6 +23,8 @@ import type { HubMetrics } from "../Metrics.js"
 import { SinceParameter } from "../Protocol.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 
+const ignore = () => undefined
+
 /** The `since` query parameter of a WebSocket URL (`/api/v1/ws/events?since=<id>`), if any. */
 const sinceOf = (url: string | undefined): string | undefined => {
   const query = url?.indexOf("?") ?? -1
@@ -111,7 +113,7 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
 
     const upgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       // A socket error before or during the handshake must not crash the process.
-      socket.on("error", () => undefined)
+      socket.on("error", ignore)
       const address = clientAddress(request, config.security.trustProxy)
       const origin = request.headers.origin
       if (!isOriginAllowed(config.security, origin)) {
@@ -128,12 +130,12 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
       socket.once("close", slot.right)
       const accept = (principal: Principal | undefined) => {
         if (socket.destroyed) return
+        // No closure below may capture `request`: the connection would keep the whole request alive.
+        const info: Client.ClientInfo = { remoteAddress: address, principal, since: sinceOf(request.url) }
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
-          run(Client.serve(ws, socket, { remoteAddress: address, principal, since: sinceOf(request.url) }).pipe(
-            // The connection is closed with 1011 by its own finalizer; the cause must not go unseen.
-            Effect.tapDefect((defect) => Effect.logError("client connection failed", defect))
-          ))
+          // A defect is logged by the connection itself (see Client.serve).
+          run(Client.serve(ws, socket, info))
         })
       }
       if (!auth.enabled) return accept(undefined)
