@@ -70,14 +70,13 @@ export class Outbox {
 
   /** Calls `ready` once there is room for another message (at once if there is). */
   whenRoom(ready: () => void): void {
-    if (this.#pending.length < this.capacity) ready()
-    else if (this.#waiters === noWaiters) this.#waiters = [ready]
-    else this.#waiters.push(ready)
+    this.whenBelow(this.capacity, ready)
   }
 
   /** Calls `ready` once fewer than `size` messages are queued (at once if so). */
   whenBelow(size: number, ready: () => void): void {
     if (this.#pending.length < size) ready()
+    else if (this.#waiters === noWaiters) this.#waiters = [ready]
     else this.#waiters.push(ready)
   }
 
