@@ -143,7 +143,15 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
       return false
     }
 
-    const end = () => deliver(ended)
+    /** The reader's reply that waits for room in the send buffer, if any (see `send`). */
+    let waitingSend: (() => void) | undefined
+    /** The connection is over: the reader finishes, even from inside a reply that waits for room. */
+    const end = () => {
+      deliver(ended)
+      const release = waitingSend
+      waitingSend = undefined
+      release?.()
+    }
     const kick = (reason: DisconnectReason) => {
       if (leaving !== undefined) return
       leaving = reason
@@ -226,9 +234,19 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     const send = (message: Outbound) =>
       Effect.async<void>((resume) => {
         if (leaving !== undefined) return resume(Effect.void)
-        outbox.whenRoom(() => {
-          outbox.offer(message)
+        let done = false
+        const finish = () => {
+          if (done) return
+          done = true
+          waitingSend = undefined
           resume(Effect.void)
+        }
+        // A buffer that never drains (the client stopped reading) must not hold the reader: `end` releases it.
+        waitingSend = finish
+        outbox.whenRoom(() => {
+          if (done) return
+          outbox.offer(message)
+          finish()
         })
       })
     const reply = (type: string, data: unknown) =>

@@ -255,6 +255,25 @@ layer(hubLayer({ sendBuffer: 100_000, writeTimeout: Duration.millis(300) }), { e
   }
 )
 
+layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.millis(300) }), { excludeTestServices: true })(
+  "replies to a client that stops reading",
+  (it) => {
+    it.scoped("a reply waiting for room in a full buffer does not keep a stuck client from being closed", () =>
+      Effect.gen(function*() {
+        const hub = yield* Hub
+        const metrics = yield* HubMetrics
+        const stuck = yield* connect()
+        ;(stuck.ws as any)._socket.pause()
+        const payload = "x".repeat(900 * 1024)
+        // Enough to block the socket; then the pongs fill the send buffer and the reader waits for room.
+        for (let i = 0; i < 7; i++) yield* hub.broadcast("backtest.completed", { payload })
+        for (let i = 0; i < 12; i++) stuck.ws.send("ping")
+        yield* eventually(metrics.snapshot, (snapshot) => snapshot.clients_disconnected.write_timeout === 1)
+        yield* eventually(hub.clientCount, (count) => count === 0)
+      }))
+  }
+)
+
 layer(
   hubLayer({ pingPeriod: Duration.millis(100), pongTimeout: Duration.millis(1000) }),
   { excludeTestServices: true }
