@@ -11,7 +11,7 @@ import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { allows, Auth, type Principal } from "./Auth.js"
 import { HubConfig } from "./Config.js"
-import { type Connection, Hub } from "./Hub.js"
+import { type Connection, Hub, type TooManySubscriptions } from "./Hub.js"
 import { checkPattern, Limits, MessageRate } from "./Limits.js"
 import { HubMetrics } from "./Metrics.js"
 import { Outbox } from "./Outbox.js"
@@ -243,11 +243,13 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
         }
         // A buffer that never drains (the client stopped reading) must not hold the reader: `end` releases it.
         waitingSend = finish
-        outbox.whenRoom(() => {
+        // Another writer (a replay) may take the room first: then wait again.
+        const attempt = () => {
           if (done) return
-          outbox.offer(message)
-          finish()
-        })
+          if (outbox.offer(message)) finish()
+          else outbox.whenRoom(attempt)
+        }
+        outbox.whenRoom(attempt)
       })
     const reply = (type: string, data: unknown) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => send(Outbound.message(type, data, new Date(now))))
@@ -281,10 +283,7 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
       return action === "subscribe"
         ? hub.subscribe(id, event_types).pipe(
           Effect.matchEffect({
-            onFailure: (error) => {
-              limits.refused("too_many_subscriptions")
-              return refuse({ code: "too_many_subscriptions", message: error.message })
-            },
+            onFailure: tooManySubscriptions,
             onSuccess: (now) => reply(HubMessageType.subscribed, { event_types: now })
           })
         )
@@ -368,19 +367,28 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
      * by the send buffer, while this reader goes on).
      */
     const subscribeSince = (patterns: ReadonlyArray<string>, since: string) =>
-      hub.resume(id, since).pipe(
-        Effect.matchEffect({
-          onFailure: (error) => refuse({ code: "invalid_request", message: error.message }),
-          onSuccess: (resume) =>
-            hub.subscribe(id, patterns).pipe(
-              Effect.matchEffect({
-                onFailure: (error) =>
-                  Effect.zipRight(resume.cancel, refuse({ code: "too_many_subscriptions", message: error.message })),
-                onSuccess: (now) => Effect.zipRight(reply(HubMessageType.subscribed, { event_types: now }), resume.start)
-              })
-            )
-        })
-      )
+      Effect.matchEffect(hub.checkSubscribe(id, patterns), {
+        // Refused before the resume replaces one under way: a refusal must leave that one going.
+        onFailure: tooManySubscriptions,
+        onSuccess: () =>
+          hub.resume(id, since).pipe(
+            Effect.matchEffect({
+              onFailure: (error) => refuse({ code: "invalid_request", message: error.message }),
+              onSuccess: (resume) =>
+                hub.subscribe(id, patterns).pipe(
+                  Effect.matchEffect({
+                    onFailure: (error) => Effect.zipRight(resume.cancel, tooManySubscriptions(error)),
+                    onSuccess: (now) =>
+                      Effect.zipRight(reply(HubMessageType.subscribed, { event_types: now }), resume.start)
+                  })
+                )
+            })
+          )
+      })
+    const tooManySubscriptions = (error: TooManySubscriptions) => {
+      limits.refused("too_many_subscriptions")
+      return refuse({ code: "too_many_subscriptions", message: error.message })
+    }
     /** Handles the client's frames until the connection ends. */
     const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
       if (incoming === ended || leaving !== undefined) return Effect.void

@@ -244,6 +244,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
     id: ClientId,
     patterns: ReadonlyArray<string>
   ) => Effect.Effect<ReadonlyArray<string>, TooManySubscriptions>
+  /** Fails as `subscribe` would, changing nothing (a resume checks before it stops live events). */
+  readonly checkSubscribe: (id: ClientId, patterns: ReadonlyArray<string>) => Effect.Effect<void, TooManySubscriptions>
   /** Removes patterns exactly as written. Returns the subscription now in effect. */
   readonly unsubscribe: (id: ClientId, patterns: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>>
   readonly clientCount: Effect.Effect<number>
@@ -348,6 +350,14 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
         })
       }
 
+      /** The registration after a `subscribe` of `patterns`, or the refusal. */
+      const subscribed = (registration: Registration, patterns: ReadonlyArray<string>) => {
+        const next = union(registration.explicit ? registration.patterns : [], patterns)
+        return next.length > config.maxSubscriptions
+          ? Either.left(new TooManySubscriptions({ limit: config.maxSubscriptions, requested: next.length }))
+          : Either.right<Registration>({ ...registration, patterns: next, explicit: true })
+      }
+
       /** Applies `change` to a client's registration atomically; a refusal leaves the state as it was. */
       const updateSubscription = <E>(
         id: ClientId,
@@ -422,15 +432,14 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
             return current.withRegistration(id, undefined)
           }),
         subscribe: (id, patterns) =>
-          Effect.flatMap(
-            updateSubscription(id, (registration) => {
-              const next = union(registration.explicit ? registration.patterns : [], patterns)
-              return next.length > config.maxSubscriptions
-                ? Either.left(new TooManySubscriptions({ limit: config.maxSubscriptions, requested: next.length }))
-                : Either.right({ ...registration, patterns: next, explicit: true })
-            }),
-            (result) => result
-          ),
+          Effect.flatMap(updateSubscription(id, (registration) => subscribed(registration, patterns)), (result) => result),
+        checkSubscribe: (id, patterns) =>
+          Effect.flatMap(Ref.get(state), (current) => {
+            const registration = HashMap.get(current.clients, id)
+            if (Option.isNone(registration)) return Effect.void
+            const next = subscribed(registration.value, patterns)
+            return Either.isLeft(next) ? Effect.fail(next.left) : Effect.void
+          }),
         unsubscribe: (id, patterns) =>
           Effect.flatMap(
             updateSubscription(id, (registration) =>

@@ -515,3 +515,24 @@ describe("resume across a restart of the service process (node dist/main.js, RAB
       again.close()
     }), { timeout: 60_000 })
 })
+
+layer(hubLayer({ sendBuffer: 4, maxSubscriptions: 2 }), { excludeTestServices: true })("a refused subscribe during a resume", (it) => {
+  it.scoped("a subscribe with since refused for too many patterns leaves the resume under way going", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const watcher = yield* connectSince()
+      yield* hub.broadcast("backtest.completed", { seq: -1 })
+      yield* promise(() => watcher.until(() => watcher.events.length === 1, "the first event"))
+      const since = watcher.events[0]!.id as string
+      // Large events: the replay to a client that does not read stalls on its full buffers.
+      const payload = "x".repeat(500 * 1024)
+      for (let seq = 0; seq < 30; seq++) yield* hub.broadcast("backtest.completed", { seq, payload })
+      const client = yield* connectSince(since)
+      ;(client.ws as any)._socket.pause()
+      client.ws.send(JSON.stringify({ action: "subscribe", event_types: ["a", "b", "c"], since }))
+      ;(client.ws as any)._socket.resume()
+      yield* promise(() => first(client, "hub.live"))
+      expect((yield* promise(() => first(client, "hub.error"))).data.code).toBe("too_many_subscriptions")
+      expectExactly(client, range(0, 30))
+    }))
+})
