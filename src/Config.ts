@@ -303,12 +303,17 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       wsPath: Config.succeed("/api/v1/ws/events" as const),
       maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", 512),
       sendBuffer: positiveInt("WS_SEND_BUFFER", 256),
-      compressionThreshold: Config.option(Config.integer("WS_COMPRESSION_THRESHOLD")).pipe(
-        Config.mapOrFail((threshold) =>
-          Option.isSome(threshold) && threshold.value <= 0
-            ? Either.left(ConfigError.InvalidData(["WS_COMPRESSION_THRESHOLD"], "expected a positive number of bytes"))
-            : Either.right(threshold)
-        )
+      compressionThreshold: optionalString("WS_COMPRESSION_THRESHOLD").pipe(
+        Config.mapOrFail((text) => {
+          if (Option.isNone(text)) return Either.right(Option.none())
+          const threshold = Number(text.value)
+          return Number.isInteger(threshold) && threshold > 0
+            ? Either.right(Option.some(threshold))
+            : Either.left(ConfigError.InvalidData(
+              ["WS_COMPRESSION_THRESHOLD"],
+              `expected a positive number of bytes, or empty for no compression; got ${JSON.stringify(text.value)}`
+            ))
+        })
       ),
       maxSubscriptions: positiveInt("WS_MAX_SUBSCRIPTIONS", 256),
       pingPeriod: goDuration("WS_PING_PERIOD", "54s"),

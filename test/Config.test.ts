@@ -55,6 +55,8 @@ describe("HubConfig.fromEnv", () => {
     Effect.gen(function*() {
       const config = yield* readConfig({ WS_COMPRESSION_THRESHOLD: "2048" })
       expect(config.compressionThreshold).toEqual(Option.some(2048))
+      const empty = yield* readConfig({ WS_COMPRESSION_THRESHOLD: "" })
+      expect(empty.compressionThreshold).toEqual(Option.none())
     }))
 
   it.effect("reads Go-style durations", () =>
@@ -72,7 +74,8 @@ describe("HubConfig.fromEnv", () => {
     ["WS_SEND_BUFFER", "-3"],
     ["PORT", "http"],
     ["WS_MAX_MESSAGE_SIZE", "big"],
-    ["WS_COMPRESSION_THRESHOLD", "yes"]
+    ["WS_COMPRESSION_THRESHOLD", "yes"],
+    ["WS_COMPRESSION_THRESHOLD", "0"]
   ])("a bad %s names the variable", ([name, value]) =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(readConfig({ [name]: value }))
