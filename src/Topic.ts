@@ -32,28 +32,39 @@ const compile = (pattern: string): ReadonlyArray<string> => {
   return words
 }
 
-/** Dynamic programming over (pattern position, type position). */
-const matchWords = (pattern: ReadonlyArray<string>, type: ReadonlyArray<string>): boolean => {
-  // reachable[j]: the pattern prefix processed so far can consume exactly j words of the type.
-  let reachable = new Array<boolean>(type.length + 1).fill(false)
+/**
+ * Dynamic programming over (pattern position, target position): can `pattern`
+ * consume all of `target`? `#` consumes any run of words; any other pattern
+ * word consumes one target word that `fits` it.
+ */
+const consumes = (
+  pattern: ReadonlyArray<string>,
+  target: ReadonlyArray<string>,
+  fits: (word: string, candidate: string) => boolean
+): boolean => {
+  // reachable[j]: the pattern prefix processed so far can consume exactly j words of the target.
+  let reachable = new Array<boolean>(target.length + 1).fill(false)
   reachable[0] = true
   for (const word of pattern) {
-    const next = new Array<boolean>(type.length + 1).fill(false)
+    const next = new Array<boolean>(target.length + 1).fill(false)
     if (word === "#") {
       let any = false
-      for (let j = 0; j <= type.length; j++) {
+      for (let j = 0; j <= target.length; j++) {
         any = any || reachable[j]!
         next[j] = any
       }
     } else {
-      for (let j = 0; j < type.length; j++) {
-        if (reachable[j] && (word === "*" || word === type[j])) next[j + 1] = true
+      for (let j = 0; j < target.length; j++) {
+        if (reachable[j] && fits(word, target[j]!)) next[j + 1] = true
       }
     }
     reachable = next
   }
-  return reachable[type.length]!
+  return reachable[target.length]!
 }
+
+const matchWords = (pattern: ReadonlyArray<string>, type: ReadonlyArray<string>): boolean =>
+  consumes(pattern, type, (word, candidate) => word === "*" || word === candidate)
 
 /**
  * Is every event type matched by `pattern` also matched by `allowed`? Decided
@@ -62,28 +73,7 @@ const matchWords = (pattern: ReadonlyArray<string>, type: ReadonlyArray<string>)
  * itself. Sound (never says yes wrongly); it may refuse an unusual spelling
  * of an allowed pattern, such as `*.#` under `#.*`.
  */
-export const covers = (allowed: string, pattern: string): boolean => {
-  if (allowed === "#" || allowed === pattern) return true
-  const outer = compile(allowed)
-  const inner = pattern.split(".")
-  let reachable = new Array<boolean>(inner.length + 1).fill(false)
-  reachable[0] = true
-  for (const word of outer) {
-    const next = new Array<boolean>(inner.length + 1).fill(false)
-    if (word === "#") {
-      let any = false
-      for (let j = 0; j <= inner.length; j++) {
-        any = any || reachable[j]!
-        next[j] = any
-      }
-    } else {
-      for (let j = 0; j < inner.length; j++) {
-        const candidate = inner[j]!
-        const fits = word === "*" ? candidate !== "#" : candidate === word
-        if (reachable[j] && fits) next[j + 1] = true
-      }
-    }
-    reachable = next
-  }
-  return reachable[inner.length]!
-}
+export const covers = (allowed: string, pattern: string): boolean =>
+  allowed === "#" || allowed === pattern ||
+  consumes(compile(allowed), pattern.split("."), (word, candidate) =>
+    word === "*" ? candidate !== "#" : candidate === word)
