@@ -462,6 +462,8 @@ const main = async () => {
     const runs = []
     for (const rate of options.rates) {
       runs.push(await latency(rate, 0, "ws-corked"))
+      // The floor with slow consumers too (full runs): what paused sockets cost the kernel, whatever the server.
+      if (!options.quick) runs.push(await latency(rate, options.slowFraction, "ws-corked"))
       runs.push(await latency(rate, 0))
       runs.push(await latency(rate, options.slowFraction))
     }
@@ -472,7 +474,9 @@ const main = async () => {
         `latency ${run.server} ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
         `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
         `max ${fmt(run.max)} ms, sampler lag p99 ${fmt(run.lag_p99_ms)} ms, CPU server ${fmt(run.cores.server)} sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}`,
-        run.slow_fraction > 0 ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow, ${run.kicked} slow kicked` : ""
+        run.slow_fraction > 0
+          ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow${run.kicked === undefined ? "" : `, ${run.kicked} slow kicked`}`
+          : ""
       ])
     }
   }
