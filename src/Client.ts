@@ -6,42 +6,24 @@
  * scope registers the client with the hub and, when the fiber ends for any
  * reason, unregisters it and closes the socket with a close code that says why.
  */
-import { Cause, Clock, Duration, Effect, Either, Exit, Option, Scope } from "effect"
+import { Cause, Duration, Effect, Exit, Option, Scope } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
-import { allows, Auth, type Principal } from "./Auth.js"
+import { Auth, type Principal } from "./Auth.js"
 import { HubConfig } from "./Config.js"
-import { type Connection, Hub, type TooManySubscriptions } from "./Hub.js"
-import { checkPattern, Limits, MessageRate } from "./Limits.js"
+import { type Connection, Hub } from "./Hub.js"
+import { Limits, MessageRate } from "./Limits.js"
 import { HubMetrics } from "./Metrics.js"
 import { Outbox } from "./Outbox.js"
+import { closeFor, CloseCode, type DisconnectReason, type Outbound } from "./Protocol.js"
 import { Publisher } from "./rabbitmq/Publisher.js"
-import * as Topic from "./Topic.js"
-import {
-  closeFor,
-  CloseCode,
-  type DisconnectReason,
-  type ErrorData,
-  HubMessageType,
-  Outbound,
-  parseRequest,
-  pongMessage,
-  type Publish,
-  TextPing
-} from "./Protocol.js"
+import { type Incoming, Requests, type Session } from "./Requests.js"
 
 /** Inbound frames waiting to be handled before the socket stops being read. */
 const inboxHighWater = 16
 const inboxLowWater = 4
 /** Longest wait for the peer's close frame before the socket is destroyed. */
 const maxCloseHandshake = Duration.seconds(2)
-
-interface Incoming {
-  readonly data: Buffer
-  readonly isBinary: boolean
-  /** Set when the frame was dropped before being read (rate limit): only this answer is sent. */
-  readonly refusal?: ErrorData
-}
 
 export interface ClientInfo {
   readonly remoteAddress: string | undefined
@@ -123,13 +105,13 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     let closeCode: number | undefined
 
     // --- security: token expiry, first-message deadline, message rate ---------
-    let principal = info.principal
     const openedAt = lastSeen
     const firstMessageTimeout = Option.map(limits.settings.firstMessageTimeout, Duration.toMillis)
     let messageReceived = false
     const rate = new MessageRate(limits.settings, openedAt)
     /** Kicks the client if its token expired or it said nothing in time; true when it did. */
     const securityDue = (now: number): boolean => {
+      const principal = session.principal
       if (principal !== undefined && now >= principal.expiresAt) {
         limits.refused("token_expired")
         kick("token_expired")
@@ -251,148 +233,13 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
         }
         outbox.whenRoom(attempt)
       })
-    const reply = (type: string, data: unknown) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) => send(Outbound.message(type, data, new Date(now))))
-    const refuse = (error: ErrorData) =>
-      Effect.zipRight(
-        Effect.logDebug("refused client message").pipe(
-          Effect.annotateLogs({ ...annotations, code: error.code, reason: error.message })
-        ),
-        reply(HubMessageType.error, error)
-      )
+    const session: Session = { id, annotations, hub, config, auth, limits, publisher, send, principal: info.principal }
+    const requests = new Requests(session)
 
-    // --- reader: one request at a time, in order -----------------------------
-    const handle = ({ data, isBinary, refusal }: Incoming): Effect.Effect<void> => {
-      if (refusal !== undefined) return refuse(refusal)
-      if (isBinary) {
-        return refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
-      }
-      const text = data.toString("utf8")
-      if (text === TextPing) return send(pongMessage)
-      const request = parseRequest(text)
-      if (Either.isLeft(request)) return refuse(request.left)
-      if (request.right.action === "auth") return refresh(request.right.token)
-      if (request.right.action === "publish") return publish(request.right)
-      const { action, event_types } = request.right
-      if (action === "subscribe") {
-        const refused = checkSubscription(event_types)
-        if (refused !== undefined) return refuse(refused)
-      }
-      const since = action === "subscribe" ? request.right.since : undefined
-      if (since !== undefined) return subscribeSince(event_types, since)
-      return action === "subscribe"
-        ? hub.subscribe(id, event_types).pipe(
-          Effect.matchEffect({
-            onFailure: tooManySubscriptions,
-            onSuccess: (now) => reply(HubMessageType.subscribed, { event_types: now })
-          })
-        )
-        : Effect.flatMap(
-          hub.unsubscribe(id, event_types),
-          (now) => reply(HubMessageType.unsubscribed, { event_types: now })
-        )
-    }
-    /**
-     * `{"action":"publish"}`: to the exchange, with the type as routing key, if `WS_PUBLISH_TYPES` allows
-     * it. The reader waits for the broker's confirmation, so a client's publishes stay in order.
-     */
-    const publish = ({ data, type }: Publish): Effect.Effect<void> => {
-      if (Option.isNone(publisher) || !config.clientPublishTypes.some((pattern) => Topic.matches(pattern, type))) {
-        limits.refused("publish_forbidden")
-        return refuse({
-          code: "publish_forbidden",
-          message: config.clientPublishTypes.length === 0 || Option.isNone(publisher)
-            ? "publishing is not enabled on this hub (WS_PUBLISH_TYPES)"
-            : `${JSON.stringify(type)} is not a type clients may publish; allowed: ${config.clientPublishTypes.join(", ")}`
-        })
-      }
-      return publisher.value.publish(type, Buffer.from(JSON.stringify(data))).pipe(
-        Effect.matchEffect({
-          onFailure: (error) =>
-            Effect.zipRight(
-              Effect.logWarning("client publish failed").pipe(
-                Effect.annotateLogs({ ...annotations, event_type: type, reason: error.message })
-              ),
-              refuse({ code: "publish_failed", message: error.message })
-            ),
-          onSuccess: () => reply(HubMessageType.published, { type })
-        })
-      )
-    }
-    /** The pattern limits and the token's `event_types`: the reason to refuse a `subscribe`, if any. */
-    const checkSubscription = (patterns: ReadonlyArray<string>): ErrorData | undefined => {
-      for (const pattern of patterns) {
-        const checked = checkPattern(pattern, limits.settings)
-        if (Either.isLeft(checked)) {
-          limits.refused("invalid_pattern")
-          return { code: "invalid_pattern", message: checked.left }
-        }
-      }
-      const forbidden = patterns.filter((pattern) => !allows(principal, pattern))
-      if (forbidden.length === 0) return undefined
-      limits.refused("forbidden_event_types")
-      return {
-        code: "forbidden_event_types",
-        message: `not allowed by your token: ${forbidden.map((p) => JSON.stringify(p)).join(", ")}; ` +
-          `allowed: ${(principal?.eventTypes ?? []).map((p) => JSON.stringify(p)).join(", ")}`
-      }
-    }
-    /** `{"action":"auth"}`: a new token for this connection, with the same subject. */
-    const refresh = (token: string): Effect.Effect<void> => {
-      if (!auth.enabled) return refuse({ code: "auth_disabled", message: "authentication is not enabled on this hub" })
-      return auth.verify(token).pipe(
-        Effect.flatMap((next) =>
-          principal !== undefined && next.subject !== principal.subject
-            ? Effect.fail({ message: "the new token's subject (sub) differs from the connection's" })
-            : Effect.succeed(next)
-        ),
-        Effect.matchEffect({
-          onFailure: (error) => {
-            limits.refused("token_refresh_refused")
-            return refuse({ code: "invalid_token", message: `${error.message}; the current token stays in effect` })
-          },
-          onSuccess: (next) => {
-            principal = next
-            return Effect.zipRight(
-              hub.authorize(id, next.eventTypes),
-              reply(HubMessageType.authenticated, { expires_at: new Date(next.expiresAt).toISOString() })
-            )
-          }
-        })
-      )
-    }
-    /**
-     * `subscribe` with `since`: no live events from here on, then the
-     * subscription, its reply, and the replay (which runs on its own, paced
-     * by the send buffer, while this reader goes on).
-     */
-    const subscribeSince = (patterns: ReadonlyArray<string>, since: string) =>
-      Effect.matchEffect(hub.checkSubscribe(id, patterns), {
-        // Refused before the resume replaces one under way: a refusal must leave that one going.
-        onFailure: tooManySubscriptions,
-        onSuccess: () =>
-          hub.resume(id, since).pipe(
-            Effect.matchEffect({
-              onFailure: (error) => refuse({ code: "invalid_request", message: error.message }),
-              onSuccess: (resume) =>
-                hub.subscribe(id, patterns).pipe(
-                  Effect.matchEffect({
-                    onFailure: (error) => Effect.zipRight(resume.cancel, tooManySubscriptions(error)),
-                    onSuccess: (now) =>
-                      Effect.zipRight(reply(HubMessageType.subscribed, { event_types: now }), resume.start)
-                  })
-                )
-            })
-          )
-      })
-    const tooManySubscriptions = (error: TooManySubscriptions) => {
-      limits.refused("too_many_subscriptions")
-      return refuse({ code: "too_many_subscriptions", message: error.message })
-    }
     /** Handles the client's frames until the connection ends. */
     const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
       if (incoming === ended || leaving !== undefined) return Effect.void
-      return handle(incoming).pipe(
+      return requests.handle(incoming).pipe(
         Effect.zipRight(Effect.sync(() => {
           if (--pending <= inboxLowWater && ws.isPaused) ws.resume()
         })),
@@ -428,12 +275,12 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     )
     // Unregistering a client that is not registered does nothing, so the finalizer can come first.
     yield* Scope.addFinalizer(scope, Effect.suspend(() => hub.unregister(id)))
-    yield* hub.register(connection, { allowed: principal?.eventTypes, resuming: info.since !== undefined })
+    yield* hub.register(connection, { allowed: session.principal?.eventTypes, resuming: info.since !== undefined })
     yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(annotations))
     if (info.since !== undefined) {
       yield* hub.resume(id, info.since).pipe(
         Effect.matchEffect({
-          onFailure: (error) => refuse({ code: "invalid_request", message: error.message }),
+          onFailure: (error) => requests.refuse({ code: "invalid_request", message: error.message }),
           onSuccess: (resume) => resume.start
         })
       )

@@ -1,0 +1,213 @@
+/**
+ * A client's requests: what the hub does with each frame a connection's
+ * reader takes from its inbox (see Client.ts), one at a time, in order.
+ * Every reply goes through the connection's `send`, which waits for room in
+ * its bounded send buffer.
+ *
+ * The handlers are methods of one object per connection rather than closures
+ * made for each connection: thousands of idle connections each keep one small
+ * object instead of a dozen functions.
+ */
+import { Clock, Effect, Either, Option } from "effect"
+import { allows, type Auth, type Principal } from "./Auth.js"
+import type { HubSettings } from "./Config.js"
+import type { ClientId, Hub, TooManySubscriptions } from "./Hub.js"
+import { checkPattern, type Limits } from "./Limits.js"
+import {
+  type ErrorData,
+  HubMessageType,
+  Outbound,
+  parseRequest,
+  pongMessage,
+  type Publish,
+  TextPing
+} from "./Protocol.js"
+import type { Publisher } from "./rabbitmq/Publisher.js"
+import * as Topic from "./Topic.js"
+
+/** A frame from the client, as the reader gets it. */
+export interface Incoming {
+  readonly data: Buffer
+  readonly isBinary: boolean
+  /** Set when the frame was dropped before being read (rate limit): only this answer is sent. */
+  readonly refusal?: ErrorData
+}
+
+/** What a connection's requests act on. */
+export interface Session {
+  readonly id: ClientId
+  readonly annotations: Readonly<Record<string, unknown>>
+  readonly hub: Hub["Type"]
+  readonly config: HubSettings
+  readonly auth: Auth["Type"]
+  readonly limits: Limits["Type"]
+  /** Absent when the embedding program provides no publisher: `publish` is then refused. */
+  readonly publisher: Option.Option<Publisher["Type"]>
+  /** Queues a message for the client once its send buffer has room. */
+  readonly send: (message: Outbound) => Effect.Effect<void>
+  /** Who connected (with authentication); replaced by a token refresh. */
+  principal: Principal | undefined
+}
+
+export class Requests {
+  constructor(readonly session: Session) {}
+
+  /** Answers one frame. */
+  handle({ data, isBinary, refusal }: Incoming): Effect.Effect<void> {
+    const { hub, id, send } = this.session
+    if (refusal !== undefined) return this.refuse(refusal)
+    if (isBinary) {
+      return this.refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
+    }
+    const text = data.toString("utf8")
+    if (text === TextPing) return send(pongMessage)
+    const request = parseRequest(text)
+    if (Either.isLeft(request)) return this.refuse(request.left)
+    switch (request.right.action) {
+      case "auth":
+        return this.refresh(request.right.token)
+      case "publish":
+        return this.publish(request.right)
+      case "unsubscribe":
+        return Effect.flatMap(
+          hub.unsubscribe(id, request.right.event_types),
+          (now) => this.reply(HubMessageType.unsubscribed, { event_types: now })
+        )
+      case "subscribe": {
+        const { event_types, since } = request.right
+        const refused = this.checkSubscription(event_types)
+        if (refused !== undefined) return this.refuse(refused)
+        if (since !== undefined) return this.subscribeSince(event_types, since)
+        return hub.subscribe(id, event_types).pipe(
+          Effect.matchEffect({
+            onFailure: (error) => this.tooManySubscriptions(error),
+            onSuccess: (now) => this.reply(HubMessageType.subscribed, { event_types: now })
+          })
+        )
+      }
+    }
+  }
+
+  reply(type: string, data: unknown): Effect.Effect<void> {
+    return Effect.flatMap(Clock.currentTimeMillis, (now) => this.session.send(Outbound.message(type, data, new Date(now))))
+  }
+
+  /** A `hub.error`, with a debug-level log line. */
+  refuse(error: ErrorData): Effect.Effect<void> {
+    return Effect.zipRight(
+      Effect.logDebug("refused client message").pipe(
+        Effect.annotateLogs({ ...this.session.annotations, code: error.code, reason: error.message })
+      ),
+      this.reply(HubMessageType.error, error)
+    )
+  }
+
+  /** The pattern limits and the token's `event_types`: the reason to refuse a `subscribe`, if any. */
+  private checkSubscription(patterns: ReadonlyArray<string>): ErrorData | undefined {
+    const { limits, principal } = this.session
+    for (const pattern of patterns) {
+      const checked = checkPattern(pattern, limits.settings)
+      if (Either.isLeft(checked)) {
+        limits.refused("invalid_pattern")
+        return { code: "invalid_pattern", message: checked.left }
+      }
+    }
+    const forbidden = patterns.filter((pattern) => !allows(principal, pattern))
+    if (forbidden.length === 0) return undefined
+    limits.refused("forbidden_event_types")
+    return {
+      code: "forbidden_event_types",
+      message: `not allowed by your token: ${forbidden.map((p) => JSON.stringify(p)).join(", ")}; ` +
+        `allowed: ${(principal?.eventTypes ?? []).map((p) => JSON.stringify(p)).join(", ")}`
+    }
+  }
+
+  /**
+   * `subscribe` with `since`: no live events from here on, then the
+   * subscription, its reply, and the replay (which runs on its own, paced
+   * by the send buffer, while the reader goes on).
+   */
+  private subscribeSince(patterns: ReadonlyArray<string>, since: string): Effect.Effect<void> {
+    const { hub, id } = this.session
+    return Effect.matchEffect(hub.checkSubscribe(id, patterns), {
+      // Refused before the resume replaces one under way: a refusal must leave that one going.
+      onFailure: (error) => this.tooManySubscriptions(error),
+      onSuccess: () =>
+        hub.resume(id, since).pipe(
+          Effect.matchEffect({
+            onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
+            onSuccess: (resume) =>
+              hub.subscribe(id, patterns).pipe(
+                Effect.matchEffect({
+                  onFailure: (error) => Effect.zipRight(resume.cancel, this.tooManySubscriptions(error)),
+                  onSuccess: (now) =>
+                    Effect.zipRight(this.reply(HubMessageType.subscribed, { event_types: now }), resume.start)
+                })
+              )
+          })
+        )
+    })
+  }
+
+  private tooManySubscriptions(error: TooManySubscriptions): Effect.Effect<void> {
+    this.session.limits.refused("too_many_subscriptions")
+    return this.refuse({ code: "too_many_subscriptions", message: error.message })
+  }
+
+  /** `{"action":"auth"}`: a new token for this connection, with the same subject. */
+  private refresh(token: string): Effect.Effect<void> {
+    const session = this.session
+    if (!session.auth.enabled) {
+      return this.refuse({ code: "auth_disabled", message: "authentication is not enabled on this hub" })
+    }
+    return session.auth.verify(token).pipe(
+      Effect.flatMap((next) =>
+        session.principal !== undefined && next.subject !== session.principal.subject
+          ? Effect.fail({ message: "the new token's subject (sub) differs from the connection's" })
+          : Effect.succeed(next)
+      ),
+      Effect.matchEffect({
+        onFailure: (error) => {
+          session.limits.refused("token_refresh_refused")
+          return this.refuse({ code: "invalid_token", message: `${error.message}; the current token stays in effect` })
+        },
+        onSuccess: (next) => {
+          session.principal = next
+          return Effect.zipRight(
+            session.hub.authorize(session.id, next.eventTypes),
+            this.reply(HubMessageType.authenticated, { expires_at: new Date(next.expiresAt).toISOString() })
+          )
+        }
+      })
+    )
+  }
+
+  /**
+   * `{"action":"publish"}`: to the exchange, with the type as routing key, if `WS_PUBLISH_TYPES` allows
+   * it. The reader waits for the broker's confirmation, so a client's publishes stay in order.
+   */
+  private publish({ data, type }: Publish): Effect.Effect<void> {
+    const { annotations, config, limits, publisher } = this.session
+    if (Option.isNone(publisher) || !config.clientPublishTypes.some((pattern) => Topic.matches(pattern, type))) {
+      limits.refused("publish_forbidden")
+      return this.refuse({
+        code: "publish_forbidden",
+        message: config.clientPublishTypes.length === 0 || Option.isNone(publisher)
+          ? "publishing is not enabled on this hub (WS_PUBLISH_TYPES)"
+          : `${JSON.stringify(type)} is not a type clients may publish; allowed: ${config.clientPublishTypes.join(", ")}`
+      })
+    }
+    return publisher.value.publish(type, Buffer.from(JSON.stringify(data))).pipe(
+      Effect.matchEffect({
+        onFailure: (error) =>
+          Effect.zipRight(
+            Effect.logWarning("client publish failed").pipe(
+              Effect.annotateLogs({ ...annotations, event_type: type, reason: error.message })
+            ),
+            this.refuse({ code: "publish_failed", message: error.message })
+          ),
+        onSuccess: () => this.reply(HubMessageType.published, { type })
+      })
+    )
+  }
+}
