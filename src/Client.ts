@@ -79,9 +79,9 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     const annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
     const outbox = new Outbox(ws, socket, config.sendBuffer, metrics.delivered)
     // Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub).
-    const inbox: Array<Incoming | typeof ended> = []
+    const inbox: Array<Incoming | typeof ended | typeof floodClose> = []
     let wakeReader: (() => void) | undefined
-    const deliver = (item: Incoming | typeof ended) => {
+    const deliver = (item: Incoming | typeof ended | typeof floodClose) => {
       inbox.push(item)
       const wake = wakeReader
       wakeReader = undefined
@@ -90,7 +90,7 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     // No canceler: an interrupted reader never reads again, and its fiber ignores a late wake-up (Effect calls an
     // async's resume at most once, interruption included). A canceler would keep an `onInterrupt` frame on the
     // stack of every idle connection (about 1 KB each, measured).
-    const nextIncoming = Effect.async<Incoming | typeof ended>((resume) => {
+    const nextIncoming = Effect.async<Incoming | typeof ended | typeof floodClose>((resume) => {
       if (inbox.length > 0) return resume(Effect.succeed(inbox.shift()!))
       wakeReader = () => resume(Effect.succeed(inbox.shift()!))
     })
@@ -161,15 +161,20 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
 
     // --- the socket's callbacks: the only place they exist --------------------
     let pending = 0
+    /** The client went on flooding after `rate_limited`: nothing more is read, and it is closed (1008). */
+    let flooded = false
     ws.on("message", (data, isBinary) => {
       lastSeen = Date.now()
       messageReceived = true
+      if (flooded) return
       const verdict = rate.check(lastSeen)
       if (verdict !== "accept") {
         if (verdict === "drop") return
         if (verdict === "close") {
-          if (leaving === undefined) limits.refused("rate_limit_closed")
-          return kick("rate_limited")
+          // Closed after the requests already queued (and the rate_limited warning) have been answered.
+          flooded = true
+          limits.refused("rate_limit_closed")
+          return deliver(floodClose)
         }
         limits.refused("rate_limited")
         deliver({
@@ -239,6 +244,7 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     /** Handles the client's frames until the connection ends. */
     const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
       if (incoming === ended || leaving !== undefined) return Effect.void
+      if (incoming === floodClose) return Effect.sync(() => kick("rate_limited"))
       return requests.handle(incoming).pipe(
         Effect.zipRight(Effect.sync(() => {
           if (--pending <= inboxLowWater && ws.isPaused) ws.resume()
@@ -258,6 +264,8 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
           ? "shutdown"
           : "error"
         if (ws.readyState === WebSocket.OPEN) {
+          // What is already queued for the client (replies, events) goes out before the close frame.
+          outbox.flush()
           const close = leaving in closeFor
             ? closeFor[leaving as keyof typeof closeFor]
             : { code: CloseCode.internalError, reason: "internal error" }
@@ -310,3 +318,5 @@ const waitClosed = (ws: WebSocket, timeout: Duration.Duration) =>
 
 /** The inbox's end marker. */
 const ended = Symbol("ended")
+/** The inbox's marker for a client closed for flooding, once the requests before it are answered. */
+const floodClose = Symbol("floodClose")
