@@ -285,6 +285,11 @@ export interface HubSettings {
   readonly historyMaxAge: Duration.Duration
 }
 
+/** Dot-separated non-empty words without whitespace, `*` and `#` only as whole words. */
+const isPatternShape = (pattern: string) =>
+  !/\s/.test(pattern) &&
+  pattern.split(".").every((word) => word.length > 0 && (word === "*" || word === "#" || !/[*#]/.test(word)))
+
 export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, HubSettings>() {
   /** Settings with every default, overridden by `overrides`: handy for embedding and tests. */
   static make(overrides: Partial<HubSettings> = {}): HubSettings {
@@ -325,11 +330,30 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       security: securitySettings,
       clientPublishTypes: Config.string("WS_PUBLISH_TYPES").pipe(
         Config.withDefault(""),
-        Config.map((patterns) => patterns.split(",").map((pattern) => pattern.trim()).filter((pattern) => pattern !== ""))
+        Config.map((patterns) => patterns.split(",").map((pattern) => pattern.trim()).filter((pattern) => pattern !== "")),
+        Config.mapOrFail((patterns) => {
+          const bad = patterns.find((pattern) => !isPatternShape(pattern))
+          return bad === undefined
+            ? Either.right(patterns)
+            : Either.left(ConfigError.InvalidData(
+              ["WS_PUBLISH_TYPES"],
+              `${JSON.stringify(bad)} is not a pattern: dot-separated words, with * and # only as whole words`
+            ))
+        })
       ),
       historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", 10_000),
       historyMaxAge: goDuration("HISTORY_MAX_AGE", "10m")
-    })
+    }).pipe(
+      Config.mapOrFail((settings) =>
+        Duration.lessThan(settings.pingPeriod, settings.pongTimeout)
+          ? Either.right(settings)
+          : Either.left(ConfigError.InvalidData(
+            ["WS_PING_PERIOD"],
+            `must be shorter than WS_PONG_TIMEOUT (${Duration.format(settings.pongTimeout)}), or every client that ` +
+              `only listens is closed before it is pinged; got ${Duration.format(settings.pingPeriod)}`
+          ))
+      )
+    )
   )
 }
 
@@ -509,7 +533,14 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
             : Either.left(ConfigError.InvalidData(["RABBITMQ_URL"], "expected amqp://user:password@host:port/vhost (or amqps://), or empty to disable"))
         })
       ),
-      exchange: Config.string("RABBITMQ_EXCHANGE").pipe(Config.withDefault("freqsearch_events")),
+      exchange: Config.string("RABBITMQ_EXCHANGE").pipe(
+        Config.withDefault("freqsearch_events"),
+        Config.mapOrFail((name) =>
+          name.trim() === ""
+            ? Either.left(ConfigError.InvalidData(["RABBITMQ_EXCHANGE"], "must not be empty (the publishers' topic exchange)"))
+            : Either.right(name.trim())
+        )
+      ),
       queue: Config.string("RABBITMQ_QUEUE").pipe(
         Config.withDefault(""),
         Config.map((queue) => queue.trim() === "" ? defaultQueueName() : queue.trim())
@@ -523,7 +554,13 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
             : Either.right(list)
         })
       ),
-      prefetch: positiveInt("RABBITMQ_PREFETCH", 100),
+      prefetch: positiveInt("RABBITMQ_PREFETCH", 100).pipe(
+        Config.mapOrFail((n) =>
+          n <= 65535
+            ? Either.right(n)
+            : Either.left(ConfigError.InvalidData(["RABBITMQ_PREFETCH"], `at most 65535 (AMQP's limit), got ${n}`))
+        )
+      ),
       queueExpires: goDuration("RABBITMQ_QUEUE_EXPIRES", "10m"),
       deadLetterExchange: Config.string("RABBITMQ_DEAD_LETTER_EXCHANGE").pipe(
         Config.option,

@@ -28,9 +28,15 @@ const MainLive = RabbitMqSource.layer.pipe(
   Layer.provide(Logging.layer)
 )
 
+/** An error with its cause, such as the server's `listen EADDRINUSE: address already in use 0.0.0.0:8080`. */
+const describe = (error: unknown): string => {
+  const cause = (error as { cause?: unknown }).cause
+  return cause instanceof Error ? `${String(error)}: ${cause.message}` : String(error)
+}
+
 const main = Layer.launch(MainLive).pipe(
   Effect.tapError((error) =>
-    Effect.logFatal(ConfigError.isConfigError(error) ? `invalid configuration ${error}` : `cannot start: ${error}`)
+    Effect.logFatal(ConfigError.isConfigError(error) ? `invalid configuration ${error}` : `cannot start: ${describe(error)}`)
   ),
   // Until LOG_FORMAT has been read (or if it is invalid), log JSON.
   Effect.provide(Logger.json)

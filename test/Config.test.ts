@@ -61,7 +61,7 @@ describe("HubConfig.fromEnv", () => {
 
   it.effect("reads Go-style durations", () =>
     Effect.gen(function*() {
-      const config = yield* readConfig({ WS_PING_PERIOD: "1m30s", WS_WRITE_TIMEOUT: "250ms" })
+      const config = yield* readConfig({ WS_PING_PERIOD: "1m30s", WS_PONG_TIMEOUT: "2m", WS_WRITE_TIMEOUT: "250ms" })
       expect(Duration.toMillis(config.pingPeriod)).toBe(90_000)
       expect(Duration.toMillis(config.writeTimeout)).toBe(250)
     }))
@@ -75,11 +75,22 @@ describe("HubConfig.fromEnv", () => {
     ["PORT", "http"],
     ["WS_MAX_MESSAGE_SIZE", "big"],
     ["WS_COMPRESSION_THRESHOLD", "yes"],
-    ["WS_COMPRESSION_THRESHOLD", "0"]
+    ["WS_COMPRESSION_THRESHOLD", "0"],
+    ["WS_PUBLISH_TYPES", "command.#,back*"],
+    ["WS_PUBLISH_TYPES", "a..b"]
   ])("a bad %s names the variable", ([name, value]) =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(readConfig({ [name]: value }))
       expect(String(error)).toContain(name)
+    }))
+})
+
+describe("HubConfig.fromEnv, settings that depend on each other", () => {
+  it.effect("WS_PING_PERIOD must be shorter than WS_PONG_TIMEOUT", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(readConfig({ WS_PING_PERIOD: "3s", WS_PONG_TIMEOUT: "1s" }))
+      expect(String(error)).toContain("WS_PING_PERIOD")
+      expect(String(error)).toContain("WS_PONG_TIMEOUT")
     }))
 })
 
@@ -111,6 +122,8 @@ describe("RabbitMqConfig.fromEnv", () => {
     }))
 
   it.effect.each([
+    ["RABBITMQ_PREFETCH", "70000"],
+    ["RABBITMQ_EXCHANGE", " "],
     ["RABBITMQ_URL", "not a url"],
     ["RABBITMQ_QUEUE_EXPIRES", "0"],
     ["RABBITMQ_RECONNECT_DELAY", "0s"],
