@@ -35,7 +35,11 @@ export type IdMode = "queue" | "stream"
 
 /** Longest `since` accepted; anything longer is malformed. */
 export const maxIdLength = 64
-const idCharacters = /^[0-9A-Za-z._-]+$/
+/**
+ * Every form of id a hub issues, in either mode (see above): anything else,
+ * such as `undefined` from a client that had no id yet, is not an id.
+ */
+const idForms = /^\d{13}[0-9a-f]{4}-\d{16}$|^\d{20}(\.\d{10})?$|^\.\d{10}$/
 
 const pad = (n: number, width: number) => String(n).padStart(width, "0")
 
@@ -170,7 +174,7 @@ export class History {
 
   /** Where `since` stands: malformed, not reachable (gap), or covered. */
   place(since: string): Placement {
-    if (since.length === 0 || since.length > maxIdLength || !idCharacters.test(since)) return { _tag: "Malformed" }
+    if (since.length > maxIdLength || !idForms.test(since)) return { _tag: "Malformed" }
     if (this.#mode === "queue" && !since.startsWith(`${this.#run}-`)) return { _tag: "Gap" }
     if (this.#mode === "stream" && !/^\d{20}(\.\d{10})?$|^\.\d{10}$/.test(since)) return { _tag: "Gap" }
     return this.covers(since) ? { _tag: "Covered" } : { _tag: "Gap" }

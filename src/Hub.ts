@@ -10,7 +10,7 @@
 import { Clock, Context, Data, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schedule } from "effect"
 import { HubConfig } from "./Config.js"
 import { Health } from "./Health.js"
-import { History, maxIdLength } from "./History.js"
+import { History } from "./History.js"
 import { HubMetrics } from "./Metrics.js"
 import { type DisconnectReason, HubMessageType, Outbound } from "./Protocol.js"
 import * as Topic from "./Topic.js"
@@ -181,7 +181,7 @@ export class InvalidSince extends Data.TaggedError("InvalidSince")<{
   readonly since: string
 }> {
   get message() {
-    return `since: must be the id of an event received (at most ${maxIdLength} letters, digits, ".", "_" or "-")`
+    return `since: must be the id of an event received from this hub, such as "1764201234567abcd-0000000000000001" or "00000000000000000042"`
   }
 }
 

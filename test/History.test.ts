@@ -81,6 +81,9 @@ describe("History", () => {
     expect(history.place("")).toEqual({ _tag: "Malformed" })
     expect(history.place("x".repeat(65))).toEqual({ _tag: "Malformed" })
     expect(history.place("1 OR 1=1")).toEqual({ _tag: "Malformed" })
+    // What a client that had no id yet might send.
+    expect(history.place("undefined")).toEqual({ _tag: "Malformed" })
+    expect(history.place("null")).toEqual({ _tag: "Malformed" })
   })
 
   it("in stream mode, uses offsets as ids; local events sort between two offsets", () => {
