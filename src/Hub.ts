@@ -276,20 +276,24 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
 
       const fanOut = (event: BroadcastEvent, now: number) =>
         Ref.modify(state, (current): readonly [number, HubState] => {
-          // Appending and fanning out in one synchronous step: a resume sees the event in the history or
-          // receives it live, never both or neither.
-          const fromStream = event.fromStream === true
+          // Fanning out and appending in one synchronous step: a resume sees the event in the history or
+          // receives it live, never both or neither. The fan-out comes first: appending can complete a
+          // resume that waited for this event (it replays it, then goes live), and that client must not
+          // receive it a second time as a live recipient.
           const id = event.id ?? history.nextLocalId()
           const message = Outbound.message(event.type, event.data, new Date(now), id)
-          // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
-          history.append({ id, type: event.type, message, at: Date.now() }, fromStream)
-          if (event.live === false) return [0, current]
-          const recipients = current.recipients(event.type)
-          for (const connection of recipients) {
-            if (!connection.offer(message)) connection.kick("slow_consumer")
+          let count = 0
+          if (event.live !== false) {
+            const recipients = current.recipients(event.type)
+            for (const connection of recipients) {
+              if (!connection.offer(message)) connection.kick("slow_consumer")
+            }
+            count = recipients.size
+            metrics.eventBroadcast(event.type, count)
           }
-          metrics.eventBroadcast(event.type, recipients.size)
-          return [recipients.size, current]
+          // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
+          history.append({ id, type: event.type, message, at: Date.now() }, event.fromStream === true)
+          return [count, current]
         })
 
       const replay = (id: ClientId, since: string, token: symbol) => {

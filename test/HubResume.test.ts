@@ -6,6 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { HubConfig } from "../src/Config.js"
+import { streamId } from "../src/History.js"
 import { type Connection, Hub, layerLive } from "../src/Hub.js"
 import type { DisconnectReason, Outbound } from "../src/Protocol.js"
 
@@ -86,5 +87,23 @@ describe("Hub.resume", () => {
       client.drain()
       // What the first resume had queued (1..4), then the second one's replay (8, 9), then live.
       expect(client.seqs()).toEqual([1, 2, 3, 4, 8, 9, 10])
+    }).pipe(Effect.provide(TestHub)))
+
+  it.scoped("a resume that waits for the stream to reach its id gets the next event once, not also live", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      hub.history.useStreamIds()
+      hub.history.markReady()
+      const fromStream = (offset: number) =>
+        hub.broadcastEvent({ type: "backtest.completed", data: { seq: offset }, id: streamId(offset), fromStream: true })
+      yield* fromStream(10)
+      // Another instance is ahead: its client resumes from an id between offsets 10 and 12 that this one never had.
+      const client = manualConnection(1)
+      yield* hub.register(client.connection, { resuming: true })
+      yield* Effect.flatMap(hub.resume(1, `${streamId(11)}.0000000001`), (resume) => resume.start)
+      yield* fromStream(12)
+      yield* fromStream(13)
+      client.drain()
+      expect(client.seqs()).toEqual([12, 13])
     }).pipe(Effect.provide(TestHub)))
 })
