@@ -279,11 +279,16 @@ export interface HubSettings {
   readonly security: SecuritySettings
   /** Event types (patterns) clients may publish to the exchange with `publish`; empty: client publishing is off. */
   readonly clientPublishTypes: ReadonlyArray<string>
+  /** Fields of an event's data that name its rooms (`run_id` -> room `run_id:<value>`); empty: rooms are off. */
+  readonly roomKeys: ReadonlyArray<string>
   /** Most events kept for clients that resume (`since`). */
   readonly historyMaxEvents: number
   /** Events older than this are dropped from the history. */
   readonly historyMaxAge: Duration.Duration
 }
+
+/** The FreqSearch events' identifiers, each a room a dashboard can follow (one run, one strategy, one job). */
+export const defaultRoomKeys: ReadonlyArray<string> = ["run_id", "strategy_id", "job_id"]
 
 /** Dot-separated non-empty words without whitespace, `*` and `#` only as whole words. */
 const isPatternShape = (pattern: string) =>
@@ -341,6 +346,19 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
             ))
         })
       ),
+      roomKeys: Config.string("ROOM_KEYS").pipe(
+        Config.withDefault(defaultRoomKeys.join(",")),
+        Config.map((keys) => keys.split(",").map((key) => key.trim()).filter((key) => key !== "")),
+        Config.mapOrFail((keys) => {
+          const bad = keys.find((key) => !/^[A-Za-z0-9_.-]{1,64}$/.test(key))
+          return bad === undefined
+            ? Either.right(keys)
+            : Either.left(ConfigError.InvalidData(
+              ["ROOM_KEYS"],
+              `${JSON.stringify(bad)} is not a field name (letters, digits, _ . -, at most 64)`
+            ))
+        })
+      ),
       historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", 10_000),
       historyMaxAge: goDuration("HISTORY_MAX_AGE", "10m")
     }).pipe(
@@ -373,6 +391,7 @@ const defaults: HubSettings = {
   publishMaxBody: 1024 * 1024,
   security: defaultSecurity,
   clientPublishTypes: [],
+  roomKeys: defaultRoomKeys,
   historyMaxEvents: 10_000,
   historyMaxAge: Duration.minutes(10)
 }

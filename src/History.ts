@@ -27,6 +27,8 @@ export interface HistoryEntry {
   readonly type: string
   /** The encoded message, id included: replayed as is. */
   readonly message: Outbound
+  /** The rooms the event belongs to (see `Hub.join`). */
+  readonly rooms: ReadonlyArray<string>
   /** When it was appended (`Date.now()`), for the age limit. */
   readonly at: number
 }

@@ -203,6 +203,22 @@ export interface Resume {
   readonly cancel: Effect.Effect<void>
 }
 
+/** A `join` that would put a client in more than `WS_MAX_SUBSCRIPTIONS` rooms; nothing was changed. */
+export class TooManyRooms extends Data.TaggedError("TooManyRooms")<{
+  readonly limit: number
+  readonly requested: number
+}> {
+  get message() {
+    return `at most ${this.limit} rooms per client; this request would make ${this.requested}`
+  }
+}
+
+const noRooms: ReadonlyArray<string> = []
+
+/** Does an event of `rooms` reach a client in `joined` (none: every room)? */
+const inRooms = (joined: ReadonlySet<string> | undefined, rooms: ReadonlyArray<string>) =>
+  joined === undefined || rooms.some((room) => joined.has(room))
+
 export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
   /**
    * Sends an event to every client subscribed to `type`: the seed's
@@ -244,6 +260,13 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
     id: ClientId,
     patterns: ReadonlyArray<string>
   ) => Effect.Effect<ReadonlyArray<string>, TooManySubscriptions>
+  /**
+   * Puts the client in `rooms` (added to those it is in): from then on it receives only the events of its
+   * rooms (still filtered by its subscription). Returns the rooms it is in now.
+   */
+  readonly join: (id: ClientId, rooms: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>, TooManyRooms>
+  /** Takes the client out of `rooms`; in no room, it receives the events of every room again. */
+  readonly leave: (id: ClientId, rooms: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>>
   /** Fails as `subscribe` would, changing nothing (a resume checks before it stops live events). */
   readonly checkSubscribe: (id: ClientId, patterns: ReadonlyArray<string>) => Effect.Effect<void, TooManySubscriptions>
   /** Removes patterns exactly as written. Returns the subscription now in effect. */
@@ -261,6 +284,18 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
       const history = new History(config.historyMaxEvents, Duration.toMillis(config.historyMaxAge))
       /** The resume under way for each client, if any: a newer one replaces it. */
       const resumes = new Map<ClientId, symbol>()
+      /** The rooms of the clients that joined some (the others receive the events of every room). */
+      const roomsJoined = new Map<Connection, ReadonlySet<string>>()
+      /** The rooms of an event: `<key>:<value>` for each of `ROOM_KEYS` its data has as a string or a number. */
+      const roomsOf = (data: unknown): ReadonlyArray<string> => {
+        if (config.roomKeys.length === 0 || typeof data !== "object" || data === null) return noRooms
+        let rooms: Array<string> | undefined
+        for (const key of config.roomKeys) {
+          const value = (data as Record<string, unknown>)[key]
+          if (typeof value === "string" || typeof value === "number") (rooms ??= []).push(`${key}:${value}`)
+        }
+        return rooms ?? noRooms
+      }
       /** A replay waits for the send buffer to be this empty before the client goes live. */
       const liveBelow = Math.max(1, Math.floor(config.sendBuffer / 2))
 
@@ -282,17 +317,21 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
           // receive it a second time as a live recipient.
           const id = event.id ?? history.nextLocalId()
           const message = Outbound.message(event.type, event.data, new Date(now), id)
+          const rooms = roomsOf(event.data)
           let count = 0
           if (event.live !== false) {
             const recipients = current.recipients(event.type)
+            // Clients in rooms are few, or none: the others cost no look-up.
+            const filtered = roomsJoined.size > 0
             for (const connection of recipients) {
+              if (filtered && !inRooms(roomsJoined.get(connection), rooms)) continue
               if (!connection.offer(message)) connection.kick("slow_consumer")
+              count++
             }
-            count = recipients.size
             metrics.eventBroadcast(event.type, count)
           }
           // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
-          history.append({ id, type: event.type, message, at: Date.now() }, event.fromStream === true)
+          history.append({ id, type: event.type, message, rooms, at: Date.now() }, event.fromStream === true)
           return [count, current]
         })
 
@@ -337,7 +376,7 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
               setCatchingUp(id, false)
               return
             }
-            if (wants(registration, next.type)) {
+            if (wants(registration, next.type) && inRooms(roomsJoined.get(connection), next.rooms)) {
               if (!connection.offer(next.message)) return waitForRoom()
               replayed++
             }
@@ -430,9 +469,32 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
             })),
         authorize: (id, allowed) =>
           Effect.asVoid(updateSubscription(id, (registration) => Either.right({ ...registration, allowed }))),
+        join: (id, rooms) =>
+          Effect.sync(() => {
+            const connection = registrationOf(id)?.connection
+            if (connection === undefined) return Either.right([])
+            const next = new Set([...(roomsJoined.get(connection) ?? []), ...rooms])
+            if (next.size > config.maxSubscriptions) {
+              return Either.left(new TooManyRooms({ limit: config.maxSubscriptions, requested: next.size }))
+            }
+            roomsJoined.set(connection, next)
+            return Either.right([...next])
+          }).pipe(Effect.flatMap((result) => result)),
+        leave: (id, rooms) =>
+          Effect.sync(() => {
+            const connection = registrationOf(id)?.connection
+            const joined = connection === undefined ? undefined : roomsJoined.get(connection)
+            if (connection === undefined || joined === undefined) return []
+            const next = new Set([...joined].filter((room) => !rooms.includes(room)))
+            if (next.size === 0) roomsJoined.delete(connection)
+            else roomsJoined.set(connection, next)
+            return [...next]
+          }),
         unregister: (id) =>
           Ref.update(state, (current) => {
             resumes.delete(id)
+            const registration = HashMap.get(current.clients, id)
+            if (Option.isSome(registration)) roomsJoined.delete(registration.value.connection)
             return current.withRegistration(id, undefined)
           }),
         subscribe: (id, patterns) =>

@@ -100,10 +100,31 @@ export const Publish = Schema.Struct({
 })
 export type Publish = typeof Publish.Type
 
-export const ClientRequest = Schema.Union(Subscribe, Unsubscribe, Authenticate, Publish)
+/** A room: `<key>:<value>`, where `<key>` is one of `ROOM_KEYS` (a field of the events' data). */
+const Rooms = Schema.Array(
+  Schema.String.pipe(Schema.minLength(1), Schema.maxLength(MaxNameLength))
+).annotations({ message: () => ({ message: "must be an array of rooms such as \"run_id:789e0123\"", override: false }) })
+
+/**
+ * `{"action":"join","rooms":["run_id:789e0123"]}`: from now on, receive only the events of these rooms (an event
+ * is in room `run_id:X` when its data has `"run_id": "X"`), still filtered by the subscription. Answered with
+ * `hub.rooms`.
+ */
+export const Join = Schema.Struct({ action: Schema.Literal("join"), rooms: Rooms })
+/** `{"action":"leave","rooms":[...]}`: leaves rooms; a client in no room receives the events of every room. */
+export const Leave = Schema.Struct({ action: Schema.Literal("leave"), rooms: Rooms })
+
+export const ClientRequest = Schema.Union(Subscribe, Unsubscribe, Authenticate, Publish, Join, Leave)
 export type ClientRequest = typeof ClientRequest.Type
 
-export const clientActions: ReadonlyArray<ClientRequest["action"]> = ["subscribe", "unsubscribe", "auth", "publish"]
+export const clientActions: ReadonlyArray<ClientRequest["action"]> = [
+  "subscribe",
+  "unsubscribe",
+  "auth",
+  "publish",
+  "join",
+  "leave"
+]
 
 /** The text frame a browser sends to keep the connection alive; answered with `pong`. */
 export const TextPing = "ping"
@@ -151,7 +172,11 @@ export const ErrorCode = Schema.Literal(
   /** A `publish` of a type that `WS_PUBLISH_TYPES` does not allow (or client publishing is off). */
   "publish_forbidden",
   /** A `publish` the broker did not confirm (unreachable, refused, or too slow): it may not have been delivered. */
-  "publish_failed"
+  "publish_failed",
+  /** A room of a `join` that is not `<key>:<value>` with a key of `ROOM_KEYS` (or rooms are off). */
+  "invalid_room",
+  /** A `join` that would put the client in more than `WS_MAX_SUBSCRIPTIONS` rooms. */
+  "too_many_rooms"
 )
 export type ErrorCode = typeof ErrorCode.Type
 
@@ -173,7 +198,9 @@ export const HubMessageType = {
   /** A resume has sent every missed event: from here on, events are live. `data.replayed` counts them. */
   live: "hub.live",
   /** Reply to `publish`: the broker has confirmed the message; `data.type` is its type (routing key). */
-  published: "hub.published"
+  published: "hub.published",
+  /** Reply to `join` and `leave`: `data.rooms` are the rooms the client is in now (none: every room). */
+  rooms: "hub.rooms"
 } as const
 
 export const SubscriptionData = Schema.Struct({
@@ -322,7 +349,9 @@ const decoders: Record<ClientRequest["action"], (input: unknown) => Either.Eithe
   subscribe: Schema.decodeUnknownEither(Subscribe),
   unsubscribe: Schema.decodeUnknownEither(Unsubscribe),
   auth: Schema.decodeUnknownEither(Authenticate),
-  publish: Schema.decodeUnknownEither(Publish)
+  publish: Schema.decodeUnknownEither(Publish),
+  join: Schema.decodeUnknownEither(Join),
+  leave: Schema.decodeUnknownEither(Leave)
 }
 
 /** One line per problem, each naming the field: `event_types[2]: event type pattern must not be empty`. */

@@ -73,6 +73,10 @@ export class Requests {
           hub.unsubscribe(id, request.right.event_types),
           (now) => this.reply(HubMessageType.unsubscribed, { event_types: now })
         )
+      case "join":
+        return this.join(request.right.rooms)
+      case "leave":
+        return Effect.flatMap(hub.leave(id, request.right.rooms), (now) => this.reply(HubMessageType.rooms, { rooms: now }))
       case "subscribe": {
         const { event_types, since } = request.right
         const refused = this.checkSubscription(event_types)
@@ -152,6 +156,30 @@ export class Requests {
   private tooManySubscriptions(error: TooManySubscriptions): Effect.Effect<void> {
     this.session.limits.refused("too_many_subscriptions")
     return this.refuse({ code: "too_many_subscriptions", message: error.message })
+  }
+
+  /** `{"action":"join"}`: rooms named `<key>:<value>` with a key of `ROOM_KEYS`. */
+  private join(rooms: ReadonlyArray<string>): Effect.Effect<void> {
+    const { config, hub, id } = this.session
+    const bad = rooms.find((room) => {
+      const colon = room.indexOf(":")
+      return colon <= 0 || colon === room.length - 1 || !config.roomKeys.includes(room.slice(0, colon))
+    })
+    if (bad !== undefined) {
+      return this.refuse({
+        code: "invalid_room",
+        message: config.roomKeys.length === 0
+          ? "rooms are not enabled on this hub (ROOM_KEYS)"
+          : `${JSON.stringify(bad.slice(0, 64))} is not a room; rooms are <key>:<value> with a key among ` +
+            config.roomKeys.join(", ")
+      })
+    }
+    return hub.join(id, rooms).pipe(
+      Effect.matchEffect({
+        onFailure: (error) => this.refuse({ code: "too_many_rooms", message: error.message }),
+        onSuccess: (now) => this.reply(HubMessageType.rooms, { rooms: now })
+      })
+    )
   }
 
   /** `{"action":"auth"}`: a new token for this connection, with the same subject. */

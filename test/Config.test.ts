@@ -49,6 +49,8 @@ describe("HubConfig.fromEnv", () => {
       expect(Duration.toMillis(config.shutdownTimeout)).toBe(10_000)
       expect(config.publishToken._tag).toBe("None")
       expect(config.compressionThreshold._tag).toBe("None")
+      expect(config.roomKeys).toEqual(["run_id", "strategy_id", "job_id"])
+      expect((yield* readConfig({ ROOM_KEYS: "" })).roomKeys).toEqual([])
     }))
 
   it.effect("WS_COMPRESSION_THRESHOLD turns compression on", () =>
@@ -77,7 +79,8 @@ describe("HubConfig.fromEnv", () => {
     ["WS_COMPRESSION_THRESHOLD", "yes"],
     ["WS_COMPRESSION_THRESHOLD", "0"],
     ["WS_PUBLISH_TYPES", "command.#,back*"],
-    ["WS_PUBLISH_TYPES", "a..b"]
+    ["WS_PUBLISH_TYPES", "a..b"],
+    ["ROOM_KEYS", "run id"]
   ])("a bad %s names the variable", ([name, value]) =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(readConfig({ [name]: value }))

@@ -11,6 +11,7 @@ const entry = (history: History, at: number, id = history.nextLocalId()) => ({
   id,
   type: "backtest.completed",
   message: Outbound.text(id),
+  rooms: [],
   at
 })
 

@@ -335,3 +335,64 @@ layer(hubLayer(), { excludeTestServices: true })("no compression by default", (i
       expect(client.ws.extensions).toBe("")
     }))
 })
+
+layer(hubLayer({ maxSubscriptions: 3 }), { excludeTestServices: true })("rooms", (it) => {
+  it.scoped("a client in rooms receives only their events; leaving every room brings back every event", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const follower = yield* connect()
+      const everyone = yield* connect()
+      const joined = yield* promise(() =>
+        follower.request({ action: "join", rooms: ["run_id:r1", "strategy_id:s9"] }, "hub.rooms")
+      )
+      expect(joined.data.rooms).toEqual(["run_id:r1", "strategy_id:s9"])
+      yield* hub.broadcast("optimization.iteration.completed", { run_id: "r1", n: 1 })
+      yield* hub.broadcast("optimization.iteration.completed", { run_id: "r2", n: 2 })
+      yield* hub.broadcast("backtest.completed", { job_id: "j", strategy_id: "s9", n: 3 })
+      yield* hub.broadcast("agent.status.changed", { n: 4 })
+      yield* promise(() => everyone.until(() => everyone.events.length === 4, "every event"))
+      yield* promise(() => follower.until(() => follower.events.length === 2, "the events of its rooms"))
+      const left = yield* promise(() =>
+        follower.request({ action: "leave", rooms: ["run_id:r1", "strategy_id:s9"] }, "hub.rooms")
+      )
+      expect(left.data.rooms).toEqual([])
+      yield* hub.broadcast("agent.status.changed", { n: 5 })
+      yield* promise(() => follower.until(() => follower.events.length === 3, "the event after leaving"))
+      expect(follower.events.map((event) => event.data.n)).toEqual([1, 3, 5])
+    }))
+
+  it.scoped("refuses rooms that are not <key>:<value> with a key of ROOM_KEYS, and more than the limit", () =>
+    Effect.gen(function*() {
+      const client = yield* connect()
+      for (const room of ["r1", "run_id:", ":r1", "user_id:u1"]) {
+        const refused = yield* promise(() => client.request({ action: "join", rooms: [room] }, "hub.error"))
+        expect(refused.data.code).toBe("invalid_room")
+      }
+      const tooMany = yield* promise(() =>
+        client.request({ action: "join", rooms: ["run_id:1", "run_id:2", "run_id:3", "run_id:4"] }, "hub.error")
+      )
+      expect(tooMany.data.code).toBe("too_many_rooms")
+      // Nothing was joined: the client still receives every event.
+      const hub = yield* Hub
+      yield* hub.broadcast("agent.status.changed", { n: 1 })
+      yield* promise(() => client.until(() => client.events.length === 1, "the event"))
+    }))
+
+  it.scoped("a resume replays only the events of the client's rooms", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      yield* hub.broadcast("optimization.new_best", { run_id: "r0", n: 0 })
+      yield* promise(() => client.until(() => client.events.length === 1, "the first event"))
+      const since = client.events[0]!.id as string
+      client.close()
+      yield* hub.broadcast("optimization.new_best", { run_id: "r1", n: 1 })
+      yield* hub.broadcast("optimization.new_best", { run_id: "r2", n: 2 })
+      yield* hub.broadcast("optimization.new_best", { run_id: "r1", n: 3 })
+      const back = yield* connect()
+      yield* promise(() => back.request({ action: "join", rooms: ["run_id:r1"] }, "hub.rooms"))
+      yield* promise(() => back.request({ action: "subscribe", event_types: ["#"], since }, "hub.subscribed"))
+      yield* promise(() => back.until(() => back.messages.some((message) => message.type === "hub.live"), "hub.live"))
+      expect(back.events.map((event) => event.data.n)).toEqual([1, 3])
+    }))
+})
