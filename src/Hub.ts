@@ -477,7 +477,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
             if (next.size > config.maxSubscriptions) {
               return Either.left(new TooManyRooms({ limit: config.maxSubscriptions, requested: next.size }))
             }
-            roomsJoined.set(connection, next)
+            // In no room (an empty `join`), the client has no room filter: it receives the events of every room.
+            if (next.size > 0) roomsJoined.set(connection, next)
             return Either.right([...next])
           }).pipe(Effect.flatMap((result) => result)),
         leave: (id, rooms) =>

@@ -372,6 +372,9 @@ layer(hubLayer({ maxSubscriptions: 3 }), { excludeTestServices: true })("rooms",
         client.request({ action: "join", rooms: ["run_id:1", "run_id:2", "run_id:3", "run_id:4"] }, "hub.error")
       )
       expect(tooMany.data.code).toBe("too_many_rooms")
+      // Joining no room sets no room filter.
+      const none = yield* promise(() => client.request({ action: "join", rooms: [] }, "hub.rooms"))
+      expect(none.data.rooms).toEqual([])
       // Nothing was joined: the client still receives every event.
       const hub = yield* Hub
       yield* hub.broadcast("agent.status.changed", { n: 1 })

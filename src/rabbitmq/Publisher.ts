@@ -84,10 +84,13 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
       yield* Effect.addFinalizer(() => connection === undefined ? Effect.void : closing(() => connection!.close()))
 
       return Publisher.of({
-        publish: (routingKey, body) =>
-          Effect.tryPromise({
+        publish: (routingKey, body) => {
+          // A timeout before the message went out (no connection yet) means it was not published at all.
+          let sent = false
+          return Effect.tryPromise({
             try: async () => {
               const confirm = await open()
+              sent = true
               await new Promise<void>((resolve, reject) => {
                 // amqplib calls back once the broker confirms (or rejects) the message, or the channel closes.
                 confirm.publish(config.exchange, routingKey, body, {
@@ -98,8 +101,15 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
             },
             catch: (cause) => new PublishError({ reason: "Unavailable", cause })
           }).pipe(
-            Effect.timeoutFail({ duration: publishTimeout, onTimeout: () => new PublishError({ reason: "Timeout" }) })
+            Effect.timeoutFail({
+              duration: publishTimeout,
+              onTimeout: () =>
+                new PublishError(
+                  sent ? { reason: "Timeout" } : { reason: "Unavailable", cause: new Error("no connection in time") }
+                )
+            })
           )
+        }
       })
     })
   )
