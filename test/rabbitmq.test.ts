@@ -3,21 +3,24 @@
  * declares its own exchange and queue and deletes them afterwards.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
+import { Chunk, Duration, Effect, Either, Option, Redacted, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
-import { defaultEventTypeMap, RabbitMqConfig, type RabbitMqSettings } from "../src/Config.js"
+import { defaultEventTypeMap } from "../src/Config.js"
 import { Health } from "../src/Health.js"
 import { HubMetrics } from "../src/Metrics.js"
 import * as RabbitMqSource from "../src/rabbitmq/Source.js"
 import {
   broker,
   type Broker,
+  consuming,
+  hubWithSource,
+  range,
+  seqs,
   brokerUrl,
   connect,
   eventually,
   freePort,
-  hubLayer,
   promise,
   rabbitmqctl,
   ServiceProcess,
@@ -25,21 +28,6 @@ import {
   TestClient,
   uniqueNames
 } from "./support.js"
-
-/** The hub with its RabbitMQ source, with short reconnection delays. */
-const hubWithSource = (rabbit: Partial<RabbitMqSettings>) =>
-  RabbitMqSource.layer.pipe(
-    Layer.provide(RabbitMqConfig.layer({
-      url: Option.some(Redacted.make(brokerUrl)),
-      reconnectDelay: Duration.millis(100),
-      maxReconnectWait: Duration.millis(500),
-      ...rabbit
-    })),
-    Layer.provideMerge(hubLayer())
-  )
-
-const consuming = Effect.flatMap(Health, (health) =>
-  eventually(health.report, (report) => report.checks.rabbitmq?.status === "up"))
 
 const rabbitCounter = (name: string) =>
   Effect.map(Effect.flatMap(HubMetrics, (metrics) => metrics.snapshot), (s) => s.sources.rabbitmq?.[name] ?? 0)
@@ -62,8 +50,6 @@ const publishAll = (publisher: Broker, exchange: string, from: number, to: numbe
     }
   })
 
-const seqs = (client: TestClient) => client.events.map((event) => event.data.seq as number)
-const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i)
 
 describe("toEvent", () => {
   it.each([

@@ -6,15 +6,16 @@
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Layer, Option, Redacted } from "effect"
-import { RabbitMqConfig, type RabbitMqSettings } from "../src/Config.js"
-import { type HubSettings } from "../src/Config.js"
 import { Health } from "../src/Health.js"
 import { Hub } from "../src/Hub.js"
 import { HubMetrics } from "../src/Metrics.js"
-import * as RabbitMqSource from "../src/rabbitmq/Source.js"
 import {
   broker,
   type Broker,
+  consuming,
+  hubWithSource,
+  range,
+  seqs,
   brokerUrl,
   eventually,
   freePort,
@@ -29,8 +30,6 @@ import {
   wsUrl
 } from "./support.js"
 
-const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i)
-const seqs = (client: TestClient) => client.events.map((event) => event.data.seq as number)
 const lastSeq = (client: TestClient) => seqs(client).at(-1)
 const types = (client: TestClient) => client.messages.map((message) => message.type)
 
@@ -215,22 +214,6 @@ layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30) }), { exclude
 // ---------------------------------------------------------------------------
 // With RabbitMQ
 // ---------------------------------------------------------------------------
-
-/** The hub with its RabbitMQ source. */
-const hubWithSource = (rabbit: Partial<RabbitMqSettings>, hub: Partial<HubSettings> = {}) =>
-  RabbitMqSource.layer.pipe(
-    Layer.provide(RabbitMqConfig.layer({
-      url: Option.some(Redacted.make(brokerUrl)),
-      reconnectDelay: Duration.millis(100),
-      maxReconnectWait: Duration.millis(500),
-      ...rabbit
-    })),
-    Layer.provideMerge(hubLayer({ sendBuffer: 256, ...hub }))
-  )
-
-/** The source is consuming (in stream mode: and has refilled its history). */
-const consuming = Effect.flatMap(Health, (health) =>
-  eventually(health.report, (report) => report.checks.rabbitmq?.status === "up"))
 
 /** A test's own exchange, queue and stream, deleted when the test ends. */
 const testNames = (publisher: Broker) => {

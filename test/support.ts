@@ -3,15 +3,24 @@
  * what they receive and let a test wait for a condition (never for a time).
  */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
-import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
+import { Duration, Effect, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
 import * as amqp from "amqplib"
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import { connect as connectTcp, createServer, type Server, type Socket } from "node:net"
 import { WebSocket, type ClientOptions } from "ws"
-import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } from "../src/Config.js"
+import {
+  defaultSecurity,
+  HubConfig,
+  type HubSettings,
+  RabbitMqConfig,
+  type RabbitMqSettings,
+  type SecuritySettings
+} from "../src/Config.js"
+import { Health } from "../src/Health.js"
 import * as HttpServer from "../src/http/Server.js"
 import * as WebSocketServer from "../src/http/WebSocketServer.js"
 import * as Hub from "../src/Hub.js"
+import * as RabbitMqSource from "../src/rabbitmq/Source.js"
 
 /**
  * Security settings for tests: the defaults with the limits lifted that every
@@ -359,3 +368,24 @@ export const tcpProxy = Effect.acquireRelease(
   Effect.promise(() => TcpProxy.start()),
   (proxy) => Effect.promise(() => proxy.cut())
 )
+
+/** The hub with its RabbitMQ source on the test broker, with short reconnection delays. */
+export const hubWithSource = (rabbit: Partial<RabbitMqSettings>, hub: Partial<HubSettings> = {}) =>
+  RabbitMqSource.layer.pipe(
+    Layer.provide(RabbitMqConfig.layer({
+      url: Option.some(Redacted.make(brokerUrl)),
+      reconnectDelay: Duration.millis(100),
+      maxReconnectWait: Duration.millis(500),
+      ...rabbit
+    })),
+    Layer.provideMerge(hubLayer(hub))
+  )
+
+/** The source is consuming (in stream mode: and has refilled its history). */
+export const consuming = Effect.flatMap(Health, (health) =>
+  eventually(health.report, (report) => report.checks.rabbitmq?.status === "up"))
+
+export const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i)
+
+/** The `seq` each event received carries in its data. */
+export const seqs = (client: TestClient) => client.events.map((event) => event.data.seq as number)
