@@ -1,0 +1,90 @@
+/**
+ * The outbox's write scheduling, with sockets that only record what they are
+ * given (the real sockets are in websocket.test.ts): each socket receives its
+ * messages in order, in batches, and a flush that takes long lets new
+ * messages join the outboxes it has not reached yet.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import type { Duplex } from "node:stream"
+import { WebSocket } from "ws"
+import { Outbox } from "../src/Outbox.js"
+import { Outbound } from "../src/Protocol.js"
+
+/** A socket that records each write it is given as a batch of frames; each write takes `writeMicros`. */
+const recordingSocket = (writeMicros: number) => {
+  const batches: Array<Array<string>> = []
+  let corked: Array<string> | undefined
+  const busy = () => {
+    const until = performance.now() + writeMicros / 1000
+    while (performance.now() < until) {
+      // a slow write
+    }
+  }
+  const socket = {
+    cork: () => {
+      corked = []
+    },
+    uncork: () => {
+      busy()
+      batches.push(corked!)
+      corked = undefined
+    },
+    write: (frame: Buffer) => {
+      const text = frame.subarray(2).toString()
+      if (corked !== undefined) corked.push(text)
+      else {
+        busy()
+        batches.push([text])
+      }
+      return true
+    },
+    once: () => socket
+  }
+  const ws = { extensions: "", readyState: WebSocket.OPEN }
+  return { batches, socket: socket as unknown as Duplex, ws: ws as unknown as WebSocket }
+}
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
+
+const until = async (condition: () => boolean) => {
+  while (!condition()) await nextTurn()
+}
+
+describe("Outbox", () => {
+  it("writes each outbox's queued messages in one batch, in order, on the next turn of the event loop", async () => {
+    const { batches, socket, ws } = recordingSocket(0)
+    let written = 0
+    const outbox = new Outbox(ws, socket, 10, (count) => (written += count))
+    for (const text of ["a", "b", "c"]) expect(outbox.offer(Outbound.text(text))).toBe(true)
+    expect(batches).toEqual([])
+    await until(() => written === 3)
+    expect(batches).toEqual([["a", "b", "c"]])
+    expect(outbox.size).toBe(0)
+  })
+
+  it("refuses a message once its capacity is queued", () => {
+    const { socket, ws } = recordingSocket(0)
+    const outbox = new Outbox(ws, socket, 2, () => undefined)
+    expect([outbox.offer(Outbound.text("a")), outbox.offer(Outbound.text("b")), outbox.offer(Outbound.text("c"))])
+      .toEqual([true, true, false])
+  })
+
+  it("a message queued during a long flush joins the outboxes not yet written; every socket keeps its order", async () => {
+    // 300 sockets whose writes take 50 us: one pass takes at least 15 ms, far more than one slice (1 ms).
+    const sockets = Array.from({ length: 300 }, () => recordingSocket(50))
+    let written = 0
+    const outboxes = sockets.map(({ socket, ws }) => new Outbox(ws, socket, 10, (count) => (written += count)))
+    for (const outbox of outboxes) outbox.offer(Outbound.text("first"))
+    // The first slice has run (its setImmediate was scheduled before this one) and the pass is not over.
+    await nextTurn()
+    expect(sockets[0]!.batches).toEqual([["first"]])
+    expect(sockets[299]!.batches).toEqual([])
+    for (const outbox of outboxes) outbox.offer(Outbound.text("second"))
+    await until(() => written === 600)
+
+    for (const { batches } of sockets) expect(batches.flat()).toEqual(["first", "second"])
+    // Those reached before "second" was queued wrote twice; the others wrote both messages at once.
+    expect(sockets[0]!.batches).toEqual([["first"], ["second"]])
+    expect(sockets[299]!.batches).toEqual([["first", "second"]])
+  })
+})
