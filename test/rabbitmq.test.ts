@@ -3,17 +3,19 @@
  * declares its own exchange and queue and deletes them afterwards.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Either, Option, Redacted, Schedule } from "effect"
+import { Chunk, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
-import { defaultEventTypeMap } from "../src/Config.js"
+import { defaultEventTypeMap, RabbitMqConfig } from "../src/Config.js"
 import { Health } from "../src/Health.js"
+import { Hub } from "../src/Hub.js"
 import { HubMetrics } from "../src/Metrics.js"
 import * as RabbitMqSource from "../src/rabbitmq/Source.js"
 import {
   broker,
   type Broker,
   consuming,
+  hubLayer,
   hubWithSource,
   range,
   seqs,
@@ -137,6 +139,46 @@ describe("RabbitMQ source", () => {
         ])
         expect(yield* rabbitCounter("events_consumed")).toBe(5)
       }).pipe(Effect.provide(hubWithSource(names)))
+    }))
+
+  it.scopedLive("a defect while handling a delivery ends the session; the event comes again and arrives once", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      // The hub's first broadcast dies (a bug); the others work.
+      let died = 0
+      const dyingOnce = Layer.effect(
+        Hub,
+        Effect.map(Hub, (hub) =>
+          Hub.of({
+            ...hub,
+            broadcast: (type, data) =>
+              died > 0 ? hub.broadcast(type, data) : Effect.suspend(() => {
+                died++
+                return Effect.die(new Error("a bug"))
+              })
+          }))
+      )
+      const layer = RabbitMqSource.layer.pipe(
+        Layer.provide(RabbitMqConfig.layer({
+          url: Option.some(Redacted.make(brokerUrl)),
+          reconnectDelay: Duration.millis(100),
+          maxReconnectWait: Duration.millis(500),
+          ...names
+        })),
+        Layer.provide(dyingOnce),
+        Layer.provideMerge(hubLayer())
+      )
+      yield* Effect.gen(function*() {
+        yield* consuming
+        const client = yield* connect()
+        yield* publishAll(publisher, names.exchange, 0, 3)
+        yield* promise(() => client.until(() => client.events.length >= 3, "3 events"))
+        expect(died).toBe(1)
+        expect(seqs(client)).toEqual([0, 1, 2])
+        expect(yield* rabbitCounter("reconnects")).toBeGreaterThanOrEqual(1)
+        expect((yield* promise(() => publisher.channel.checkQueue(names.queue))).messageCount).toBe(0)
+      }).pipe(Effect.provide(layer))
     }))
 
   it.scopedLive("1,000 events reach each client exactly once, in order", () =>
