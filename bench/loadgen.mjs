@@ -50,17 +50,26 @@ const connectOne = (url, index, patterns, localAddress) =>
 /**
  * A client that completes the handshake and then only drains its socket, without parsing frames, so that the
  * load generator (on the same 2 cores as the server) does not limit what it measures. Its socket is read into
- * one shared buffer (`onread`, no allocation per read) and only every `drainEveryMs`: between two drains the
- * bytes wait in the kernel's receive buffer (a few KB at 300 events/s, far below its 128 KB), which the server
- * cannot tell from a client reading at once. Reading each socket on every event instead costs one read per
- * client and event: 300,000 reads a second at 300 events/s and 1,000 clients, more than a core.
+ * one shared buffer (`onread`, no allocation per read) and only every `DRAIN_EVERY_MS` (100 ms by default):
+ * between two drains the bytes wait in the kernel's receive buffer (about 14 KB at 300 events/s, far below its
+ * 128 KB), which the server cannot tell from a client reading at once. The drains are spread: every
+ * `drainSliceMs` one slice of the sockets is read, so that the load generator never takes the CPU for long in one
+ * go. Reading each socket on every event instead costs one read per client and event: 300,000 reads a second at
+ * 300 events/s and 1,000 clients, more than a core.
  */
-const drainEveryMs = 25
+const drainEveryMs = Number(process.env.DRAIN_EVERY_MS ?? 100)
+const drainSliceMs = Math.min(10, drainEveryMs)
 const drainBuffer = Buffer.alloc(256 * 1024)
 const draining = new Set()
 let drainTimer = null
-const drainAll = () => {
-  for (const socket of draining) socket.resume()
+let drainTick = 0
+const drainSlice = () => {
+  const slices = Math.max(1, Math.round(drainEveryMs / drainSliceMs))
+  const slice = drainTick++ % slices
+  let index = 0
+  for (const socket of draining) {
+    if (index++ % slices === slice) socket.resume()
+  }
 }
 
 const connectDrainOnly = (url, localAddress) =>
@@ -97,7 +106,7 @@ const connectDrainOnly = (url, localAddress) =>
         `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n\r\n`
     )
     draining.add(socket)
-    drainTimer ??= setInterval(drainAll, drainEveryMs)
+    drainTimer ??= setInterval(drainSlice, drainSliceMs)
   })
 
 const handlers = {

@@ -81,6 +81,19 @@ const cpuMicros = (pid) => {
   }
   return nanos / 1000
 }
+/** The RabbitMQ server's process (Erlang's beam.smp) when it runs on this machine: its CPU is reported too. */
+const brokerPid = () => {
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, "latin1").includes("rabbit")
+        && readFileSync(`/proc/${entry}/comm`, "latin1").startsWith("beam")) return Number(entry)
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return undefined
+}
 const rssBytes = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024
 
 const waitFor = async (what, check, timeoutMs = 30_000) => {
@@ -385,7 +398,9 @@ const latency = async (rate, slowFraction, kind = "hub") => {
     await publishFor(options.quick ? 0.5 : 1) // warm-up
     await new Promise((resolve) => setTimeout(resolve, 200))
     await sampler.call("latencyStart")
+    const broker = brokerPid()
     const cpu0 = { server: cpuMicros(server.pid), sampler: cpuMicros(sampler.pid), drainer: cpuMicros(drainer.pid) }
+    if (broker !== undefined) cpu0.broker = cpuMicros(broker)
     const t0 = performance.now()
     await publishFor(options.duration)
     await new Promise((resolve) => setTimeout(resolve, 300))
@@ -393,6 +408,7 @@ const latency = async (rate, slowFraction, kind = "hub") => {
     // Share of one core each process used while the latency was measured.
     const load = (name, pid) => (cpuMicros(pid) - cpu0[name]) / 1e6 / seconds
     const cores = { server: load("server", server.pid), sampler: load("sampler", sampler.pid), drainer: load("drainer", drainer.pid) }
+    if (broker !== undefined) cores.broker = load("broker", broker)
     const result = await sampler.call("latencyStop")
     // How many slow consumers the hub had disconnected by the end (send buffer full, or a write stuck too long).
     const disconnected = kind === "hub"
@@ -473,7 +489,7 @@ const main = async () => {
       rows.push([
         `latency ${run.server} ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
         `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
-        `max ${fmt(run.max)} ms, sampler lag p99 ${fmt(run.lag_p99_ms)} ms, CPU server ${fmt(run.cores.server)} sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}`,
+        `max ${fmt(run.max)} ms, sampler lag p99 ${fmt(run.lag_p99_ms)} ms, CPU server ${fmt(run.cores.server)} sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}${run.cores.broker === undefined ? "" : ` broker ${fmt(run.cores.broker)}`}`,
         run.slow_fraction > 0
           ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow${run.kicked === undefined ? "" : `, ${run.kicked} slow kicked`}`
           : ""
