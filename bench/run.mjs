@@ -41,7 +41,10 @@ const options = {
   idleClients: Number(flag("idle-clients", quick ? 2000 : 10000)),
   latencyClients: Number(flag("latency-clients", quick ? 500 : 1000)),
   rates: flag("rates", "100,300").split(",").map(Number),
-  duration: Number(flag("duration", quick ? 1.5 : 10)),
+  duration: Number(flag("duration", quick ? 1.5 : 5)),
+  // Latency figures move from run to run on a shared 2-core machine: each configuration runs this many times, in
+  // turn with the others, and the table shows the median run.
+  repeat: Number(flag("repeat", quick ? 1 : 3)),
   slowFraction: Number(flag("slow-fraction", 0.1)),
   profile: argv.includes("--profile"),
   fanoutKinds: flag("fanout-servers", "ws-send,ws-frame,ws-corked,hub").split(","),
@@ -425,6 +428,44 @@ const latency = async (rate, slowFraction, kind = "hub") => {
   }
 }
 
+/**
+ * One summary per configuration (server, rate, slow fraction) over its repeated runs: the median of each figure
+ * (p50, p99, CPU), the worst max, and the range of the p99s.
+ */
+const summariseLatency = (runs) => {
+  const median = (values) => {
+    const sorted = [...values].sort((a, b) => a - b)
+    return sorted[Math.floor((sorted.length - 1) / 2)]
+  }
+  const groups = new Map()
+  for (const run of runs) {
+    const key = `${run.server} ${run.rate} ${run.slow_fraction}`
+    groups.set(key, [...(groups.get(key) ?? []), run])
+  }
+  return [...groups.values()].map((group) => {
+    const [first] = group
+    const cores = Object.fromEntries(Object.keys(first.cores).map((name) => [name, median(group.map((run) => run.cores[name]))]))
+    return {
+      server: first.server,
+      rate: first.rate,
+      slow_fraction: first.slow_fraction,
+      clients: first.clients,
+      runs: group.length,
+      samples: group.reduce((sum, run) => sum + run.samples, 0),
+      p50: median(group.map((run) => run.p50)),
+      p99: median(group.map((run) => run.p99)),
+      p99_min: Math.min(...group.map((run) => run.p99)),
+      p99_max: Math.max(...group.map((run) => run.p99)),
+      max: Math.max(...group.map((run) => run.max)),
+      lag_p99_ms: median(group.map((run) => run.lag_p99_ms)),
+      cores,
+      // Every client receives every event (the slow ones too, until their socket refuses more).
+      cpu_us_per_delivery: (cores.server * 1e6) / (first.rate * first.clients),
+      kicked: first.kicked === undefined ? undefined : median(group.map((run) => run.kicked))
+    }
+  })
+}
+
 // ---------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------
@@ -447,7 +488,8 @@ const main = async () => {
         `fan-out ${kind}`,
         `${fmt(runs[kind].cpu_us_per_delivery, 3)} us/delivery`,
         `${fmt(runs[kind].deliveries_per_second / 1e6, 2)} M deliveries/s`,
-        `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"]?.cpu_us_per_delivery, 2)}x send loop`
+        `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"]?.cpu_us_per_delivery, 2)}x send loop` +
+          (runs[kind].complete ? "" : ` INCOMPLETE: ${runs[kind].deliveries} deliveries`)
       ])
     }
   }
@@ -458,7 +500,8 @@ const main = async () => {
       `filtered hub (${run.clients} clients)`,
       `${fmt(run.cpu_us_per_delivery, 3)} us/delivery`,
       `${fmt(run.cpu_us_per_event, 1)} us/event (${fmt(run.recipients_per_event, 0)} recipients)`,
-      `${fmt(run.cpu_us_per_event_without_recipients, 1)} us/event with 0 recipients`
+      `${fmt(run.cpu_us_per_event_without_recipients, 1)} us/event with 0 recipients` +
+        (run.complete ? "" : ` INCOMPLETE: ${run.deliveries} deliveries`)
     ])
   }
   if (options.scenarios.includes("idle")) {
@@ -477,19 +520,27 @@ const main = async () => {
   if (options.scenarios.includes("latency")) {
     const runs = []
     for (const rate of options.rates) {
-      runs.push(await latency(rate, 0, "ws-corked"))
-      // The floor with slow consumers too (full runs): what paused sockets cost the kernel, whatever the server.
-      if (!options.quick) runs.push(await latency(rate, options.slowFraction, "ws-corked"))
-      runs.push(await latency(rate, 0))
-      runs.push(await latency(rate, options.slowFraction))
+      for (let round = 1; round <= options.repeat; round++) {
+        if (options.repeat > 1) progress(`latency at ${rate}/s: round ${round} of ${options.repeat}`)
+        runs.push(await latency(rate, 0, "ws-corked"))
+        // The floor with slow consumers too (full runs): what paused sockets cost the kernel, whatever the server.
+        if (!options.quick) runs.push(await latency(rate, options.slowFraction, "ws-corked"))
+        runs.push(await latency(rate, 0))
+        runs.push(await latency(rate, options.slowFraction))
+      }
     }
-    report.scenarios.latency = runs
-    for (const run of runs) {
-      const healthy = runs.find((r) => r.server === run.server && r.rate === run.rate && r.slow_fraction === 0)
+    const summaries = summariseLatency(runs)
+    report.scenarios.latency = summaries
+    report.scenarios.latency_runs = runs
+    for (const run of summaries) {
+      const healthy = summaries.find((r) => r.server === run.server && r.rate === run.rate && r.slow_fraction === 0)
+      const spread = run.runs > 1 ? ` (${fmt(run.p99_min)}-${fmt(run.p99_max)})` : ""
       rows.push([
         `latency ${run.server} ${run.rate}/s${run.slow_fraction > 0 ? ` ${run.slow_fraction * 100}% slow` : ""}`,
-        `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms`,
-        `max ${fmt(run.max)} ms, sampler lag p99 ${fmt(run.lag_p99_ms)} ms, CPU server ${fmt(run.cores.server)} sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}${run.cores.broker === undefined ? "" : ` broker ${fmt(run.cores.broker)}`}`,
+        `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms${spread}`,
+        `max ${fmt(run.max)} ms, ${fmt(run.cpu_us_per_delivery, 1)} us CPU/delivery, CPU server ${fmt(run.cores.server)} ` +
+          `sampler ${fmt(run.cores.sampler)} drain ${fmt(run.cores.drainer)}` +
+          `${run.cores.broker === undefined ? "" : ` broker ${fmt(run.cores.broker)}`}, sampler lag p99 ${fmt(run.lag_p99_ms)} ms`,
         run.slow_fraction > 0
           ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow${run.kicked === undefined ? "" : `, ${run.kicked} slow kicked`}`
           : ""

@@ -10,9 +10,10 @@
  * (`setImmediate` between two slices). Between two slices the event loop
  * takes in new events: an outbox not yet written in this pass writes the new
  * frames together with the older ones, so an event waits at most for one pass
- * over the clients, never for a whole pass to end first, and a busy hub makes
- * fewer, larger writes. Each socket still has exactly one writer, and the
- * order of its messages is the order they were queued in.
+ * over the clients, never for a whole pass to end first. When the hub falls
+ * behind (see `behind`), a pass runs to its end before new events come in.
+ * Each socket still has exactly one writer, and the order of its messages is
+ * the order they were queued in.
  *
  * Backpressure is explicit: while the socket's own buffer is above its
  * high-water mark the outbox stops writing and keeps queueing, up to its
@@ -28,6 +29,16 @@ import type { Outbound } from "./Protocol.js"
 let dirty: Array<Outbox> = []
 let next = 0
 let flushScheduled = false
+/**
+ * Set when a message is queued for a client whose socket takes data but whose outbox already holds many
+ * (`behindAt`): the hub itself is behind (events come faster than it writes them, or in bursts), not that
+ * client. The flush then finishes its pass before the event loop takes in more events, as a flush without
+ * slices would: a fast client is never disconnected for the hub's own slowness (new events wait in RabbitMQ or
+ * in the publisher's request), and a burst is written in few large writes.
+ */
+let behind = false
+/** `behindAt` for the default `WS_SEND_BUFFER` (256); at most half of a smaller one. */
+const behindAtMost = 32
 
 /** How long one slice of a flush may write before the event loop runs again. */
 const sliceMillis = 1
@@ -40,7 +51,7 @@ const flushSlice = () => {
   while (next < dirty.length) {
     dirty[next++].flush()
     // Reading the clock costs far less than a write; every 16 writes is often enough.
-    if ((next & 15) === 0 && performance.now() >= deadline) break
+    if ((next & 15) === 0 && !behind && performance.now() >= deadline) break
   }
   if (next < dirty.length) {
     // Forget the written part once it is most of the array, so that a flush that never ends does not grow it.
@@ -54,6 +65,7 @@ const flushSlice = () => {
   dirty.length = 0
   next = 0
   flushScheduled = false
+  behind = false
 }
 
 export class Outbox {
@@ -65,6 +77,7 @@ export class Outbox {
    * Extensions are settled by the handshake, before the outbox exists (`ws.extensions` builds a string per call).
    */
   readonly #compressed: boolean
+  readonly #behindAt: number
   /** Since when the socket has refused more data (`Date.now()`), or `undefined`. */
   blockedSince: number | undefined
 
@@ -76,6 +89,7 @@ export class Outbox {
     readonly onWritten: (count: number) => void
   ) {
     this.#compressed = ws.extensions.includes("permessage-deflate")
+    this.#behindAt = Math.max(1, Math.min(behindAtMost, Math.floor(capacity / 2)))
   }
 
   get size(): number {
@@ -84,7 +98,9 @@ export class Outbox {
 
   /** Queues a message; `false` (and nothing queued) when the buffer is full. Never blocks. */
   offer(message: Outbound): boolean {
-    if (this.#pending.length >= this.capacity) return false
+    const queued = this.#pending.length
+    if (queued >= this.capacity) return false
+    if (queued >= this.#behindAt && this.blockedSince === undefined) behind = true
     this.#pending.push(message)
     this.#schedule()
     return true

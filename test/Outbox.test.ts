@@ -62,11 +62,14 @@ describe("Outbox", () => {
     expect(outbox.size).toBe(0)
   })
 
-  it("refuses a message once its capacity is queued", () => {
+  it("refuses a message once its capacity is queued", async () => {
     const { socket, ws } = recordingSocket(0)
-    const outbox = new Outbox(ws, socket, 2, () => undefined)
+    let written = 0
+    const outbox = new Outbox(ws, socket, 2, (count) => (written += count))
     expect([outbox.offer(Outbound.text("a")), outbox.offer(Outbound.text("b")), outbox.offer(Outbound.text("c"))])
       .toEqual([true, true, false])
+    // The flush is shared by every outbox: let it end before the next test.
+    await until(() => written === 2)
   })
 
   it("a message queued during a long flush joins the outboxes not yet written; every socket keeps its order", async () => {
@@ -86,5 +89,16 @@ describe("Outbox", () => {
     // Those reached before "second" was queued wrote twice; the others wrote both messages at once.
     expect(sockets[0]!.batches).toEqual([["first"], ["second"]])
     expect(sockets[299]!.batches).toEqual([["first", "second"]])
+  })
+
+  it("once a client that reads has many messages waiting (the hub is behind), the flush ends its pass before new events come in", async () => {
+    const sockets = Array.from({ length: 300 }, () => recordingSocket(50))
+    let written = 0
+    const outboxes = sockets.map(({ socket, ws }) => new Outbox(ws, socket, 256, (count) => (written += count)))
+    // A burst of 40 events: more than the 32 at which an outbox that reads counts as behind.
+    for (let i = 0; i < 40; i++) for (const outbox of outboxes) outbox.offer(Outbound.text(`${i}`))
+    await nextTurn()
+    expect(written).toBe(300 * 40)
+    for (const { batches } of sockets) expect(batches).toEqual([Array.from({ length: 40 }, (_, i) => `${i}`)])
   })
 })
