@@ -489,6 +489,9 @@ const main = async () => {
         `${fmt(runs[kind].cpu_us_per_delivery, 3)} us/delivery`,
         `${fmt(runs[kind].deliveries_per_second / 1e6, 2)} M deliveries/s`,
         `${fmt(runs[kind].cpu_us_per_delivery / runs["ws-send"]?.cpu_us_per_delivery, 2)}x send loop` +
+          (kind === "ws-frame" || runs["ws-frame"] === undefined
+            ? ""
+            : `, ${fmt(runs[kind].cpu_us_per_delivery / runs["ws-frame"].cpu_us_per_delivery, 2)}x frame per socket`) +
           (runs[kind].complete ? "" : ` INCOMPLETE: ${runs[kind].deliveries} deliveries`)
       ])
     }
