@@ -48,11 +48,19 @@ const noWaiters: Array<() => void> = []
 
 const flushSlice = () => {
   const deadline = performance.now() + sliceMillis
-  while (next < dirty.length) {
-    dirty[next++].flush()
-    // Reading the clock costs far less than a write; every 16 writes is often enough.
-    if ((next & 15) === 0 && !behind && performance.now() >= deadline) break
+  try {
+    while (next < dirty.length) {
+      dirty[next++].flush()
+      // Reading the clock costs far less than a write; every 16 writes is often enough.
+      if ((next & 15) === 0 && !behind && performance.now() >= deadline) break
+    }
+  } finally {
+    // Even if a flush threw (a waiter's bug): the other outboxes must still be written.
+    afterSlice()
   }
+}
+
+const afterSlice = () => {
   if (next < dirty.length) {
     // Forget the written part once it is most of the array, so that a flush that never ends does not grow it.
     if (next >= 1024 && next * 2 >= dirty.length) {
@@ -147,9 +155,10 @@ export class Outbox {
       for (const message of messages) this.ws.send(message.payload, { binary: false })
       accepted = this.socket.writableLength < this.socket.writableHighWaterMark
     }
-    this.onWritten(messages.length)
+    const written = messages.length
     // Nothing above can queue a message (writes report errors and drains asynchronously): the array is reused.
     messages.length = 0
+    this.onWritten(written)
     if (!accepted) {
       this.blockedSince = Date.now()
       this.socket.once("drain", () => {

@@ -21,6 +21,7 @@ import {
   Effect,
   Either,
   Exit,
+  FiberId,
   Layer,
   Option,
   Redacted,
@@ -185,7 +186,8 @@ export const streamArguments = (config: Pick<RabbitMqSettings, "streamMaxAge" | 
  * source's runtime. An element of a stream costs a fiber wake-up and the
  * stream's machinery, about 0.3 ms per event as measured here (the
  * benchmark's latency scenario), which was a third of the hub's own CPU per
- * event. A delivery that arrives once the session is lost is left alone:
+ * event. `deliver` must therefore be synchronous (the hub's broadcast is). A
+ * delivery that arrives once the session is lost or ending is left alone:
  * the broker delivers it again to the next session.
  */
 const session = (
@@ -259,8 +261,14 @@ const session = (
             lose(new RabbitMqError({ reason: "ConsumerCancelled" }))
           } else if (!ended) {
             const exit = Runtime.runSyncExit(runtime, deliver({ message, channel }))
-            // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
-            if (Exit.isFailure(exit)) lose(new RabbitMqError({ reason: "Unexpected", cause: Cause.squash(exit.cause) }))
+            if (Exit.isFailure(exit)) {
+              // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
+              const cause = Cause.squash(exit.cause)
+              // A handler that went asynchronous (it must not) would finish later, out of order: it is stopped,
+              // and the broker delivers the event again.
+              if (Runtime.isAsyncFiberException(cause)) cause.fiber.unsafeInterruptAsFork(FiberId.none)
+              lose(new RabbitMqError({ reason: "Unexpected", cause }))
+            }
           }
         }, stream === undefined ? { noAck: false } : {
           // `noAck: true` is refused on a stream (540, which closes the connection).
@@ -270,6 +278,8 @@ const session = (
       // Released first: deliveries not yet acknowledged return to the queue when the channel closes.
       ({ consumerTag }) => open ? closing(() => channel.cancel(consumerTag)) : Effect.void
     )
+    // Released before the consumer is cancelled: however the session ends, what still arrives is left alone.
+    yield* Effect.addFinalizer(() => Effect.sync(() => (ended = true)))
     const marker = stream?.marker()
     if (marker !== undefined) {
       yield* attempt("Topology", async () => {
