@@ -44,7 +44,7 @@ const options = {
   duration: Number(flag("duration", quick ? 1.5 : 5)),
   // Latency figures move from run to run on a shared 2-core machine: each configuration runs this many times, in
   // turn with the others, and the table shows the median run.
-  repeat: Number(flag("repeat", quick ? 1 : 3)),
+  repeat: Number(flag("repeat", quick ? 1 : 5)),
   slowFraction: Number(flag("slow-fraction", 0.1)),
   profile: argv.includes("--profile"),
   fanoutKinds: flag("fanout-servers", "ws-send,ws-frame,ws-corked,hub").split(","),
