@@ -15,8 +15,8 @@ const recordingSocket = (writeMicros: number) => {
   const batches: Array<Array<string>> = []
   let corked: Array<string> | undefined
   const busy = () => {
-    const until = performance.now() + writeMicros / 1000
-    while (performance.now() < until) {
+    const done = performance.now() + writeMicros / 1000
+    while (performance.now() < done) {
       // a slow write
     }
   }

@@ -6,7 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
-import { defaultEventTypeMap, RabbitMqConfig } from "../src/Config.js"
+import { defaultEventTypeMap } from "../src/Config.js"
 import { Health } from "../src/Health.js"
 import { Hub } from "../src/Hub.js"
 import { HubMetrics } from "../src/Metrics.js"
@@ -17,6 +17,7 @@ import {
   consuming,
   hubLayer,
   hubWithSource,
+  rabbitConfig,
   range,
   seqs,
   brokerUrl,
@@ -160,12 +161,7 @@ describe("RabbitMQ source", () => {
           }))
       )
       const layer = RabbitMqSource.layer.pipe(
-        Layer.provide(RabbitMqConfig.layer({
-          url: Option.some(Redacted.make(brokerUrl)),
-          reconnectDelay: Duration.millis(100),
-          maxReconnectWait: Duration.millis(500),
-          ...names
-        })),
+        Layer.provide(rabbitConfig(names)),
         Layer.provide(dyingOnce),
         Layer.provideMerge(hubLayer())
       )

@@ -370,16 +370,17 @@ export const tcpProxy = Effect.acquireRelease(
 )
 
 /** The hub with its RabbitMQ source on the test broker, with short reconnection delays. */
+/** The source's settings for tests: the local broker, reconnecting within half a second. */
+export const rabbitConfig = (rabbit: Partial<RabbitMqSettings>) =>
+  RabbitMqConfig.layer({
+    url: Option.some(Redacted.make(brokerUrl)),
+    reconnectDelay: Duration.millis(100),
+    maxReconnectWait: Duration.millis(500),
+    ...rabbit
+  })
+
 export const hubWithSource = (rabbit: Partial<RabbitMqSettings>, hub: Partial<HubSettings> = {}) =>
-  RabbitMqSource.layer.pipe(
-    Layer.provide(RabbitMqConfig.layer({
-      url: Option.some(Redacted.make(brokerUrl)),
-      reconnectDelay: Duration.millis(100),
-      maxReconnectWait: Duration.millis(500),
-      ...rabbit
-    })),
-    Layer.provideMerge(hubLayer(hub))
-  )
+  RabbitMqSource.layer.pipe(Layer.provide(rabbitConfig(rabbit)), Layer.provideMerge(hubLayer(hub)))
 
 /** The source is consuming (in stream mode: and has refilled its history). */
 export const consuming = Effect.flatMap(Health, (health) =>
