@@ -2,8 +2,8 @@
  * The library entry: the layers, the hub service and the wire protocol, for
  * Effect programs that embed the hub.
  */
-export { allows, Auth, AuthError, type Principal, tokenOf } from "./Auth.js"
-export * as Client from "./Client.js"
+export { allows, Auth, AuthError, type Principal, tokenOf } from "./security/Auth.js"
+export * as Client from "./connection/Connection.js"
 export {
   defaultEventTypeMap,
   defaultQueueName,
@@ -16,19 +16,19 @@ export {
   RabbitMqConfig,
   type RabbitMqSettings,
   type SecuritySettings
-} from "./Config.js"
-export { Health } from "./Health.js"
+} from "./config/Config.js"
+export { Health } from "./ops/Health.js"
 export * as HttpServer from "./http/Server.js"
 export { UpgradeRoutes } from "./http/UpgradeRoutes.js"
 export * as WebSocketServer from "./http/WebSocketServer.js"
-export { type ClientId, type Connection, defaultSubscription, Hub, layerLive as HubLive } from "./Hub.js"
-export { Limits, TokenBucket } from "./Limits.js"
-export { type BroadcastEvent, InvalidSince, type Resume } from "./Hub.js"
-export { History, type HistoryEntry, streamId } from "./History.js"
-export * as Logging from "./Logging.js"
-export { HubMetrics } from "./Metrics.js"
-export * as Protocol from "./Protocol.js"
+export { type ClientId, type Connection, defaultSubscription, Hub, layerLive as HubLive } from "./hub/Hub.js"
+export { Limits, TokenBucket } from "./security/Limits.js"
+export { type BroadcastEvent, InvalidSince, type Resume } from "./hub/Hub.js"
+export { History, type HistoryEntry, streamId } from "./hub/History.js"
+export * as Logging from "./ops/Logging.js"
+export { HubMetrics } from "./ops/Metrics.js"
+export * as Protocol from "./protocol/Protocol.js"
 export { Publisher, PublishError } from "./rabbitmq/Publisher.js"
 export * as RabbitMqSource from "./rabbitmq/Source.js"
-export * as Shutdown from "./Shutdown.js"
-export * as Topic from "./Topic.js"
+export * as Shutdown from "./ops/Shutdown.js"
+export * as Topic from "./protocol/Topic.js"

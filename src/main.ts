@@ -9,13 +9,13 @@
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { ConfigError, Effect, Layer, Logger } from "effect"
-import { HubConfig, RabbitMqConfig } from "./Config.js"
+import { HubConfig, RabbitMqConfig } from "./config/Config.js"
 import * as HttpServer from "./http/Server.js"
-import * as Hub from "./Hub.js"
-import * as Logging from "./Logging.js"
+import * as Hub from "./hub/Hub.js"
+import * as Logging from "./ops/Logging.js"
 import { Publisher } from "./rabbitmq/Publisher.js"
 import * as RabbitMqSource from "./rabbitmq/Source.js"
-import * as Shutdown from "./Shutdown.js"
+import * as Shutdown from "./ops/Shutdown.js"
 
 const MainLive = RabbitMqSource.layer.pipe(
   Layer.provideMerge(HttpServer.layer),

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Layer, Option } from "effect"
-import { defaultEventTypeMap, HubConfig, parseGoDuration, RabbitMqConfig } from "../src/Config.js"
+import { defaultEventTypeMap, HubConfig, parseGoDuration, RabbitMqConfig } from "../src/config/Config.js"
 
 describe("parseGoDuration", () => {
   it.each([

@@ -3,9 +3,9 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Either, Layer } from "effect"
-import { HubConfig, RabbitMqConfig } from "../src/Config.js"
-import { History, streamId } from "../src/History.js"
-import { Outbound } from "../src/Protocol.js"
+import { HubConfig, RabbitMqConfig } from "../src/config/Config.js"
+import { History, streamId } from "../src/hub/History.js"
+import { Outbound } from "../src/protocol/Protocol.js"
 
 const entry = (history: History, at: number, id = history.nextLocalId()) => ({
   id,

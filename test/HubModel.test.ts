@@ -10,9 +10,9 @@
 import { it } from "vitest"
 import * as fc from "fast-check"
 import { Effect, Layer } from "effect"
-import { HubConfig } from "../src/Config.js"
-import { type Connection, Hub, layerLive } from "../src/Hub.js"
-import * as Topic from "../src/Topic.js"
+import { HubConfig } from "../src/config/Config.js"
+import { type Connection, Hub, layerLive } from "../src/hub/Hub.js"
+import * as Topic from "../src/protocol/Topic.js"
 
 const PATTERNS = ["#", "a.*", "a.#", "*.b", "a.b", "#.b", "*.*", "c", "#.#", "a.*.c", "*", "a.b.c", "c.#"]
 const TYPES = ["a.b", "a.c", "c", "a.b.c", "x.b", "c.d", "a"]

@@ -5,10 +5,10 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { HubConfig } from "../src/Config.js"
-import { streamId } from "../src/History.js"
-import { type Connection, Hub, layerLive } from "../src/Hub.js"
-import type { DisconnectReason, Outbound } from "../src/Protocol.js"
+import { HubConfig } from "../src/config/Config.js"
+import { streamId } from "../src/hub/History.js"
+import { type Connection, Hub, layerLive } from "../src/hub/Hub.js"
+import type { DisconnectReason, Outbound } from "../src/protocol/Protocol.js"
 
 const capacity = 4
 const TestHub = layerLive.pipe(Layer.provide(HubConfig.layer({ sendBuffer: capacity, historyMaxEvents: 1000 })))

@@ -5,9 +5,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import type { IncomingMessage } from "node:http"
-import { defaultSecurity, HubConfig } from "../src/Config.js"
-import { checkPattern, clientAddress, isOriginAllowed, MessageRate, TokenBucket } from "../src/Limits.js"
-import { covers } from "../src/Topic.js"
+import { defaultSecurity, HubConfig } from "../src/config/Config.js"
+import { checkPattern, clientAddress, isOriginAllowed, MessageRate, TokenBucket } from "../src/security/Limits.js"
+import { covers } from "../src/protocol/Topic.js"
 
 const readSecurity = (env: Record<string, string>) =>
   Effect.map(HubConfig, (config) => config.security).pipe(

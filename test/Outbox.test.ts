@@ -7,8 +7,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
-import { Outbox } from "../src/Outbox.js"
-import { Outbound } from "../src/Protocol.js"
+import { Outbox } from "../src/hub/Outbox.js"
+import { Outbound } from "../src/protocol/Protocol.js"
 
 /** A socket that records each write it is given as a batch of frames; each write takes `writeMicros`. */
 const recordingSocket = (writeMicros: number) => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { isWildcard, matches } from "../src/Topic.js"
+import { isWildcard, matches } from "../src/protocol/Topic.js"
 
 // [pattern, event type, matches?] — RabbitMQ topic-binding rules.
 const table: ReadonlyArray<readonly [string, string, boolean]> = [

@@ -12,7 +12,7 @@ import { Effect, Fiber } from "effect"
 import fc from "fast-check"
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
-import { Hub } from "../src/Hub.js"
+import { Hub } from "../src/hub/Hub.js"
 import { connect, eventually, get, hubLayer, promise, TestClient, wsUrl } from "./support.js"
 
 /** `global.gc` without starting the test process with --expose-gc. */

@@ -5,7 +5,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
 import { request } from "node:http"
-import { Health } from "../src/Health.js"
+import { Health } from "../src/ops/Health.js"
 import { baseUrl, connect, get, hubLayer, post, promise } from "./support.js"
 
 const token = "s3cret-token"

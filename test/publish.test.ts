@@ -5,7 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Redacted } from "effect"
 import type * as amqp from "amqplib"
-import { RabbitMqConfig } from "../src/Config.js"
+import { RabbitMqConfig } from "../src/config/Config.js"
 import { Publisher } from "../src/rabbitmq/Publisher.js"
 import { broker, brokerUrl, connect, freePort, hubLayer, promise, type TestClient, uniqueNames } from "./support.js"
 

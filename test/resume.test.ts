@@ -6,9 +6,9 @@
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Layer, Option, Redacted } from "effect"
-import { Health } from "../src/Health.js"
-import { Hub } from "../src/Hub.js"
-import { HubMetrics } from "../src/Metrics.js"
+import { Health } from "../src/ops/Health.js"
+import { Hub } from "../src/hub/Hub.js"
+import { HubMetrics } from "../src/ops/Metrics.js"
 import {
   broker,
   type Broker,

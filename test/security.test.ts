@@ -9,7 +9,7 @@ import { Duration, Effect, Option, Redacted } from "effect"
 import * as jose from "jose"
 import { createServer } from "node:http"
 import { WebSocket, type ClientOptions } from "ws"
-import { Hub } from "../src/Hub.js"
+import { Hub } from "../src/hub/Hub.js"
 import {
   baseUrl,
   connect,

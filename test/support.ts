@@ -15,11 +15,11 @@ import {
   RabbitMqConfig,
   type RabbitMqSettings,
   type SecuritySettings
-} from "../src/Config.js"
-import { Health } from "../src/Health.js"
+} from "../src/config/Config.js"
+import { Health } from "../src/ops/Health.js"
 import * as HttpServer from "../src/http/Server.js"
 import * as WebSocketServer from "../src/http/WebSocketServer.js"
-import * as Hub from "../src/Hub.js"
+import * as Hub from "../src/hub/Hub.js"
 import * as RabbitMqSource from "../src/rabbitmq/Source.js"
 
 /**

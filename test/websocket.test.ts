@@ -4,8 +4,8 @@
  */
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Option } from "effect"
-import { Hub } from "../src/Hub.js"
-import { HubMetrics } from "../src/Metrics.js"
+import { Hub } from "../src/hub/Hub.js"
+import { HubMetrics } from "../src/ops/Metrics.js"
 import { connect, eventually, hubLayer, promise, type TestClient } from "./support.js"
 
 const rfc3339Utc = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/

@@ -12,7 +12,7 @@
 import * as amqp from "amqplib"
 import { Context, Data, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
-import { RabbitMqConfig } from "../Config.js"
+import { RabbitMqConfig } from "../config/Config.js"
 import { closing } from "./Source.js"
 
 export class PublishError extends Data.TaggedError("PublishError")<{

@@ -31,12 +31,12 @@ import {
   Stream
 } from "effect"
 import { hostname } from "node:os"
-import { RabbitMqConfig, type RabbitMqSettings } from "../Config.js"
-import { Health } from "../Health.js"
-import { streamId } from "../History.js"
-import { Hub } from "../Hub.js"
-import { HubMetrics } from "../Metrics.js"
-import { EventType } from "../Protocol.js"
+import { RabbitMqConfig, type RabbitMqSettings } from "../config/Config.js"
+import { Health } from "../ops/Health.js"
+import { streamId } from "../hub/History.js"
+import { Hub } from "../hub/Hub.js"
+import { HubMetrics } from "../ops/Metrics.js"
+import { EventType } from "../protocol/Protocol.js"
 
 export class RabbitMqError extends Data.TaggedError("RabbitMqError")<{
   readonly reason: "Connect" | "Topology" | "ConnectionLost" | "ChannelLost" | "ConsumerCancelled" | "Unexpected"

@@ -6,8 +6,8 @@
  */
 import { Context, Effect, Either, Layer } from "effect"
 import type { IncomingMessage } from "node:http"
-import { HubConfig, type SecuritySettings } from "./Config.js"
-import { HubMetrics } from "./Metrics.js"
+import { HubConfig, type SecuritySettings } from "../config/Config.js"
+import { HubMetrics } from "../ops/Metrics.js"
 
 /**
  * A token bucket: `burst` tokens, refilled at `rate` per second. Each `take`

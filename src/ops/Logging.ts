@@ -6,7 +6,7 @@
  * every line is written once.
  */
 import { Effect, FiberRef, HashSet, Layer, Logger } from "effect"
-import { logSettings } from "./Config.js"
+import { logSettings } from "../config/Config.js"
 
 export const layer = Layer.unwrapEffect(
   Effect.map(logSettings, ({ format, level }) =>

@@ -23,7 +23,7 @@
  */
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
-import type { Outbound } from "./Protocol.js"
+import type { Outbound } from "../protocol/Protocol.js"
 
 /** Outboxes with something to write, in the order they were marked; those before `next` are written. */
 let dirty: Array<Outbox> = []

@@ -6,7 +6,7 @@
  * the process if the shutdown has not finished within `SHUTDOWN_TIMEOUT`.
  */
 import { Duration, Effect, Layer, Runtime } from "effect"
-import { HubConfig } from "./Config.js"
+import { HubConfig } from "../config/Config.js"
 import { Health } from "./Health.js"
 
 const signals = ["SIGINT", "SIGTERM"] as const

@@ -4,7 +4,7 @@
  * snapshot.
  */
 import { Context, Effect, Layer } from "effect"
-import { DisconnectReason } from "./Protocol.js"
+import { DisconnectReason } from "../protocol/Protocol.js"
 
 /** Distinct event types counted one by one; further types are counted under `other`. */
 const maxTrackedTypes = 500

@@ -20,7 +20,7 @@
  * JavaScript runs one thing at a time, so appending (in `Hub.broadcast`,
  * together with the fan-out) and reading happen in single synchronous steps.
  */
-import type { Outbound } from "./Protocol.js"
+import type { Outbound } from "../protocol/Protocol.js"
 
 export interface HistoryEntry {
   readonly id: string

@@ -9,10 +9,10 @@
  * object instead of a dozen functions.
  */
 import { Clock, Effect, Either, Option } from "effect"
-import { allows, type Auth, type Principal } from "./Auth.js"
-import type { HubSettings } from "./Config.js"
-import type { ClientId, Hub, TooManySubscriptions } from "./Hub.js"
-import { checkPattern, type Limits } from "./Limits.js"
+import { allows, type Auth, type Principal } from "../security/Auth.js"
+import type { HubSettings } from "../config/Config.js"
+import type { ClientId, Hub, TooManySubscriptions } from "../hub/Hub.js"
+import { checkPattern, type Limits } from "../security/Limits.js"
 import {
   type ErrorData,
   HubMessageType,
@@ -21,9 +21,9 @@ import {
   pongMessage,
   type Publish,
   TextPing
-} from "./Protocol.js"
-import type { Publisher } from "./rabbitmq/Publisher.js"
-import * as Topic from "./Topic.js"
+} from "../protocol/Protocol.js"
+import type { Publisher } from "../rabbitmq/Publisher.js"
+import * as Topic from "../protocol/Topic.js"
 
 /** A frame from the client, as the reader gets it. */
 export interface Incoming {

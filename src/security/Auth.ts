@@ -12,9 +12,9 @@ import { ConfigError, Context, Data, Duration, Effect, Layer, Option, Redacted }
 import * as jose from "jose"
 import type { IncomingMessage } from "node:http"
 import { createPublicKey } from "node:crypto"
-import { type AuthKeySource, HubConfig } from "./Config.js"
+import { type AuthKeySource, HubConfig } from "../config/Config.js"
 import { checkPattern } from "./Limits.js"
-import * as Topic from "./Topic.js"
+import * as Topic from "../protocol/Topic.js"
 
 /** The subprotocol that carries a token: `Sec-WebSocket-Protocol: bearer, <token>`. */
 export const BearerProtocol = "bearer"

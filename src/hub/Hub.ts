@@ -8,12 +8,12 @@
  * buffer is full is told to leave instead of slowing the broadcast down.
  */
 import { Clock, Context, Data, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schedule } from "effect"
-import { HubConfig } from "./Config.js"
-import { Health } from "./Health.js"
+import { HubConfig } from "../config/Config.js"
+import { Health } from "../ops/Health.js"
 import { History } from "./History.js"
-import { HubMetrics } from "./Metrics.js"
-import { type DisconnectReason, HubMessageType, Outbound } from "./Protocol.js"
-import * as Topic from "./Topic.js"
+import { HubMetrics } from "../ops/Metrics.js"
+import { type DisconnectReason, HubMessageType, Outbound } from "../protocol/Protocol.js"
+import * as Topic from "../protocol/Topic.js"
 
 export type ClientId = number
 
