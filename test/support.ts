@@ -5,7 +5,7 @@
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { Duration, Effect, Layer, Logger, LogLevel, Option, Redacted, Schedule } from "effect"
 import * as amqp from "amqplib"
-import { type ChildProcess, execFile, spawn } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import { connect as connectTcp, createServer, type Server, type Socket } from "node:net"
 import { WebSocket, type ClientOptions } from "ws"
 import {
@@ -301,14 +301,6 @@ export const broker = Effect.acquireRelease(
   Effect.promise(() => Broker.open()),
   (broker) => Effect.promise(() => broker.close())
 )
-
-/** Runs `rabbitmqctl` with arguments. */
-export const rabbitmqctl = (...args: ReadonlyArray<string>) =>
-  Effect.promise(() =>
-    new Promise<string>((resolve, reject) =>
-      execFile("rabbitmqctl", args, (error, stdout, stderr) => error ? reject(new Error(stderr || String(error))) : resolve(stdout))
-    )
-  )
 
 /**
  * A TCP proxy in front of the broker that a test can cut (every connection
