@@ -285,6 +285,10 @@ export interface HubSettings {
   readonly historyMaxEvents: number
   /** Events older than this are dropped from the history. */
   readonly historyMaxAge: Duration.Duration
+  /** Most recent `event_id`s remembered to drop repeated events (publisher retries); 0: off. */
+  readonly dedupMaxEvents: number
+  /** An `event_id` is remembered for this long after it was first seen. */
+  readonly dedupMaxAge: Duration.Duration
 }
 
 /** The FreqSearch events' identifiers, each a room a dashboard can follow (one run, one strategy, one job). */
@@ -360,7 +364,16 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
         })
       ),
       historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", 10_000),
-      historyMaxAge: goDuration("HISTORY_MAX_AGE", "10m")
+      historyMaxAge: goDuration("HISTORY_MAX_AGE", "10m"),
+      dedupMaxEvents: Config.integer("DEDUP_MAX_EVENTS").pipe(
+        Config.withDefault(10_000),
+        Config.mapOrFail((n) =>
+          n >= 0
+            ? Either.right(n)
+            : Either.left(ConfigError.InvalidData(["DEDUP_MAX_EVENTS"], `expected 0 (off) or a positive integer, got ${n}`))
+        )
+      ),
+      dedupMaxAge: goDuration("DEDUP_MAX_AGE", "10m")
     }).pipe(
       Config.mapOrFail((settings) =>
         Duration.lessThan(settings.pingPeriod, settings.pongTimeout)
@@ -393,7 +406,9 @@ const defaults: HubSettings = {
   clientPublishTypes: [],
   roomKeys: defaultRoomKeys,
   historyMaxEvents: 10_000,
-  historyMaxAge: Duration.minutes(10)
+  historyMaxAge: Duration.minutes(10),
+  dedupMaxEvents: 10_000,
+  dedupMaxAge: Duration.minutes(10)
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 import { Clock, Context, Data, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schedule } from "effect"
 import { HubConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
+import { eventIdOf, RecentIds } from "./Dedup.js"
 import { History } from "./History.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { type DisconnectReason, HubMessageType, Outbound } from "../protocol/Protocol.js"
@@ -282,6 +283,16 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
       const state = yield* Ref.make(HubState.empty())
       let lastId = 0
       const history = new History(config.historyMaxEvents, Duration.toMillis(config.historyMaxAge))
+      const recentIds = new RecentIds(config.dedupMaxEvents, Duration.toMillis(config.dedupMaxAge))
+      /** Every event enters here: one whose `event_id` entered recently (a publisher's retry) is dropped. */
+      const admit = (event: BroadcastEvent, now: number) => {
+        const eventId = eventIdOf(event.data)
+        if (eventId !== undefined && recentIds.seen(eventId, now)) {
+          metrics.deduplicated()
+          return Effect.succeed(0)
+        }
+        return fanOut(event, now)
+      }
       /** The resume under way for each client, if any: a newer one replaces it. */
       const resumes = new Map<ClientId, symbol>()
       /** The rooms of the clients that joined some (the others receive the events of every room). */
@@ -435,8 +446,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
       yield* Effect.addFinalizer(() => health.set("hub", { status: "down", critical: true, detail: "shutting down" }))
 
       return Hub.of({
-        broadcast: (type, data) => Effect.flatMap(Clock.currentTimeMillis, (now) => fanOut({ type, data }, now)),
-        broadcastEvent: (event) => Effect.flatMap(Clock.currentTimeMillis, (now) => fanOut(event, now)),
+        broadcast: (type, data) => Effect.flatMap(Clock.currentTimeMillis, (now) => admit({ type, data }, now)),
+        broadcastEvent: (event) => Effect.flatMap(Clock.currentTimeMillis, (now) => admit(event, now)),
         history,
         resume: (id, since) =>
           Effect.suspend(() => {

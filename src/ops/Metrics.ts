@@ -11,6 +11,7 @@ const maxTrackedTypes = 500
 
 export interface Counters {
   eventsBroadcast: number
+  eventsDeduplicated: number
   messagesDelivered: number
   readonly eventsByType: Map<string, { broadcast: number; recipients: number }>
   readonly disconnects: Record<DisconnectReason, number>
@@ -19,6 +20,7 @@ export interface Counters {
 
 export interface MetricsSnapshot {
   readonly events_broadcast: number
+  readonly events_deduplicated: number
   readonly messages_delivered: number
   readonly events_by_type: Record<string, { readonly broadcast: number; readonly recipients: number }>
   readonly clients_disconnected: Record<DisconnectReason, number>
@@ -27,6 +29,8 @@ export interface MetricsSnapshot {
 export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, {
   /** An event of `type` was broadcast to `recipients` clients. */
   readonly eventBroadcast: (type: string, recipients: number) => void
+  /** An event was dropped because its `event_id` entered the hub recently (a publisher's retry). */
+  readonly deduplicated: () => void
   /** `count` messages were written to a client. */
   readonly delivered: (count: number) => void
   readonly disconnected: (reason: DisconnectReason) => void
@@ -42,6 +46,7 @@ export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, 
 const make = (): HubMetrics["Type"] => {
   const counters: Counters = {
     eventsBroadcast: 0,
+    eventsDeduplicated: 0,
     messagesDelivered: 0,
     eventsByType: new Map(),
     disconnects: Object.fromEntries(DisconnectReason.literals.map((reason) => [reason, 0])) as Record<
@@ -66,6 +71,9 @@ const make = (): HubMetrics["Type"] => {
       entry.broadcast++
       entry.recipients += recipients
     },
+    deduplicated: () => {
+      counters.eventsDeduplicated++
+    },
     delivered: (count) => {
       counters.messagesDelivered += count
     },
@@ -84,6 +92,7 @@ const make = (): HubMetrics["Type"] => {
     },
     snapshot: Effect.sync(() => ({
       events_broadcast: counters.eventsBroadcast,
+      events_deduplicated: counters.eventsDeduplicated,
       messages_delivered: counters.messagesDelivered,
       events_by_type: Object.fromEntries(
         [...counters.eventsByType].map(([type, entry]) => [type, { ...entry }])

@@ -83,32 +83,6 @@ export const toEvent = (
   return Either.right({ type, data: data as Record<string, unknown> })
 }
 
-/**
- * The `event_id`s of the latest events broadcast. A delivery the broker marks
- * as redelivered (its acknowledgement was lost with a connection) is dropped
- * when its `event_id` is here: it already reached the clients.
- */
-export class RecentEventIds {
-  readonly #ids = new Set<string>()
-  constructor(readonly capacity: number) {}
-
-  static idOf(data: Record<string, unknown>): string | undefined {
-    return typeof data.event_id === "string" ? data.event_id : undefined
-  }
-
-  has(id: string): boolean {
-    return this.#ids.has(id)
-  }
-
-  add(id: string): void {
-    this.#ids.add(id)
-    if (this.#ids.size > this.capacity) {
-      // Sets iterate in insertion order: the first is the oldest.
-      this.#ids.delete(this.#ids.values().next().value!)
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------
 // A session: one connection, one channel, one consumer
 // ---------------------------------------------------------------------------
@@ -318,7 +292,6 @@ const run = Effect.gen(function*() {
   metrics.declare("rabbitmq", ["connections", "reconnects", "events_consumed", "events_rejected", "duplicates_dropped"])
   yield* setHealth("starting", "connecting")
 
-  const recent = new RecentEventIds(10_000)
   /**
    * Acknowledges or rejects a delivery. amqplib throws if the channel closed
    * meanwhile; the broker then redelivers the message to the next session.
@@ -438,15 +411,9 @@ const run = Effect.gen(function*() {
         Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length })
       )
     }
-    const eventId = RecentEventIds.idOf(event.right.data)
-    if (eventId !== undefined && message.fields.redelivered && recent.has(eventId)) {
-      settle(channel, message, true)
-      metrics.count("rabbitmq", "duplicates_dropped")
-      return Effect.void
-    }
+    // A redelivery, or a publisher's retry, of an event the hub already broadcast is dropped by the hub (Dedup.ts).
     return hub.broadcast(event.right.type, event.right.data).pipe(
       Effect.zipRight(Effect.sync(() => {
-        if (eventId !== undefined) recent.add(eventId)
         metrics.count("rabbitmq", "events_consumed")
         // The hub has the event: acknowledge.
         settle(channel, message, true)
