@@ -4,10 +4,26 @@
  * exchange, queue and stream, deleted afterwards).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
+import { Health } from "../src/ops/Health.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
-import { broker, type Broker, connect, consuming, hubWithSource, promise, range, seqs, uniqueNames } from "./support.js"
+import {
+  broker,
+  type Broker,
+  brokerUrl,
+  connect,
+  consuming,
+  eventually,
+  freePort,
+  hubWithSource,
+  promise,
+  range,
+  seqs,
+  ServiceProcess,
+  TestClient,
+  uniqueNames
+} from "./support.js"
 
 /** A test's own exchange, queue and stream, deleted when the test ends. */
 const testNames = (publisher: Broker) => {
@@ -52,4 +68,85 @@ describe("a publisher's retry (the same event_id published twice)", () => {
         }).pipe(Effect.provide(hubWithSource({ ...names, mode })))
       }), { timeout: 30_000 })
   }
+})
+
+describe("the broker setup is checked at startup", () => {
+  it.scopedLive("stream mode on a broker that refuses the stream says why and how to choose queue mode", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      // A classic queue already has the stream's name: the broker refuses the declaration, as one without streams does.
+      yield* promise(() => publisher.channel.assertQueue(names.stream, { durable: true }))
+      yield* Effect.gen(function*() {
+        const health = yield* Health
+        const report = yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        const detail = report.checks.rabbitmq?.detail ?? ""
+        expect(detail).toContain(`the broker refused the stream queue ${names.stream}`)
+        expect(detail).toContain("RabbitMQ 3.9 or later")
+        expect(detail).toContain("RABBITMQ_MODE=queue")
+        // The hub still serves clients.
+        expect(report.status).toBe("degraded")
+      }).pipe(Effect.provide(hubWithSource({ ...names, mode: "stream" })))
+    }), { timeout: 30_000 })
+
+  it.scopedLive("queue mode: a second instance with the same queue name is refused and told to set HUB_INSTANCE_ID", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const first = yield* Layer.build(hubWithSource(names))
+      yield* consuming.pipe(Effect.provide(first))
+      const second = yield* Layer.build(hubWithSource(names))
+      const report = yield* Effect.flatMap(Health, (health) =>
+        eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")).pipe(Effect.provide(second))
+      expect(report.checks.rabbitmq?.detail).toContain("HUB_INSTANCE_ID")
+      // The first one still has the queue to itself.
+      expect(yield* promise(() => publisher.consumerCount(names.queue))).toBe(1)
+    }), { timeout: 30_000 })
+})
+
+describe("a restart of the service in queue mode (node dist/main.js, RABBITMQ_MODE=queue)", () => {
+  it.scopedLive("keeps its queue: the events published while it was down reach a client that resumes; the gap says unknown", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const port = yield* promise(() => freePort())
+      const queue = `${names.queue}.default`
+      yield* Effect.addFinalizer(() => Effect.promise(() => publisher.cleanup({ queues: [queue] })))
+      const running: Array<ServiceProcess> = []
+      yield* Effect.addFinalizer(() => Effect.sync(() => running.forEach((service) => service.child.kill("SIGKILL"))))
+      const start = Effect.promise(async () => {
+        const service = ServiceProcess.start({
+          PORT: String(port),
+          HOST: "127.0.0.1",
+          RABBITMQ_URL: brokerUrl,
+          RABBITMQ_EXCHANGE: names.exchange,
+          RABBITMQ_MODE: "queue",
+          // The default name is websocket_events_queue.<hostname>.<port>; the test's own instance id keeps it apart.
+          HUB_INSTANCE_ID: `${names.queue}-instance`
+        })
+        running.push(service)
+        await service.waitForLog("consuming from RabbitMQ")
+        return service
+      })
+      const before = yield* start
+      const client = yield* promise(() => TestClient.connect(`ws://127.0.0.1:${port}/api/v1/ws/events`))
+      const publish = (from: number, to: number) =>
+        promise(async () => {
+          for (let seq = from; seq < to; seq++) await publisher.publish(names.exchange, "backtest.completed", { seq })
+        })
+      yield* publish(0, 10)
+      yield* promise(() => client.until(() => seqs(client).includes(9), "event 9"))
+      before.child.kill("SIGTERM")
+      yield* promise(() => before.exited)
+      yield* publish(10, 60)
+      yield* start
+      const since = client.events.at(-1)!.id as string
+      const again = yield* promise(() => TestClient.connect(`ws://127.0.0.1:${port}/api/v1/ws/events?since=${since}`))
+      yield* publish(60, 70)
+      yield* promise(() => again.until(() => seqs(again).includes(69), "event 69"))
+      expect(seqs(again)).toEqual(range(10, 70))
+      const gap = again.messages.find((message) => message.type === "hub.history_gap")!
+      expect(gap.data.reason).toBe("unknown")
+      again.close()
+    }), { timeout: 60_000 })
 })

@@ -341,7 +341,7 @@ describe("another program on the same broker", () => {
 })
 
 describe("hub instances (node dist/main.js)", () => {
-  it.scopedLive("two instances with default settings both deliver every event; after SIGTERM no consumer remains", () =>
+  it.scopedLive("two instances in queue mode with default queue names both deliver every event; after SIGTERM no consumer remains", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const { exchange } = uniqueNames()
@@ -352,11 +352,13 @@ describe("hub instances (node dist/main.js)", () => {
             PORT: String(port),
             HOST: "127.0.0.1",
             RABBITMQ_EXCHANGE: exchange,
-            RABBITMQ_URL: brokerUrl
+            RABBITMQ_URL: brokerUrl,
+            RABBITMQ_MODE: "queue"
           })
           await service.waitForLog("consuming from RabbitMQ")
           const client = await TestClient.connect(`ws://127.0.0.1:${port}/api/v1/ws/events`)
-          return { service, client, queue: `websocket_events_queue.${hostname()}.${service.child.pid}` }
+          // The default name: this host and the instance's port (stable across restarts, unique per instance).
+          return { service, client, queue: `websocket_events_queue.${hostname()}.${port}` }
         }))
       )
       yield* Effect.addFinalizer(() =>

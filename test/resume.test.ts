@@ -147,7 +147,7 @@ layer(hubLayer({ sendBuffer: 256 }), { excludeTestServices: true })("resume (cla
       yield* promise(() => client.until(() => lastSeq(client) === 1, "event 1"))
     }))
 
-  it.scoped("an id of another hub run is answered with hub.history_gap naming the oldest id, before the events", () =>
+  it.scoped("an id of another hub run is answered with hub.history_gap (reason unknown) naming the oldest id, before the events", () =>
     Effect.gen(function*() {
       yield* broadcastRange(0, 3)
       const client = yield* connectSince("1700000000000abcd-0000000000000007")
@@ -155,6 +155,8 @@ layer(hubLayer({ sendBuffer: 256 }), { excludeTestServices: true })("resume (cla
       const gap = client.messages[0]!
       expect(gap.type).toBe("hub.history_gap")
       expect(gap.data.since).toBe("1700000000000abcd-0000000000000007")
+      // Another run: the hub cannot tell whether anything was missed, and says so.
+      expect(gap.data.reason).toBe("unknown")
       const firstEvent = client.events[0]!
       expect(gap.data.oldest_available).toBe(firstEvent.id)
     }))
@@ -173,7 +175,7 @@ layer(hubLayer({ sendBuffer: 256, historyMaxEvents: 100 }), { excludeTestService
         yield* broadcastRange(310, 320)
         yield* promise(() => client.until(() => lastSeq(client) === 319, "event 319"))
         const gap = client.messages[0]!
-        expect(gap).toMatchObject({ type: "hub.history_gap", data: { since } })
+        expect(gap).toMatchObject({ type: "hub.history_gap", data: { since, reason: "missed" } })
         // Only the last 100 were kept: exactly those, never silently presented as complete.
         expectExactly(client, range(210, 320))
         expect(gap.data.oldest_available).toBe(client.events[0]!.id)
@@ -354,7 +356,7 @@ describe("resume with RabbitMQ", () => {
         )
         yield* promise(() => first(client, "hub.live"))
         const gap = client.messages.find((message) => message.type === "hub.history_gap")!
-        expect(gap.data).toEqual({ since: "00000000000000000000", oldest_available: hub.history.oldest!.id })
+        expect(gap.data).toEqual({ since: "00000000000000000000", oldest_available: hub.history.oldest!.id, reason: "missed" })
         expect(types(client).indexOf("hub.history_gap")).toBeLessThan(types(client).indexOf("backtest.failed"))
         expectExactly(client, range(50, 100).filter((seq) => seq % 2 === 1))
       }).pipe(Effect.provide(hubWithSource(rabbit, { historyMaxEvents: 50 }))))

@@ -216,9 +216,10 @@ export class ServiceProcess {
     this.exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })))
   }
 
+  /** Without a broker unless `env` sets `RABBITMQ_URL` (with the test's own exchange and stream or queue). */
   static start(env: Record<string, string>): ServiceProcess {
     return new ServiceProcess(spawn(process.execPath, ["dist/main.js"], {
-      env: { ...process.env, LOG_FORMAT: "json", ...env },
+      env: { ...process.env, LOG_FORMAT: "json", RABBITMQ_URL: "", ...env },
       stdio: ["ignore", "pipe", "pipe"]
     }))
   }
@@ -366,6 +367,8 @@ export const tcpProxy = Effect.acquireRelease(
 export const rabbitConfig = (rabbit: Partial<RabbitMqSettings>) =>
   RabbitMqConfig.layer({
     url: Option.some(Redacted.make(brokerUrl)),
+    // The tests written for queue mode; stream-mode tests say so, with a stream of their own (never the default one).
+    mode: "queue",
     reconnectDelay: Duration.millis(100),
     maxReconnectWait: Duration.millis(500),
     ...rabbit

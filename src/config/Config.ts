@@ -465,7 +465,7 @@ export interface RabbitMqSettings {
   readonly url: Option.Option<Redacted.Redacted>
   /** Topic exchange the publishers use, declared durable as they declare it. */
   readonly exchange: string
-  /** This instance's queue: one per hub instance, so every instance receives every event. */
+  /** Queue mode: this instance's queue, one per hub instance (so every instance receives every event). */
   readonly queue: string
   /** Binding keys of the queue on the exchange. */
   readonly bindingKeys: ReadonlyArray<string>
@@ -481,7 +481,10 @@ export interface RabbitMqSettings {
   readonly maxReconnectWait: Duration.Duration
   /** Routing key -> event type renaming. */
   readonly eventTypeMap: Readonly<Record<string, string>>
-  /** `queue`: this instance's own classic queue; `stream`: a stream queue shared by every instance. */
+  /**
+   * `stream` (the default): a stream queue shared by every instance, read from any position, so nothing is lost
+   * across restarts and instances; `queue`: this instance's own queue (lighter; resumes only on the same run).
+   */
   readonly mode: "queue" | "stream"
   /** Stream mode: the stream queue every instance reads. */
   readonly stream: string
@@ -496,8 +499,16 @@ export const defaultStreamName = "websocket_events_stream"
 /** Stream mode: 1 GiB of retained events (the broker drops whole segments, 500 MB by default). */
 export const defaultStreamMaxBytes = 1024 ** 3
 
-/** `websocket_events_queue.<host>.<pid>`: unique per process, stable across restarts of a container (pid 1). */
-export const defaultQueueName = (): string => `websocket_events_queue.${hostname()}.${process.pid}`
+/**
+ * This instance's name when `HUB_INSTANCE_ID` is unset: `<hostname>.<port>`. Stable across restarts (a container
+ * keeps its hostname when the orchestrator gives it one: compose's `hostname:`, a StatefulSet's pod name), and
+ * unique per instance (two processes on one host cannot listen on the same port).
+ */
+export const defaultInstanceId = (port: number = 8080): string => `${hostname()}.${port}`
+
+/** Queue mode: `websocket_events_queue.<instance id>`, this instance's own queue, the same after a restart. */
+export const defaultQueueName = (instanceId: string = defaultInstanceId()): string =>
+  `websocket_events_queue.${instanceId}`
 
 const eventTypeMapConfig = (name: string): Config.Config<Readonly<Record<string, string>>> =>
   Config.string(name).pipe(
@@ -544,7 +555,7 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
       reconnectDelay: Duration.seconds(5),
       maxReconnectWait: Duration.seconds(30),
       eventTypeMap: defaultEventTypeMap,
-      mode: "queue",
+      mode: "stream",
       stream: defaultStreamName,
       streamMaxAge: Duration.hours(24),
       streamMaxBytes: defaultStreamMaxBytes,
@@ -575,10 +586,13 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
             : Either.right(name.trim())
         )
       ),
-      queue: Config.string("RABBITMQ_QUEUE").pipe(
-        Config.withDefault(""),
-        Config.map((queue) => queue.trim() === "" ? defaultQueueName() : queue.trim())
-      ),
+      queue: Config.all({
+        queue: Config.string("RABBITMQ_QUEUE").pipe(Config.withDefault("")),
+        instance: Config.string("HUB_INSTANCE_ID").pipe(Config.withDefault("")),
+        port: Config.integer("PORT").pipe(Config.withDefault(8080))
+      }).pipe(Config.map(({ instance, port, queue }) =>
+        queue.trim() !== "" ? queue.trim() : defaultQueueName(instance.trim() || defaultInstanceId(port))
+      )),
       bindingKeys: Config.string("RABBITMQ_BINDING_KEYS").pipe(
         Config.withDefault("#"),
         Config.mapOrFail((keys) => {
@@ -603,7 +617,7 @@ export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<Rabb
       reconnectDelay: goDuration("RABBITMQ_RECONNECT_DELAY", "5s"),
       maxReconnectWait: goDuration("RABBITMQ_MAX_RECONNECT_WAIT", "30s"),
       eventTypeMap: eventTypeMapConfig("EVENT_TYPE_MAP"),
-      mode: Config.literal("queue", "stream")("RABBITMQ_MODE").pipe(Config.withDefault("queue" as const)),
+      mode: Config.literal("queue", "stream")("RABBITMQ_MODE").pipe(Config.withDefault("stream" as const)),
       stream: Config.string("RABBITMQ_STREAM").pipe(
         Config.withDefault(defaultStreamName),
         Config.map((name) => name.trim() === "" ? defaultStreamName : name.trim())

@@ -20,7 +20,7 @@
  * JavaScript runs one thing at a time, so appending (in `Hub.broadcast`,
  * together with the fan-out) and reading happen in single synchronous steps.
  */
-import type { Outbound } from "../protocol/Protocol.js"
+import type { GapReason, Outbound } from "../protocol/Protocol.js"
 
 export interface HistoryEntry {
   readonly id: string
@@ -52,8 +52,8 @@ export const streamId = (offset: number): string => pad(offset, 20)
 export type Placement =
   /** Not an id at all. */
   | { readonly _tag: "Malformed" }
-  /** An id this history cannot place (another run, instance or mode), or older than what it holds. */
-  | { readonly _tag: "Gap" }
+  /** Older than what it holds (`missed`), or an id it cannot place: another run, instance or mode (`unknown`). */
+  | { readonly _tag: "Gap"; readonly reason: GapReason }
   /** The history holds everything after `since`. */
   | { readonly _tag: "Covered" }
 
@@ -177,9 +177,9 @@ export class History {
   /** Where `since` stands: malformed, not reachable (gap), or covered. */
   place(since: string): Placement {
     if (since.length > maxIdLength || !idForms.test(since)) return { _tag: "Malformed" }
-    if (this.#mode === "queue" && !since.startsWith(`${this.#run}-`)) return { _tag: "Gap" }
-    if (this.#mode === "stream" && !/^\d{20}(\.\d{10})?$|^\.\d{10}$/.test(since)) return { _tag: "Gap" }
-    return this.covers(since) ? { _tag: "Covered" } : { _tag: "Gap" }
+    if (this.#mode === "queue" && !since.startsWith(`${this.#run}-`)) return { _tag: "Gap", reason: "unknown" }
+    if (this.#mode === "stream" && !/^\d{20}(\.\d{10})?$|^\.\d{10}$/.test(since)) return { _tag: "Gap", reason: "unknown" }
+    return this.covers(since) ? { _tag: "Covered" } : { _tag: "Gap", reason: "missed" }
   }
 
   /** True when every event after `cursor` that this instance broadcast is still held. */

@@ -13,7 +13,7 @@ import { Health } from "../ops/Health.js"
 import { eventIdOf, RecentIds } from "./Dedup.js"
 import { History } from "./History.js"
 import { HubMetrics } from "../ops/Metrics.js"
-import { type DisconnectReason, HubMessageType, Outbound } from "../protocol/Protocol.js"
+import { type DisconnectReason, type HistoryGapData, HubMessageType, Outbound } from "../protocol/Protocol.js"
 import * as Topic from "../protocol/Topic.js"
 
 export type ClientId = number
@@ -350,7 +350,7 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
         const current = () => resumes.get(id) === token && registrationOf(id) !== undefined
         let cursor: string | undefined = since
         let replayed = 0
-        let gap: { since: string; oldest_available: string | null } | undefined
+        let gap: HistoryGapData | undefined
         const notice = (type: string, data: unknown) => Outbound.message(type, data, new Date())
         const step = (): void => {
           if (!current()) return
@@ -365,7 +365,7 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
           for (;;) {
             if (cursor !== undefined && !history.covers(cursor)) {
               // History moved past the cursor (the resume came too late, or the replay is too slow).
-              gap = { since: cursor, oldest_available: history.oldest?.id ?? null }
+              gap = { since: cursor, oldest_available: history.oldest?.id ?? null, reason: "missed" }
               cursor = undefined
             }
             if (gap !== undefined) {
@@ -396,8 +396,9 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
         }
         history.whenReady(() => {
           if (!current()) return
-          if (history.place(since)._tag === "Gap") {
-            gap = { since, oldest_available: history.oldest?.id ?? null }
+          const placed = history.place(since)
+          if (placed._tag === "Gap") {
+            gap = { since, oldest_available: history.oldest?.id ?? null, reason: placed.reason }
             cursor = undefined
           }
           step()

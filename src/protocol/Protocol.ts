@@ -191,8 +191,9 @@ export const HubMessageType = {
   /** Reply to `auth`: the new token is in effect; `data.expires_at` is its expiry (RFC 3339) or null. */
   authenticated: "hub.authenticated",
   /**
-   * A resume: the history does not reach back to `data.since`, so events were
-   * missed; sent before the events still available, from `data.oldest_available`.
+   * A resume: the history does not reach back to `data.since` (`data.reason` `missed`: events were missed), or
+   * `data.since` cannot be placed (`unknown`: the hub cannot tell); sent before the events still available, from
+   * `data.oldest_available`.
    */
   historyGap: "hub.history_gap",
   /** A resume has sent every missed event: from here on, events are live. `data.replayed` counts them. */
@@ -214,11 +215,24 @@ export const ErrorData = Schema.Struct({
 })
 export type ErrorData = typeof ErrorData.Type
 
+/**
+ * Why a resume has a gap:
+ * - `missed`: events after `since` were broadcast and are no longer held (the history moved past them): the client
+ *   missed some, for certain;
+ * - `unknown`: `since` is an id this hub cannot place (another run of a hub in queue mode, after a restart or on
+ *   another instance; an id of the other mode): the hub cannot tell whether anything was missed.
+ * Either way the events the hub holds follow, then `hub.live`.
+ */
+export const GapReason = Schema.Literal("missed", "unknown")
+export type GapReason = typeof GapReason.Type
+
 export const HistoryGapData = Schema.Struct({
   /** The id the client resumed from (or the position a slow replay had reached when history moved past it). */
   since: Schema.String,
   /** The oldest id the hub still holds, sent next if it matches the subscription; `null` when it holds none. */
-  oldest_available: Schema.NullOr(Schema.String)
+  oldest_available: Schema.NullOr(Schema.String),
+  /** `missed`: events were lost for certain; `unknown`: the hub cannot tell (see `GapReason`). */
+  reason: GapReason
 })
 export type HistoryGapData = typeof HistoryGapData.Type
 

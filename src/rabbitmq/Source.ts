@@ -39,12 +39,37 @@ import { HubMetrics } from "../ops/Metrics.js"
 import { EventType } from "../protocol/Protocol.js"
 
 export class RabbitMqError extends Data.TaggedError("RabbitMqError")<{
-  readonly reason: "Connect" | "Topology" | "ConnectionLost" | "ChannelLost" | "ConsumerCancelled" | "Unexpected"
+  readonly reason:
+    | "Connect"
+    | "Topology"
+    | "StreamRefused"
+    | "QueueInUse"
+    | "ConnectionLost"
+    | "ChannelLost"
+    | "ConsumerCancelled"
+    | "Unexpected"
   readonly cause?: unknown
+  /** The queue or stream concerned, for the messages that name it. */
+  readonly queue?: string
 }> {
   get message() {
     const cause = this.cause instanceof Error ? `: ${this.cause.message}` : ""
-    return `${this.reason}${cause}`
+    switch (this.reason) {
+      case "StreamRefused":
+        return `the broker refused the stream queue ${this.queue}${cause}. RABBITMQ_MODE=stream (the default) needs ` +
+          "RabbitMQ 3.9 or later with streams enabled (feature flag stream_queue) and no other queue of that name " +
+          "(RABBITMQ_STREAM); on a broker without streams set RABBITMQ_MODE=queue (a queue per hub instance, see " +
+          "docs/operations.md)"
+      case "QueueInUse":
+        return `another consumer holds the queue ${this.queue} (another hub instance with the same name?); every ` +
+          `instance needs its own queue: set HUB_INSTANCE_ID (or RABBITMQ_QUEUE) per instance${cause}`
+      default:
+        return `${this.reason}${cause}`
+    }
+  }
+  /** Errors that a retry will not fix without a change of configuration or broker: logged as errors. */
+  get needsAction(): boolean {
+    return this.reason === "StreamRefused" || this.reason === "QueueInUse"
   }
 }
 
@@ -204,16 +229,24 @@ const session = (
     })
 
     const queue = stream === undefined ? config.queue : config.stream
+    // Exactly as the publishers declare it: a different declaration would be refused.
+    yield* attempt("Topology", () => channel.assertExchange(config.exchange, "topic", { durable: true }))
+    if (stream !== undefined) {
+      // Refused by a broker without streams (or where another queue has the name): startup must say what to do.
+      yield* Effect.tryPromise({
+        try: () => channel.assertQueue(config.stream, { durable: true, arguments: streamArguments(config) }),
+        catch: (cause) => new RabbitMqError({ reason: "StreamRefused", cause, queue: config.stream })
+      })
+    }
     yield* attempt("Topology", async () => {
-      // Exactly as the publishers declare it: a different declaration would be refused.
-      await channel.assertExchange(config.exchange, "topic", { durable: true })
       if (stream !== undefined) {
         // Shared by every instance; a prefetch is mandatory on a stream queue.
-        await channel.assertQueue(config.stream, { durable: true, arguments: streamArguments(config) })
         for (const key of config.bindingKeys) await channel.bindQueue(config.stream, config.exchange, key)
         await channel.prefetch(config.prefetch)
         return
       }
+      // Durable (RabbitMQ 4 deprecates transient non-exclusive queues), and deleted by the broker once no hub has
+      // consumed it for RABBITMQ_QUEUE_EXPIRES: a stopped instance leaves nothing filling up behind it.
       await channel.assertQueue(config.queue, {
         durable: true,
         arguments: {
@@ -228,27 +261,34 @@ const session = (
       await channel.prefetch(config.prefetch)
     })
 
+    // Queue mode's consumer is exclusive: a second instance with the same queue name is refused (403).
+    const inUse = (cause: unknown) => stream === undefined && /exclusive use/i.test(String((cause as Error)?.message))
+    const consumeFailed = (cause: unknown) =>
+      new RabbitMqError({ reason: inUse(cause) ? "QueueInUse" : "Topology", cause, queue })
     yield* Effect.acquireRelease(
-      attempt("Topology", () =>
-        channel.consume(queue, (message) => {
-          if (message === null) {
-            lose(new RabbitMqError({ reason: "ConsumerCancelled" }))
-          } else if (!ended) {
-            const exit = Runtime.runSyncExit(runtime, deliver({ message, channel }))
-            if (Exit.isFailure(exit)) {
-              // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
-              const cause = Cause.squash(exit.cause)
-              // A handler that went asynchronous (it must not) would finish later, out of order: it is stopped,
-              // and the broker delivers the event again.
-              if (Runtime.isAsyncFiberException(cause)) cause.fiber.unsafeInterruptAsFork(FiberId.none)
-              lose(new RabbitMqError({ reason: "Unexpected", cause }))
+      Effect.tryPromise({
+        catch: consumeFailed,
+        try: () =>
+          channel.consume(queue, (message) => {
+            if (message === null) {
+              lose(new RabbitMqError({ reason: "ConsumerCancelled" }))
+            } else if (!ended) {
+              const exit = Runtime.runSyncExit(runtime, deliver({ message, channel }))
+              if (Exit.isFailure(exit)) {
+                // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
+                const cause = Cause.squash(exit.cause)
+                // A handler that went asynchronous (it must not) would finish later, out of order: it is stopped,
+                // and the broker delivers the event again.
+                if (Runtime.isAsyncFiberException(cause)) cause.fiber.unsafeInterruptAsFork(FiberId.none)
+                lose(new RabbitMqError({ reason: "Unexpected", cause }))
+              }
             }
-          }
-        }, stream === undefined ? { noAck: false } : {
-          // `noAck: true` is refused on a stream (540, which closes the connection).
-          noAck: false,
-          arguments: { "x-stream-offset": stream.from() }
-        })),
+          }, stream === undefined ? { noAck: false, exclusive: true } : {
+            // `noAck: true` is refused on a stream (540, which closes the connection).
+            noAck: false,
+            arguments: { "x-stream-offset": stream.from() }
+          })
+      }),
       // Released first: deliveries not yet acknowledged return to the queue when the channel closes.
       ({ consumerTag }) => open ? closing(() => channel.cancel(consumerTag)) : Effect.void
     )
@@ -431,15 +471,20 @@ const run = Effect.gen(function*() {
   yield* session(config, url, deliver, streamMode ? position : undefined).pipe(
     Stream.mapEffect(() => connected),
     // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
-    Stream.catchAllCause((cause) =>
-      Cause.isInterruptedOnly(cause)
-        ? Stream.failCause(cause)
-        : Stream.fail(new RabbitMqError({ reason: "Unexpected", cause: Cause.squash(cause) }))
-    ),
+    Stream.catchAllCause((cause) => {
+      if (Cause.isInterruptedOnly(cause)) return Stream.failCause(cause)
+      // The session's own errors go on as they are (their message says what to do); anything else is unexpected.
+      const failure = Cause.failureOption(cause)
+      return Stream.fail(
+        Option.isSome(failure) ? failure.value : new RabbitMqError({ reason: "Unexpected", cause: Cause.squash(cause) })
+      )
+    }),
     Stream.tapError((error) =>
       Effect.zipRight(
         setHealth("down", error.message),
-        Effect.logWarning("RabbitMQ connection failed").pipe(Effect.annotateLogs({ error: error.message }))
+        (error.needsAction ? Effect.logError : Effect.logWarning)("RabbitMQ connection failed").pipe(
+          Effect.annotateLogs({ error: error.message })
+        )
       )
     ),
     Stream.retry(reconnectSchedule(config).pipe(
