@@ -62,14 +62,28 @@ describe("Outbox", () => {
     expect(outbox.size).toBe(0)
   })
 
-  it("refuses a message once its capacity is queued", async () => {
+  it("refuses a message once its capacity is queued while the socket refuses data (the client does not read)", async () => {
     const { socket, ws } = recordingSocket(0)
+    // The socket takes the first write, then refuses more (its buffer is full) and never drains.
+    ;(socket as unknown as { write: () => boolean }).write = () => false
     let written = 0
     const outbox = new Outbox(ws, socket, 2, (count) => (written += count))
+    expect(outbox.offer(Outbound.text("first"))).toBe(true)
+    await until(() => written === 1)
+    expect(outbox.blockedSince).toBeDefined()
     expect([outbox.offer(Outbound.text("a")), outbox.offer(Outbound.text("b")), outbox.offer(Outbound.text("c"))])
       .toEqual([true, true, false])
-    // The flush is shared by every outbox: let it end before the next test.
-    await until(() => written === 2)
+  })
+
+  it("takes a burst beyond its capacity while the socket takes data (the hub's backlog, not the client's), up to 16 times", async () => {
+    const { batches, socket, ws } = recordingSocket(0)
+    let written = 0
+    const outbox = new Outbox(ws, socket, 2, (count) => (written += count))
+    const offered = Array.from({ length: 33 }, (_, i) => outbox.offer(Outbound.text(`${i}`)))
+    expect(offered.filter((accepted) => accepted)).toHaveLength(32)
+    expect(offered[32]).toBe(false)
+    await until(() => written === 32)
+    expect(batches.flat()).toEqual(Array.from({ length: 32 }, (_, i) => `${i}`))
   })
 
   it("a message queued during a long flush joins the outboxes not yet written; every socket keeps its order", async () => {

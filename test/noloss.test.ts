@@ -4,7 +4,8 @@
  * exchange, queue and stream, deleted afterwards).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
+import { Hub } from "../src/hub/Hub.js"
 import { randomUUID } from "node:crypto"
 import { Health } from "../src/ops/Health.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
@@ -16,11 +17,14 @@ import {
   consuming,
   eventually,
   freePort,
+  hubLayer,
   hubWithSource,
+  post,
   promise,
   range,
   seqs,
   ServiceProcess,
+  tcpProxy,
   TestClient,
   uniqueNames
 } from "./support.js"
@@ -148,5 +152,78 @@ describe("a restart of the service in queue mode (node dist/main.js, RABBITMQ_MO
       const gap = again.messages.find((message) => message.type === "hub.history_gap")!
       expect(gap.data.reason).toBe("unknown")
       again.close()
+    }), { timeout: 60_000 })
+})
+
+describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER, 256)", () => {
+  const token = "burst-token"
+  const slowConsumers = Effect.map(
+    Effect.flatMap(HubMetrics, (metrics) => metrics.snapshot),
+    (snapshot) => snapshot.clients_disconnected.slow_consumer
+  )
+
+  it.scopedLive("an array POST of the largest size allowed (1,000 events) reaches a reading client whole", () =>
+    Effect.gen(function*() {
+      const clients = yield* Effect.all([connect(), connect()])
+      const events = range(0, 1000).map((seq) => ({ type: "backtest.completed", data: { seq, job_id: `job-${seq}` } }))
+      const response = yield* post("/api/v1/events", events, { authorization: `Bearer ${token}` })
+      expect(response.status).toBe(202)
+      for (const client of clients) {
+        yield* promise(() => client.until(() => seqs(client).length === 1000, "1000 events"))
+        expect(seqs(client)).toEqual(range(0, 1000))
+        expect(client.isOpen).toBe(true)
+      }
+      expect(yield* slowConsumers).toBe(0)
+    }).pipe(Effect.provide(hubLayer({ publishToken: Option.some(Redacted.make(token)) }))), { timeout: 30_000 })
+
+  it.scopedLive("a library broadcast loop of 3,000 events reaches a reading client whole", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const client = yield* connect()
+      yield* Effect.forEach(range(0, 3000), (seq) => hub.broadcast("backtest.completed", { seq }), { discard: true })
+      yield* promise(() => client.until(() => seqs(client).length === 3000, "3000 events", 20_000))
+      expect(seqs(client)).toEqual(range(0, 3000))
+      expect(yield* slowConsumers).toBe(0)
+    }).pipe(Effect.provide(hubLayer())), { timeout: 30_000 })
+
+  it.scopedLive("a client that stops reading is still dropped (4000); the reading one gets everything", () =>
+    Effect.gen(function*() {
+      const hub = yield* Hub
+      const reading = yield* connect()
+      const stopped = yield* connect()
+      ;(stopped.ws as any)._socket.pause()
+      // 64 MB in all: more than the kernel's socket buffers hold for the stopped client (up to about 36 MB here).
+      const payload = "x".repeat(64 * 1024)
+      // Events keep coming, one per turn of the event loop.
+      for (let seq = 0; seq < 1000; seq++) {
+        yield* hub.broadcast("backtest.completed", { seq, payload })
+        yield* promise(() => new Promise((resolve) => setImmediate(resolve)))
+      }
+      yield* promise(() => reading.until(() => seqs(reading).length === 1000, "1000 events", 30_000))
+      expect(seqs(reading)).toEqual(range(0, 1000))
+      expect(yield* slowConsumers).toBe(1)
+      ;(stopped.ws as any)._socket.resume()
+      expect([4000, 1006]).toContain((yield* promise(() => stopped.closed)).code)
+    }).pipe(Effect.provide(hubLayer())), { timeout: 60_000 })
+
+  it.scopedLive("a backlog from the broker after an outage (3,000 events) reaches a reading client whole", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const proxy = yield* tcpProxy
+      yield* Effect.gen(function*() {
+        const health = yield* Health
+        yield* consuming
+        const client = yield* connect()
+        yield* promise(() => proxy.cut())
+        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        yield* promise(async () => {
+          for (let seq = 0; seq < 3000; seq++) await publisher.publish(names.exchange, "backtest.completed", { seq })
+        })
+        yield* promise(() => proxy.restore())
+        yield* promise(() => client.until(() => seqs(client).length === 3000, "3000 events", 30_000))
+        expect(seqs(client)).toEqual(range(0, 3000))
+        expect(yield* slowConsumers).toBe(0)
+      }).pipe(Effect.provide(hubWithSource({ ...names, url: Option.some(Redacted.make(proxy.url)) })))
     }), { timeout: 60_000 })
 })

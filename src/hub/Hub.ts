@@ -388,6 +388,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
               return
             }
             if (wants(registration, next.type) && inRooms(roomsJoined.get(connection), next.rooms)) {
+              // Paced by the send buffer: a replay never fills it beyond its capacity.
+              if (connection.backlog !== undefined && connection.backlog() >= config.sendBuffer) return waitForRoom()
               if (!connection.offer(next.message)) return waitForRoom()
               replayed++
             }

@@ -18,7 +18,8 @@
  * Backpressure is explicit: while the socket's own buffer is above its
  * high-water mark the outbox stops writing and keeps queueing, up to its
  * capacity (`WS_SEND_BUFFER`); `offer` then returns `false` and the hub
- * drops the client. A write stuck for `WS_WRITE_TIMEOUT` is detected on the
+ * drops the client. Only then: a burst that fills the outbox of a client
+ * whose socket takes data is the hub's backlog, never blamed on the client. A write stuck for `WS_WRITE_TIMEOUT` is detected on the
  * hub's tick through `blockedSince`.
  */
 import type { Duplex } from "node:stream"
@@ -39,6 +40,12 @@ let flushScheduled = false
 let behind = false
 /** `behindAt` for the default `WS_SEND_BUFFER` (256); at most half of a smaller one. */
 const behindAtMost = 32
+
+/**
+ * A client whose socket takes data holds at most this many times its capacity (a burst written by the next flush);
+ * producers of bursts yield to the flush long before (the array POST every 64 events).
+ */
+const overflowFactor = 16
 
 /** How long one slice of a flush may write before the event loop runs again. */
 const sliceMillis = 1
@@ -104,10 +111,17 @@ export class Outbox {
     return this.#pending.length
   }
 
-  /** Queues a message; `false` (and nothing queued) when the buffer is full. Never blocks. */
+  /**
+   * Queues a message; `false` (and nothing queued) when the buffer is full while the socket refuses data: the
+   * client is not reading. While the socket takes data, the messages waiting are the hub's own backlog (a burst
+   * fanned out before the next flush), not the client's fault: they are queued up to `overflowFactor` times the
+   * capacity, and written by the next flush. Never blocks.
+   */
   offer(message: Outbound): boolean {
     const queued = this.#pending.length
-    if (queued >= this.capacity) return false
+    if (queued >= this.capacity && (this.blockedSince !== undefined || queued >= this.capacity * overflowFactor)) {
+      return false
+    }
     if (queued >= this.#behindAt && this.blockedSince === undefined) behind = true
     this.#pending.push(message)
     this.#schedule()
