@@ -122,9 +122,12 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
 })
 
 layer(hubLayer(), { excludeTestServices: true })("HTTP without PUBLISH_TOKEN", (it) => {
-  it.effect("POST /api/v1/events does not exist", () =>
+  it.effect("POST /api/v1/events answers that publishing is disabled and how to enable it", () =>
     Effect.gen(function*() {
       const response = yield* post("/api/v1/events", { type: "x", data: {} }, auth)
       expect(response.status).toBe(404)
+      // Not a bare "no route": what is off, and how to turn it on.
+      expect(response.body.error).toContain("publishing is disabled")
+      expect(response.body.error).toContain("PUBLISH_TOKEN")
     }))
 })

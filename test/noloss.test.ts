@@ -6,6 +6,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Redacted } from "effect"
 import { Hub } from "../src/hub/Hub.js"
+import { Publisher } from "../src/rabbitmq/Publisher.js"
+import * as RabbitMqSource from "../src/rabbitmq/Source.js"
 import { randomUUID } from "node:crypto"
 import { Health } from "../src/ops/Health.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
@@ -21,6 +23,7 @@ import {
   hubWithSource,
   post,
   promise,
+  rabbitConfig,
   range,
   seqs,
   ServiceProcess,
@@ -28,6 +31,7 @@ import {
   TestClient,
   uniqueNames
 } from "./support.js"
+import type { RabbitMqSettings } from "../src/config/Config.js"
 
 /** A test's own exchange, queue and stream, deleted when the test ends. */
 const testNames = (publisher: Broker) => {
@@ -225,5 +229,97 @@ describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER
         expect(seqs(client)).toEqual(range(0, 3000))
         expect(yield* slowConsumers).toBe(0)
       }).pipe(Effect.provide(hubWithSource({ ...names, url: Option.some(Redacted.make(proxy.url)) })))
+    }), { timeout: 60_000 })
+})
+
+describe("every instance delivers every event, whatever entered it", () => {
+  const token = "publish-token"
+  const auth = { authorization: `Bearer ${token}` }
+  /** A hub instance as main.ts composes it: the source, and the publisher that POST and clients' publish use. */
+  const instance = (rabbit: Partial<RabbitMqSettings>) =>
+    RabbitMqSource.layer.pipe(
+      Layer.provideMerge(hubLayer({ publishToken: Option.some(Redacted.make(token)) })),
+      Layer.provideMerge(Publisher.layer),
+      Layer.provide(rabbitConfig(rabbit))
+    )
+
+  for (const mode of ["queue", "stream"] as const) {
+    it.scopedLive(`an event POSTed to one of two instances (${mode} mode) arrives once at a client of each`, () =>
+      Effect.gen(function*() {
+        const publisher = yield* broker
+        const names = yield* testNames(publisher)
+        const second = `${names.queue}.second`
+        yield* Effect.addFinalizer(() => Effect.promise(() => publisher.cleanup({ queues: [second] })))
+        const first = yield* Layer.build(instance({ ...names, mode }))
+        const other = yield* Layer.build(instance({ ...names, queue: second, mode }))
+        const clients = []
+        for (const hub of [first, other]) {
+          yield* consuming.pipe(Effect.provide(hub))
+          clients.push(yield* connect().pipe(Effect.provide(hub)))
+        }
+        const single = yield* post("/api/v1/events", { type: "backtest.completed", data: { seq: 0 } }, auth).pipe(
+          Effect.provide(first)
+        )
+        expect(single).toEqual({ status: 202, body: { status: "accepted", events: 1 } })
+        const batch = yield* post("/api/v1/events", range(1, 5).map((seq) => ({ type: "backtest.completed", data: { seq } })), auth).pipe(
+          Effect.provide(other)
+        )
+        expect(batch.status).toBe(202)
+        // A last event through the broker: anything delivered twice would arrive before it.
+        yield* promise(() => publisher.publish(names.exchange, "backtest.completed", { seq: 5 }))
+        for (const client of clients) {
+          yield* promise(() => client.until(() => seqs(client).includes(5), "event 5"))
+          expect(seqs(client)).toEqual(range(0, 6))
+          if (mode === "stream") for (const event of client.events) expect(event.id).toMatch(/^\d{20}$/)
+        }
+      }), { timeout: 60_000 })
+  }
+
+  it.scopedLive("POST answers 503 with the reason while the broker is unreachable, and delivers nothing locally", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const proxy = yield* tcpProxy
+      const hub = yield* Layer.build(instance({ ...names, url: Option.some(Redacted.make(proxy.url)) }))
+      yield* consuming.pipe(Effect.provide(hub))
+      const client = yield* connect().pipe(Effect.provide(hub))
+      yield* promise(() => proxy.cut())
+      const refused = yield* post("/api/v1/events", { type: "backtest.completed", data: { seq: 0 } }, auth).pipe(
+        Effect.provide(hub)
+      )
+      expect(refused.status).toBe(503)
+      expect(refused.body.error).toContain("not published")
+      expect(refused.body.error).toContain("unavailable")
+      yield* promise(() => proxy.restore())
+      yield* consuming.pipe(Effect.provide(hub))
+      const accepted = yield* post("/api/v1/events", { type: "backtest.completed", data: { seq: 1 } }, auth).pipe(
+        Effect.provide(hub)
+      )
+      expect(accepted.status).toBe(202)
+      yield* promise(() => client.until(() => seqs(client).includes(1), "event 1"))
+      // The refused event never reached anyone.
+      expect(seqs(client)).toEqual([1])
+    }), { timeout: 60_000 })
+
+  it.scopedLive("the library's publish goes through the broker to every instance; broadcast stays local", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const second = `${names.queue}.second`
+      yield* Effect.addFinalizer(() => Effect.promise(() => publisher.cleanup({ queues: [second] })))
+      const first = yield* Layer.build(instance(names))
+      const other = yield* Layer.build(instance({ ...names, queue: second }))
+      const clients = []
+      for (const hub of [first, other]) {
+        yield* consuming.pipe(Effect.provide(hub))
+        clients.push(yield* connect().pipe(Effect.provide(hub)))
+      }
+      yield* Effect.gen(function*() {
+        yield* (yield* Hub).broadcast("backtest.completed", { seq: 0 })
+        yield* (yield* Publisher).publishEvent("backtest.completed", { seq: 1 })
+      }).pipe(Effect.provide(first))
+      for (const client of clients) yield* promise(() => client.until(() => seqs(client).includes(1), "event 1"))
+      expect(seqs(clients[0]!)).toEqual([0, 1])
+      expect(seqs(clients[1]!)).toEqual([1])
     }), { timeout: 60_000 })
 })

@@ -1,6 +1,8 @@
 /**
  * The HTTP server: the WebSocket endpoint, `GET /health`, `GET /metrics` and
- * (when `PUBLISH_TOKEN` is set) `POST /api/v1/events`. CORS follows
+ * (when `PUBLISH_TOKEN` is set) `POST /api/v1/events`, which publishes to the
+ * RabbitMQ exchange when a broker is configured (every instance then delivers
+ * the events) and broadcasts to this instance's clients otherwise. CORS follows
  * `ALLOWED_ORIGINS` on every HTTP route.
  */
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
@@ -19,6 +21,7 @@ import { Hub } from "../hub/Hub.js"
 import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
+import { Publisher } from "../rabbitmq/Publisher.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 import * as WebSocketServer from "./WebSocketServer.js"
 
@@ -65,6 +68,8 @@ export const makeRouter = Effect.gen(function*() {
   const metrics = yield* HubMetrics
   const health = yield* Health
   const limits = yield* Limits
+  // With a broker (RABBITMQ_URL), published events go through the exchange so that every instance delivers them.
+  const publisher = Option.filter(yield* Effect.serviceOption(Publisher), (publisher) => publisher.enabled)
 
   const healthRoute = Effect.map(health.report, (report) =>
     HttpServerResponse.unsafeJson(report, { status: report.status === "unavailable" ? 503 : 200 }))
@@ -128,6 +133,23 @@ export const makeRouter = Effect.gen(function*() {
         return problem(400, `invalid event: ${formatParseError(decoded.left)}`)
       }
       const events = decoded.right
+      if (Option.isSome(publisher)) {
+        return yield* publisher.value.publishAll(
+          events.map((event) => ({ routingKey: event.type, body: Buffer.from(JSON.stringify(event.data)) }))
+        ).pipe(
+          Effect.as(HttpServerResponse.unsafeJson({ status: "accepted", events: events.length }, { status: 202 })),
+          // Never a silent fallback to this instance's clients only: the publisher is told, and retries.
+          Effect.catchAll((error) =>
+            Effect.as(
+              Effect.logWarning("POST /api/v1/events: not published").pipe(
+                Effect.annotateLogs({ reason: error.message, events: events.length })
+              ),
+              problem(503, `not published: ${error.message}; retry later (an event with an event_id is never ` +
+                "delivered twice)", { "retry-after": "5" })
+            )
+          )
+        )
+      }
       let recipients = 0
       for (let i = 0; i < events.length; i++) {
         recipients += yield* hub.broadcast(events[i]!.type, events[i]!.data)
@@ -154,7 +176,16 @@ export const makeRouter = Effect.gen(function*() {
     HttpRouter.get("/metrics", metricsRoute)
   )
   const withPublish = Option.match(config.publishToken, {
-    onNone: () => routes,
+    onNone: () =>
+      HttpRouter.post(
+        routes,
+        "/api/v1/events",
+        Effect.succeed(problem(
+          404,
+          "publishing is disabled on this hub: set PUBLISH_TOKEN to enable POST /api/v1/events " +
+            "(then send Authorization: Bearer <PUBLISH_TOKEN>)"
+        ))
+      ),
     onSome: (token) => HttpRouter.post(routes, "/api/v1/events", publishRoute(token))
   })
   return Effect.catchTag(withPublish, "RouteNotFound", () => notFound)

@@ -34,16 +34,33 @@ export class PublishError extends Data.TaggedError("PublishError")<{
 /** Longest wait for a connection and a confirmation. */
 export const publishTimeout = Duration.seconds(5)
 
+/** A message to publish: its routing key (the event's type) and its JSON body (the event's data). */
+export interface OutgoingMessage {
+  readonly routingKey: string
+  readonly body: Buffer
+}
+
 export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
   /** Publishes `body` (JSON) with `routingKey`; succeeds once the broker has confirmed it. */
   readonly publish: (routingKey: string, body: Buffer) => Effect.Effect<void, PublishError>
+  /** Publishes the messages in order on one channel; succeeds once the broker has confirmed every one. */
+  readonly publishAll: (messages: ReadonlyArray<OutgoingMessage>) => Effect.Effect<void, PublishError>
+  /**
+   * Publishes an event to the exchange (its type as routing key, its data as body), so that it reaches the
+   * clients of every hub instance, and in stream mode gets an id that resumes everywhere: the library's
+   * counterpart of `Hub.broadcast`, which reaches this instance's clients only. Succeeds once confirmed.
+   */
+  readonly publishEvent: (type: string, data: unknown) => Effect.Effect<void, PublishError>
+  /** True when a broker is configured (`RABBITMQ_URL`): `publish` can succeed. */
+  readonly enabled: boolean
 }>() {
   static readonly layer: Layer.Layer<Publisher, never, RabbitMqConfig> = Layer.scoped(
     Publisher,
     Effect.gen(function*() {
       const config = yield* RabbitMqConfig
       if (Option.isNone(config.url)) {
-        return Publisher.of({ publish: () => Effect.fail(new PublishError({ reason: "Disabled" })) })
+        const disabled = () => Effect.fail(new PublishError({ reason: "Disabled" }))
+        return Publisher.of({ publish: disabled, publishAll: disabled, publishEvent: disabled, enabled: false })
       }
       const url = config.url.value
       let connection: amqp.ChannelModel | undefined
@@ -83,33 +100,41 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
 
       yield* Effect.addFinalizer(() => connection === undefined ? Effect.void : closing(() => connection!.close()))
 
-      return Publisher.of({
-        publish: (routingKey, body) => {
-          // A timeout before the message went out (no connection yet) means it was not published at all.
-          let sent = false
-          return Effect.tryPromise({
-            try: async () => {
-              const confirm = await open()
-              sent = true
-              await new Promise<void>((resolve, reject) => {
-                // amqplib calls back once the broker confirms (or rejects) the message, or the channel closes.
+      const publishAll = (messages: ReadonlyArray<OutgoingMessage>) => {
+        // A timeout before the messages went out (no connection yet) means nothing was published at all.
+        let sent = false
+        return Effect.tryPromise({
+          try: async () => {
+            const confirm = await open()
+            sent = true
+            // One channel keeps the order; amqplib calls back once the broker confirms (or rejects) each message,
+            // or the channel closes.
+            await Promise.all(messages.map(({ body, routingKey }) =>
+              new Promise<void>((resolve, reject) => {
                 confirm.publish(config.exchange, routingKey, body, {
                   persistent: true,
                   contentType: "application/json"
                 }, (error) => error ? reject(error) : resolve())
               })
-            },
-            catch: (cause) => new PublishError({ reason: "Unavailable", cause })
-          }).pipe(
-            Effect.timeoutFail({
-              duration: publishTimeout,
-              onTimeout: () =>
-                new PublishError(
-                  sent ? { reason: "Timeout" } : { reason: "Unavailable", cause: new Error("no connection in time") }
-                )
-            })
-          )
-        }
+            ))
+          },
+          catch: (cause) => new PublishError({ reason: "Unavailable", cause })
+        }).pipe(
+          Effect.timeoutFail({
+            duration: publishTimeout,
+            onTimeout: () =>
+              new PublishError(
+                sent ? { reason: "Timeout" } : { reason: "Unavailable", cause: new Error("no connection in time") }
+              )
+          })
+        )
+      }
+
+      return Publisher.of({
+        publish: (routingKey, body) => publishAll([{ routingKey, body }]),
+        publishAll,
+        publishEvent: (type, data) => publishAll([{ routingKey: type, body: Buffer.from(JSON.stringify(data)) }]),
+        enabled: true
       })
     })
   )
