@@ -6,6 +6,7 @@ import { ConfigProvider, Duration, Effect, Either, Layer } from "effect"
 import { HubConfig, RabbitMqConfig } from "../src/config/Config.js"
 import { History, streamId } from "../src/hub/History.js"
 import { Outbound } from "../src/protocol/Protocol.js"
+import { hostname } from "node:os"
 
 const entry = (history: History, at: number, id = history.nextLocalId()) => ({
   id,
@@ -56,7 +57,7 @@ describe("History", () => {
     expect(history.oldest!.id).toBe(ids[15])
     // The newest evicted is still a position the history covers: everything after it is held.
     expect(history.place(ids[14]!)).toEqual({ _tag: "Covered" })
-    expect(history.place(ids[13]!)).toEqual({ _tag: "Gap" })
+    expect(history.place(ids[13]!)).toEqual({ _tag: "Gap", reason: "missed" })
     expect(replay(history, ids[14])).toEqual(ids.slice(15))
   })
 
@@ -67,7 +68,7 @@ describe("History", () => {
     history.trim(1500)
     expect(history.size).toBe(5)
     expect(history.oldest!.id).toBe(recent[0])
-    expect(history.place(old[0]!)).toEqual({ _tag: "Gap" })
+    expect(history.place(old[0]!)).toEqual({ _tag: "Gap", reason: "missed" })
     history.trim(10_000)
     expect(history.size).toBe(0)
     expect(history.place(recent[4]!)).toEqual({ _tag: "Covered" })
@@ -78,7 +79,7 @@ describe("History", () => {
     fill(history, 3)
     const other = new History(100, 60_000)
     const foreign = fill(other, 1)[0]!
-    expect(history.place(foreign)).toEqual({ _tag: "Gap" })
+    expect(history.place(foreign)).toEqual({ _tag: "Gap", reason: "unknown" })
     expect(history.place("")).toEqual({ _tag: "Malformed" })
     expect(history.place("x".repeat(65))).toEqual({ _tag: "Malformed" })
     expect(history.place("1 OR 1=1")).toEqual({ _tag: "Malformed" })
@@ -102,9 +103,9 @@ describe("History", () => {
     expect(replay(history, streamId(40))).toEqual([streamId(41), local, streamId(42)])
     // Offset 39 is the newest this instance does not hold: resuming from it misses nothing; from 38 it does.
     expect(history.place(streamId(39))).toEqual({ _tag: "Covered" })
-    expect(history.place(streamId(38))).toEqual({ _tag: "Gap" })
+    expect(history.place(streamId(38))).toEqual({ _tag: "Gap", reason: "missed" })
     // An id from the classic mode cannot be placed in a stream.
-    expect(history.place("1764201234567abcd-0000000000000001")).toEqual({ _tag: "Gap" })
+    expect(history.place("1764201234567abcd-0000000000000001")).toEqual({ _tag: "Gap", reason: "unknown" })
   })
 
   it("after a hole in the stream, forgets what came before it", () => {
@@ -115,7 +116,7 @@ describe("History", () => {
     history.startsAt(10)
     history.append(entry(history, 0, streamId(10)), true)
     expect(history.size).toBe(1)
-    expect(history.place(streamId(0))).toEqual({ _tag: "Gap" })
+    expect(history.place(streamId(0))).toEqual({ _tag: "Gap", reason: "missed" })
     expect(history.place(streamId(9))).toEqual({ _tag: "Covered" })
   })
 
@@ -138,7 +139,7 @@ const fromEnv = <A, E>(layer: Layer.Layer<A, E>, env: Record<string, string>) =>
   ))
 
 describe("history and stream settings", () => {
-  it.effect("default to 10,000 events for 10 minutes, the classic queue mode, and a 24 h / 1 GiB stream", () =>
+  it.effect("default to 10,000 events for 10 minutes, stream mode, and a 24 h / 1 GiB stream", () =>
     Effect.gen(function*() {
       const hub = Either.getOrThrow(yield* fromEnv(HubConfig.fromEnv, {}))
       const rabbit = Either.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {}))
@@ -146,7 +147,7 @@ describe("history and stream settings", () => {
       const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Type"]
       expect(hubSettings.historyMaxEvents).toBe(10_000)
       expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(600_000)
-      expect(rabbitSettings.mode).toBe("queue")
+      expect(rabbitSettings.mode).toBe("stream")
       expect(rabbitSettings.stream).toBe("websocket_events_stream")
       expect(Duration.toMillis(rabbitSettings.streamMaxAge)).toBe(86_400_000)
       expect(rabbitSettings.streamMaxBytes).toBe(1024 ** 3)
@@ -167,6 +168,32 @@ describe("history and stream settings", () => {
       expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(3_600_000)
       expect(rabbitSettings).toMatchObject({ mode: "stream", stream: "hub.events", streamMaxBytes: 5_000_000 })
       expect(Duration.toHours(rabbitSettings.streamMaxAge)).toBe(7)
+    }))
+
+  it.effect("queue mode's default queue is named after HUB_INSTANCE_ID, or the hostname and PORT: the same after a restart", () =>
+    Effect.gen(function*() {
+      const queueOf = (env: Record<string, string>) =>
+        Effect.map(fromEnv(RabbitMqConfig.fromEnv, env), (context) =>
+          (Either.getOrThrow(context).unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Type"]).queue)
+      expect(yield* queueOf({})).toBe(`websocket_events_queue.${hostname()}.8080`)
+      expect(yield* queueOf({ PORT: "9001" })).toBe(`websocket_events_queue.${hostname()}.9001`)
+      expect(yield* queueOf({ HUB_INSTANCE_ID: "hub-0" })).toBe("websocket_events_queue.hub-0")
+      expect(yield* queueOf({ HUB_INSTANCE_ID: "hub-0", RABBITMQ_QUEUE: "mine" })).toBe("mine")
+    }))
+
+  it.effect("the duplicate window: DEDUP_MAX_EVENTS (10,000; 0 turns it off) and DEDUP_MAX_AGE (10 minutes)", () =>
+    Effect.gen(function*() {
+      const settings = (env: Record<string, string>) =>
+        Effect.map(fromEnv(HubConfig.fromEnv, env), (context) =>
+          Either.map(context, (c) => c.unsafeMap.get(HubConfig.key) as HubConfig["Type"]))
+      const defaults = Either.getOrThrow(yield* settings({}))
+      expect(defaults.dedupMaxEvents).toBe(10_000)
+      expect(Duration.toMinutes(defaults.dedupMaxAge)).toBe(10)
+      const off = Either.getOrThrow(yield* settings({ DEDUP_MAX_EVENTS: "0", DEDUP_MAX_AGE: "1h" }))
+      expect(off.dedupMaxEvents).toBe(0)
+      expect(Duration.toHours(off.dedupMaxAge)).toBe(1)
+      const refused = yield* settings({ DEDUP_MAX_EVENTS: "-1" })
+      expect(Either.isLeft(refused) && String(refused.left)).toContain("DEDUP_MAX_EVENTS")
     }))
 
   it.effect.each<[Record<string, string>, string]>([
