@@ -11,13 +11,13 @@ import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { Auth, type Principal } from "../security/Auth.js"
 import { HubConfig } from "../config/Config.js"
-import { type Connection, Hub } from "../hub/Hub.js"
+import { type Connection, HubClients } from "../hub/Hub.js"
 import { Limits, MessageRate } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { Outbox } from "../hub/Outbox.js"
 import { closeFor, CloseCode, type DisconnectReason, type Outbound } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
-import { type Incoming, Requests, type Session } from "./Requests.js"
+import { type Incoming, Requests, type RequestContext } from "./Requests.js"
 
 /** Inbound frames waiting to be handled before the socket stops being read. */
 const inboxHighWater = 16
@@ -25,7 +25,7 @@ const inboxLowWater = 4
 /** Longest wait for the peer's close frame before the socket is destroyed. */
 const maxCloseHandshake = Duration.seconds(2)
 
-export interface ClientInfo {
+export interface Handshake {
   readonly remoteAddress: string | undefined
   /** Who connected, when authentication is enabled (see Auth.ts). */
   readonly principal?: Principal | undefined
@@ -47,7 +47,7 @@ const toBuffer = (data: WebSocket.RawData): Buffer =>
  * Serves one upgraded connection until it closes. `socket` is the connection's
  * TCP socket, to which the outbox writes pre-built frames directly.
  */
-export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
+export const serve = (ws: WebSocket, socket: Duplex, info: Handshake) =>
   // `Effect.scoped` without putting the scope in the fiber's context: that copy of the context and of the fiber's
   // refs (and `Effect.addFinalizer`'s snapshot of them) cost about 5 KB per idle connection (heap snapshots).
   Effect.acquireUseRelease(
@@ -66,9 +66,9 @@ const reportDefect = (exit: Exit.Exit<unknown, unknown>) =>
     : Effect.void
 
 /** Sets the connection up in `scope` and returns its reader. */
-const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.Scope) =>
+const connect = (ws: WebSocket, socket: Duplex, info: Handshake, scope: Scope.Scope) =>
   Effect.gen(function*() {
-    const hub = yield* Hub
+    const hub = yield* HubClients
     const config = yield* HubConfig
     const metrics = yield* HubMetrics
     const auth = yield* Auth
@@ -77,7 +77,7 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     const publisher = yield* Effect.serviceOption(Publisher)
     const id = yield* hub.nextId
     const annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
-    const outbox = new Outbox(ws, socket, config.sendBuffer, metrics.delivered)
+    const outbox = new Outbox(hub.flusher, ws, socket, config.sendBuffer, metrics.delivered)
     // Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub).
     const inbox: Array<Incoming | typeof ended | typeof floodClose> = []
     let wakeReader: (() => void) | undefined
@@ -111,7 +111,7 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     const rate = new MessageRate(limits.settings, openedAt)
     /** Kicks the client if its token expired or it said nothing in time; true when it did. */
     const securityDue = (now: number): boolean => {
-      const principal = session.principal
+      const principal = context.principal
       if (principal !== undefined && now >= principal.expiresAt) {
         limits.refused("token_expired")
         kick("token_expired")
@@ -238,8 +238,8 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
         }
         outbox.whenRoom(attempt)
       })
-    const session: Session = { id, annotations, hub, config, auth, limits, publisher, send, principal: info.principal }
-    const requests = new Requests(session)
+    const context: RequestContext = { id, annotations, hub, config, auth, limits, publisher, send, principal: info.principal }
+    const requests = new Requests(context)
 
     /** Handles the client's frames until the connection ends. */
     const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
@@ -283,7 +283,7 @@ const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.S
     )
     // Unregistering a client that is not registered does nothing, so the finalizer can come first.
     yield* Scope.addFinalizer(scope, Effect.suspend(() => hub.unregister(id)))
-    yield* hub.register(connection, { allowed: session.principal?.eventTypes, resuming: info.since !== undefined })
+    yield* hub.register(connection, { allowed: context.principal?.eventTypes, resuming: info.since !== undefined })
     yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(annotations))
     if (info.since !== undefined) {
       yield* hub.resume(id, info.since).pipe(

@@ -18,19 +18,9 @@ export const matches = (pattern: string, type: string): boolean => {
   return matchWords(compile(pattern), type.split("."))
 }
 
-const compiled = new Map<string, ReadonlyArray<string>>()
-const maxCompiled = 4096
-
-const compile = (pattern: string): ReadonlyArray<string> => {
-  let words = compiled.get(pattern)
-  if (words === undefined) {
-    // Consecutive `#` words are equivalent to one.
-    words = pattern.split(".").filter((word, i, all) => !(word === "#" && all[i - 1] === "#"))
-    if (compiled.size >= maxCompiled) compiled.clear()
-    compiled.set(pattern, words)
-  }
-  return words
-}
+/** The pattern's words; consecutive `#` words are equivalent to one. */
+const compile = (pattern: string): ReadonlyArray<string> =>
+  pattern.split(".").filter((word, i, all) => !(word === "#" && all[i - 1] === "#"))
 
 /**
  * Dynamic programming over (pattern position, target position): can `pattern`

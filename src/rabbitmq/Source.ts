@@ -33,7 +33,7 @@ import {
 import { hostname } from "node:os"
 import { RabbitMqConfig, type RabbitMqSettings } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
-import { streamId } from "../hub/History.js"
+import { HubHistory, streamId } from "../hub/History.js"
 import { Hub } from "../hub/Hub.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { EventType } from "../protocol/Protocol.js"
@@ -304,6 +304,7 @@ export const reconnectSchedule = (config: Pick<RabbitMqSettings, "reconnectDelay
 const run = Effect.gen(function*() {
   const config = yield* RabbitMqConfig
   const hub = yield* Hub
+  const history = yield* HubHistory
   const metrics = yield* HubMetrics
   const health = yield* Health
   const setHealth = (status: "up" | "starting" | "down", detail?: string) =>
@@ -313,6 +314,9 @@ const run = Effect.gen(function*() {
     yield* health.set("rabbitmq", { status: "disabled", critical: false, detail: "RABBITMQ_URL is empty" })
     yield* Effect.logInfo("RabbitMQ source disabled (RABBITMQ_URL is empty)")
     return
+  }
+  if (config.mode === "stream" && history.mode !== "stream") {
+    return yield* Effect.dieMessage("stream mode: provide RabbitMqConfig to the hub's layer too (HubHistory uses stream ids)")
   }
   const url = config.url.value
   metrics.declare("rabbitmq", ["connections", "reconnects", "events_consumed", "events_rejected", "duplicates_dropped"])
@@ -344,7 +348,7 @@ const run = Effect.gen(function*() {
     // First: back as far as the history keeps events. Then: right after the last offset read.
     from: () =>
       lastOffset === undefined
-        ? { "!": "timestamp", value: Math.floor((Date.now() - hub.history.maxAgeMs) / 1000) }
+        ? { "!": "timestamp", value: Math.floor((Date.now() - history.maxAgeMs) / 1000) }
         : lastOffset + 1,
     marker: () => refilling ? instance : undefined
   }
@@ -363,7 +367,7 @@ const run = Effect.gen(function*() {
       return Effect.void
     }
     const hole = lastOffset !== undefined && offset > lastOffset + 1
-    if (lastOffset === undefined || hole) hub.history.startsAt(offset)
+    if (lastOffset === undefined || hole) history.startsAt(offset)
     lastOffset = offset
     const logHole = hole
       ? Effect.logWarning("the stream's retention removed events this hub had not read; history starts again here")
@@ -374,13 +378,13 @@ const run = Effect.gen(function*() {
       settle(channel, message, true)
       if (!refilling || marker !== instance) return logHole
       refilling = false
-      hub.history.markReady()
+      history.markReady()
       return Effect.zipRight(
         logHole,
         Effect.zipRight(
           setHealth("up"),
           Effect.logInfo("history refilled from the stream; events are live").pipe(
-            Effect.annotateLogs({ stream: config.stream, events: hub.history.size, offset })
+            Effect.annotateLogs({ stream: config.stream, events: history.size, offset })
           )
         )
       )
@@ -494,22 +498,6 @@ const run = Effect.gen(function*() {
   Effect.annotateLogs({ component: "rabbitmq" })
 )
 
-/**
- * Stream mode: switches the hub's history to stream ids (resumes wait until
- * it is refilled). `layer` does it too; composing this layer before the HTTP
- * server (as main.ts does) means no client can resume before.
- */
-export const historyLayer: Layer.Layer<never, never, RabbitMqConfig | Hub> = Layer.effectDiscard(
-  Effect.gen(function*() {
-    const config = yield* RabbitMqConfig
-    const hub = yield* Hub
-    if (config.mode === "stream" && Option.isSome(config.url) && hub.history.mode !== "stream") {
-      hub.history.useStreamIds()
-    }
-  })
-)
-
 /** Runs the source for the lifetime of the layer; does nothing when `RABBITMQ_URL` is empty. */
-export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubMetrics | Health> = Layer.scopedDiscard(
-  Effect.zipRight(Layer.build(historyLayer), Effect.forkScoped(run))
-)
+export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubHistory | HubMetrics | Health> = Layer
+  .scopedDiscard(Effect.forkScoped(run))
