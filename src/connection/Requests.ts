@@ -12,7 +12,7 @@ import { Clock, Effect, Either, Option } from "effect"
 import { allows, type Auth, type Principal } from "../security/Auth.js"
 import type { HubSettings } from "../config/Config.js"
 import type { ClientId, HubClients, TooManySubscriptions } from "../hub/Hub.js"
-import { checkPattern, type Limits } from "../security/Limits.js"
+import type { Limits } from "../security/Limits.js"
 import {
   type ErrorData,
   HubMessageType,
@@ -110,7 +110,7 @@ export class Requests {
   private checkSubscription(patterns: ReadonlyArray<string>): ErrorData | undefined {
     const { limits, principal } = this.context
     for (const pattern of patterns) {
-      const checked = checkPattern(pattern, limits.settings)
+      const checked = Topic.check(pattern, limits.settings)
       if (Either.isLeft(checked)) {
         limits.refused("invalid_pattern")
         return { code: "invalid_pattern", message: checked.left }
