@@ -173,77 +173,80 @@ const tickOf = (config: HubConfig["Type"]) =>
     )
   ))
 
-const make = Effect.gen(function*() {
-  const config = yield* HubConfig
-  const metrics = yield* HubMetrics
-  const health = yield* Health
-  const history = yield* HubHistory
-  const clients = yield* Ref.make(HashMap.empty<ClientId, Member>())
-  const index = new SubscriptionIndex()
-  const flusher = new Flusher()
-  let lastId = 0
+/** What the hub's services share; the layer creates each piece once. */
+interface HubState {
+  readonly config: HubConfig["Type"]
+  readonly metrics: HubMetrics["Type"]
+  readonly history: HubHistory["Type"]
+  /** The connected clients, for the tick and the count. */
+  readonly clients: Ref.Ref<HashMap.HashMap<ClientId, Member>>
+  readonly index: SubscriptionIndex
+  readonly flusher: Flusher
+}
 
-  const fanOut = (event: BroadcastEvent, now: number): number => {
-    const id = event.id ?? history.nextLocalId()
-    const message = Outbound.message(event.type, event.data, new Date(now), id)
-    const rooms = roomsOf(config.roomKeys, event.data)
-    let count = 0
-    // The fan-out comes before the append: appending can complete a resume that waited for this event (it replays
-    // it, then goes live), and that client must not receive it a second time as a live recipient.
-    if (event.live !== false) {
-      for (const { member, rooms: joined } of index.recipients(event.type)) {
-        if (member.catchingUp || (joined !== undefined && !inRooms(joined, rooms))) continue
-        if (!member.connection.offer(message)) member.connection.kick("slow_consumer")
-        count++
-      }
-      metrics.eventBroadcast(event.type, count)
+/**
+ * Offers the event to its recipients and appends it to the history, in one
+ * synchronous step. Returns the number of recipients.
+ */
+const fanOut = ({ config, history, index, metrics }: HubState, event: BroadcastEvent, now: number): number => {
+  const id = event.id ?? history.nextLocalId()
+  const message = Outbound.message(event.type, event.data, new Date(now), id)
+  const rooms = roomsOf(config.roomKeys, event.data)
+  let count = 0
+  // The fan-out comes before the append: appending can complete a resume that waited for this event (it replays
+  // it, then goes live), and that client must not receive it a second time as a live recipient.
+  if (event.live !== false) {
+    for (const { member, rooms: joined } of index.recipients(event.type)) {
+      if (member.catchingUp || (joined !== undefined && !inRooms(joined, rooms))) continue
+      if (!member.connection.offer(message)) member.connection.kick("slow_consumer")
+      count++
     }
-    // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
-    history.append({ id, type: event.type, message, rooms, at: Date.now() }, event.fromStream === true)
-    return count
+    metrics.eventBroadcast(event.type, count)
   }
+  // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
+  history.append({ id, type: event.type, message, rooms, at: Date.now() }, event.fromStream === true)
+  return count
+}
+
+const makeHub = (state: HubState): Hub["Type"] => {
   const broadcastEvent = (event: BroadcastEvent) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => fanOut(event, now)))
-
-  const update = <E>(id: ClientId, change: (subscription: Subscription) => Either.Either<Subscription, E>) =>
-    Effect.sync(() => index.update(id, change))
-
-  const resume = (id: ClientId, since: string) =>
-    Effect.suspend((): Effect.Effect<Resume, InvalidSince> => {
-      const member = index.get(id)?.member
-      if (history.place(since)._tag === "Malformed") {
-        // A client registered to resume (`?since=`) goes live instead; one already resuming goes on.
-        if (member !== undefined && member.replay === undefined) member.goLive()
-        return Effect.fail(new InvalidSince({ since }))
-      }
-      if (member === undefined) return Effect.succeed({ start: Effect.void, cancel: Effect.void })
-      const replay = new Replay(member, since, index, history, config.sendBuffer)
-      member.replay = replay
-      member.catchingUp = true
-      return Effect.succeed<Resume>({
-        start: Effect.sync(() => replay.start()),
-        cancel: Effect.sync(() => {
-          if (member.replay === replay) member.goLive()
-        })
-      })
-    })
-
-  yield* Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    for (const member of HashMap.values(yield* Ref.get(clients))) member.connection.keepAlive(now)
-  }).pipe(Effect.repeat(Schedule.spaced(tickOf(config))), Effect.forkScoped)
-
-  yield* health.set("hub", { status: "up", critical: true })
-  yield* Effect.addFinalizer(() => health.set("hub", { status: "down", critical: true, detail: "shutting down" }))
-
-  const hub = Hub.of({
+    Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => fanOut(state, event, now)))
+  return Hub.of({
     broadcast: (type, data) => broadcastEvent({ type, data }),
     broadcastEvent,
-    clientCount: Effect.map(Ref.get(clients), HashMap.size)
+    clientCount: Effect.map(Ref.get(state.clients), HashMap.size)
   })
-  const hubClients = HubClients.of({
+}
+
+/** Starts a resume (see `HubClients.resume`). */
+const resume = ({ config, history, index }: HubState, id: ClientId, since: string) =>
+  Effect.suspend((): Effect.Effect<Resume, InvalidSince> => {
+    const member = index.get(id)?.member
+    if (history.place(since)._tag === "Malformed") {
+      // A client registered to resume (`?since=`) goes live instead; one already resuming goes on.
+      if (member !== undefined && member.replay === undefined) member.goLive()
+      return Effect.fail(new InvalidSince({ since }))
+    }
+    if (member === undefined) return Effect.succeed({ start: Effect.void, cancel: Effect.void })
+    const replay = new Replay(member, since, index, history, config.sendBuffer)
+    member.replay = replay
+    member.catchingUp = true
+    return Effect.succeed<Resume>({
+      start: Effect.sync(() => replay.start()),
+      cancel: Effect.sync(() => {
+        if (member.replay === replay) member.goLive()
+      })
+    })
+  })
+
+const makeHubClients = (state: HubState): HubClients["Type"] => {
+  const { clients, config, index } = state
+  let lastId = 0
+  const update = <E>(id: ClientId, change: (subscription: Subscription) => Either.Either<Subscription, E>) =>
+    Effect.sync(() => index.update(id, change))
+  return HubClients.of({
     nextId: Effect.sync(() => ++lastId),
-    flusher,
+    flusher: state.flusher,
     register: (connection, options) => {
       const member = new Member(connection, options?.resuming === true)
       return Effect.zipRight(
@@ -251,11 +254,7 @@ const make = Effect.gen(function*() {
         Effect.sync(() => index.add(member, options?.allowed))
       )
     },
-    unregister: (id) =>
-      Effect.zipRight(
-        Ref.update(clients, HashMap.remove(id)),
-        Effect.sync(() => index.remove(id))
-      ),
+    unregister: (id) => Effect.zipRight(Ref.update(clients, HashMap.remove(id)), Effect.sync(() => index.remove(id))),
     authorize: (id, allowed) => Effect.asVoid(update(id, (subscription) => Either.right({ ...subscription, allowed }))),
     subscribe: (id, patterns) =>
       Effect.flatMap(
@@ -297,9 +296,28 @@ const make = Effect.gen(function*() {
         }),
         (result) => Either.match(result, { onLeft: () => [], onRight: roomsIn })
       ),
-    resume
+    resume: (id, since) => resume(state, id, since)
   })
-  return Context.make(Hub, hub).pipe(Context.add(HubClients, hubClients))
+}
+
+const make = Effect.gen(function*() {
+  const health = yield* Health
+  const state: HubState = {
+    config: yield* HubConfig,
+    metrics: yield* HubMetrics,
+    history: yield* HubHistory,
+    clients: yield* Ref.make(HashMap.empty<ClientId, Member>()),
+    index: new SubscriptionIndex(),
+    flusher: new Flusher()
+  }
+  yield* Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    for (const member of HashMap.values(yield* Ref.get(state.clients))) member.connection.keepAlive(now)
+  }).pipe(Effect.repeat(Schedule.spaced(tickOf(state.config))), Effect.forkScoped)
+
+  yield* health.set("hub", { status: "up", critical: true })
+  yield* Effect.addFinalizer(() => health.set("hub", { status: "down", critical: true, detail: "shutting down" }))
+  return Context.make(Hub, makeHub(state)).pipe(Context.add(HubClients, makeHubClients(state)))
 })
 
 /** The hub's two services, from one layer (they share its state). */
