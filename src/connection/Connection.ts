@@ -49,7 +49,7 @@ const toBuffer = (data: WebSocket.RawData): Buffer =>
  */
 export const serve = (ws: WebSocket, socket: Duplex, info: Handshake) =>
   // `Effect.scoped` without putting the scope in the fiber's context: that copy of the context and of the fiber's
-  // refs (and `Effect.addFinalizer`'s snapshot of them) cost about 5 KB per idle connection (heap snapshots).
+  // refs (and `Effect.addFinalizer`'s snapshot of them) is most of an idle connection's memory (docs/performance.md).
   Effect.acquireUseRelease(
     Scope.make(),
     (scope) => connect(ws, socket, info, scope),

@@ -2,7 +2,7 @@
  * The WebSocket endpoint: a `ws` server that owns no port. The HTTP server
  * hands it the upgrade requests for `wsPath` (see `UpgradeRoutes` in
  * Server.ts) before the platform's own request handling, so a connection
- * costs no HTTP request fiber: each one runs as its own fiber (`Client.serve`)
+ * costs no HTTP request fiber: each one runs as its own fiber (`Connection.serve`)
  * in this layer's `FiberSet`. Closing the layer interrupts every connection,
  * which then closes with 1001.
  *
@@ -134,7 +134,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
         const info: Client.Handshake = { remoteAddress: address, principal, since: sinceOf(request.url) }
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
-          // A defect is logged by the connection itself (see Client.serve).
+          // A defect is logged by the connection itself (see Connection.serve).
           run(Client.serve(ws, socket, info))
         })
       }

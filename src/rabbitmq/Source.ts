@@ -183,10 +183,9 @@ export const streamArguments = (config: Pick<RabbitMqSettings, "streamMaxAge" | 
  *
  * Deliveries do not travel through the stream: each is handled by
  * `deliver`, synchronously and in order, in amqplib's callback, with the
- * source's runtime. An element of a stream costs a fiber wake-up and the
- * stream's machinery, about 0.3 ms per event as measured here (the
- * benchmark's latency scenario), which was a third of the hub's own CPU per
- * event. `deliver` must therefore be synchronous (the hub's broadcast is). A
+ * source's runtime: an element of a stream costs a fiber wake-up and the
+ * stream's machinery, a third of the hub's own CPU per event (see
+ * docs/performance.md). `deliver` must therefore be synchronous (the hub's broadcast is). A
  * delivery that arrives once the session is lost or ending is left alone:
  * the broker delivers it again to the next session.
  */
