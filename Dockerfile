@@ -1,5 +1,5 @@
-# The hub as a container: built with the dev dependencies, run without them.
-FROM node:20-alpine AS build
+# The hub as a container, on the current Active LTS line of Node: built with the dev dependencies, run without them.
+FROM node:26-alpine AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -7,7 +7,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev
 
-FROM node:20-alpine
+FROM node:26-alpine
 WORKDIR /app
 ENV NODE_ENV=production
 COPY --from=build /app/package.json ./

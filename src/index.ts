@@ -1,34 +1,56 @@
 /**
- * The library entry: the layers, the hub service and the wire protocol, for
- * Effect programs that embed the hub.
+ * The library entry: what an Effect program needs to embed the hub. Each
+ * export is part of the package's API; internal modules are not exported, so
+ * they can change without breaking embedding programs. See docs/library.md.
  */
-export { allows, Auth, AuthError, type Principal, tokenOf } from "./security/Auth.js"
-export * as Client from "./connection/Connection.js"
+import * as HttpServer from "./http/Server.js"
+import * as Hub from "./hub/Hub.js"
+import * as Logging from "./ops/Logging.js"
+import * as Shutdown from "./ops/Shutdown.js"
+import * as RabbitMqSource from "./rabbitmq/Source.js"
+
+// --- Layers -----------------------------------------------------------------
+
+/** The hub with its history, metrics and health services; needs `HubConfig` (and `RabbitMqConfig` in stream mode). */
+export const HubLive = Hub.layerLive
+/** The HTTP server on `HOST:PORT`: the WebSocket endpoint, `/health`, `/metrics`, `POST /api/v1/events`. */
+export const HttpServerLive = HttpServer.layer
+/** The RabbitMQ source: consumes the exchange and broadcasts through the hub (nothing when `RABBITMQ_URL` is empty). */
+export const RabbitMqSourceLive = RabbitMqSource.layer
+/** The logger configured by `LOG_LEVEL` and `LOG_FORMAT`. */
+export const LoggingLive = Logging.layer
+/** Bounds the graceful shutdown by `SHUTDOWN_TIMEOUT` and reports it on `/health`. */
+export const ShutdownLive = Shutdown.layer
+
+// --- Services ---------------------------------------------------------------
+
+/** `Hub`: broadcast an event to the subscribed clients; `HubClients`: what a custom transport registers with. */
+export { type BroadcastEvent, type ClientId, type Connection, Hub, HubClients, InvalidSince } from "./hub/Hub.js"
+/** The events kept for resumes (read-only use: `size`, `oldest`, `newest`). */
+export { type History, type HistoryEntry, HubHistory } from "./hub/History.js"
+/** Publishes to the exchange with publisher confirms (clients' `publish`). */
+export { Publisher, PublishError } from "./rabbitmq/Publisher.js"
+/** The hub's counters (`GET /metrics`) and component health (`GET /health`). */
+export { HubMetrics } from "./ops/Metrics.js"
+export { Health, type HealthReport } from "./ops/Health.js"
+
+// --- Configuration ----------------------------------------------------------
+
+/** Settings services, their defaults and environment parsing (`HubConfig.fromEnv`, `HubConfig.layer({...})`). */
 export {
   defaultEventTypeMap,
-  defaultQueueName,
-  goDuration,
-  HubConfig,
+  defaultHubSettings,
+  defaultLogSettings,
+  defaultRabbitMqSettings,
   defaultSecurity,
+  HubConfig,
   type HubSettings,
-  logSettings,
-  parseGoDuration,
   RabbitMqConfig,
   type RabbitMqSettings,
   type SecuritySettings
 } from "./config/Config.js"
-export { Health } from "./ops/Health.js"
-export * as HttpServer from "./http/Server.js"
-export { UpgradeRoutes } from "./http/UpgradeRoutes.js"
-export * as WebSocketServer from "./http/WebSocketServer.js"
-export { type ClientId, type Connection, defaultSubscription, Hub, layerLive as HubLive } from "./hub/Hub.js"
-export { Limits, TokenBucket } from "./security/Limits.js"
-export { type BroadcastEvent, InvalidSince, type Resume } from "./hub/Hub.js"
-export { History, type HistoryEntry, streamId } from "./hub/History.js"
-export * as Logging from "./ops/Logging.js"
-export { HubMetrics } from "./ops/Metrics.js"
-export * as Protocol from "./protocol/Protocol.js"
-export { Publisher, PublishError } from "./rabbitmq/Publisher.js"
-export * as RabbitMqSource from "./rabbitmq/Source.js"
-export * as Shutdown from "./ops/Shutdown.js"
-export * as Topic from "./protocol/Topic.js"
+
+// --- The wire protocol ------------------------------------------------------
+
+/** The schemas and types of the messages between the hub and its clients (see docs/protocol.md). */
+export * as Protocol from "./protocol/public.js"

@@ -20,10 +20,10 @@ import * as Shutdown from "./ops/Shutdown.js"
 const MainLive = RabbitMqSource.layer.pipe(
   Layer.provideMerge(HttpServer.layer),
   Layer.merge(Shutdown.layer),
-  // In stream mode, the history switches to stream ids before the HTTP server accepts a client.
-  Layer.provide(RabbitMqSource.historyLayer.pipe(Layer.provideMerge(Hub.layerLive))),
+  Layer.provide(Hub.layerLive),
   // Clients' `publish` requests (WS_PUBLISH_TYPES); closed after the HTTP server.
   Layer.provide(Publisher.layer),
+  // RabbitMqConfig reaches the hub too: in stream mode its history uses stream ids from the start.
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
   Layer.provide(Logging.layer)
 )

@@ -6,7 +6,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { HubConfig } from "../src/config/Config.js"
-import { type Connection, Hub, layerLive } from "../src/hub/Hub.js"
+import { type Connection, layerLive } from "../src/hub/Hub.js"
+import { wholeHub } from "./inMemoryHub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import type { DisconnectReason, Outbound } from "../src/protocol/Protocol.js"
 
@@ -31,7 +32,7 @@ const fakeConnection = (id: number, capacity = Infinity) => {
 describe("Hub", () => {
   it.scoped("encodes an event once and offers the same bytes to every recipient", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       const clients = [1, 2, 3].map((id) => fakeConnection(id))
       for (const { connection } of clients) yield* hub.register(connection)
       const recipients = yield* hub.broadcast("backtest.completed", { job_id: "j" })
@@ -43,7 +44,7 @@ describe("Hub", () => {
 
   it.scoped("delivers by subscription: default everything, first subscribe replaces it, unsubscribe removes", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       const a = fakeConnection(1)
       yield* hub.register(a.connection)
       yield* hub.broadcast("task.running", {})
@@ -60,7 +61,7 @@ describe("Hub", () => {
 
   it.scoped("keeps the recipients of a type already broadcast up to date as clients and subscriptions change", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       const types = ["backtest.completed", "optimization.new_best", "task.running"]
       const a = fakeConnection(1)
       const b = fakeConnection(2)
@@ -91,7 +92,7 @@ describe("Hub", () => {
 
   it.scoped("kicks a client whose buffer is full without holding up the others", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       const slow = fakeConnection(1, 2)
       const fast = fakeConnection(2)
       yield* hub.register(slow.connection)
@@ -105,7 +106,7 @@ describe("Hub", () => {
 
   it.scoped("forgets an unregistered client", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       const a = fakeConnection(1)
       yield* hub.register(a.connection)
       yield* hub.unregister(1)

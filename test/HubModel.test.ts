@@ -11,7 +11,8 @@ import { it } from "vitest"
 import * as fc from "fast-check"
 import { Effect, Layer } from "effect"
 import { HubConfig } from "../src/config/Config.js"
-import { type Connection, Hub, layerLive } from "../src/hub/Hub.js"
+import { type Connection, layerLive } from "../src/hub/Hub.js"
+import { wholeHub } from "./inMemoryHub.js"
 import * as Topic from "../src/protocol/Topic.js"
 
 const PATTERNS = ["#", "a.*", "a.#", "*.b", "a.b", "#.b", "*.*", "c", "#.#", "a.*.c", "*", "a.b.c", "c.#"]
@@ -44,7 +45,7 @@ interface M { pendingFuture?: number; patterns: string[]; explicit: boolean; all
 
 let floodSeq = 0
 const run = (ops: ReadonlyArray<any>) => Effect.gen(function*() {
-  const hub = yield* Hub
+  const hub = yield* wholeHub
   const conns = new Map<number, { conn: Connection; got: string[] }>()
   const model = new Map<number, M>()
   const expected = new Map<number, string[]>()

@@ -7,7 +7,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { HubConfig } from "../src/config/Config.js"
 import { streamId } from "../src/hub/History.js"
-import { type Connection, Hub, layerLive } from "../src/hub/Hub.js"
+import { type Connection, type Hub, layerLive } from "../src/hub/Hub.js"
+import { wholeHub } from "./inMemoryHub.js"
 import type { DisconnectReason, Outbound } from "../src/protocol/Protocol.js"
 
 const capacity = 4
@@ -41,14 +42,14 @@ const manualConnection = (id: number) => {
   return { connection, received, kicks, drain, seqs }
 }
 
-const broadcast = (hub: Hub["Type"], from: number, to: number) =>
+const broadcast = (hub: { readonly broadcast: Hub["Type"]["broadcast"] }, from: number, to: number) =>
   Effect.forEach(Array.from({ length: to - from }, (_, i) => from + i), (seq) =>
     hub.broadcast("backtest.completed", { seq }), { discard: true })
 
 describe("Hub.resume", () => {
   it.scoped("replays in pages as the buffer drains, holds live events back meanwhile, then goes live without a gap", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       yield* broadcast(hub, 0, 10)
       const since = hub.history.after(undefined)!.id // the id of seq 0
       const client = manualConnection(1)
@@ -74,7 +75,7 @@ describe("Hub.resume", () => {
 
   it.scoped("a new resume replaces the one under way", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       yield* broadcast(hub, 0, 10)
       const ids: Array<string> = []
       for (let entry = hub.history.after(undefined); entry; entry = hub.history.after(entry.id)) ids.push(entry.id)
@@ -91,7 +92,7 @@ describe("Hub.resume", () => {
 
   it.scoped("a resume that waits for the stream to reach its id gets the next event once, not also live", () =>
     Effect.gen(function*() {
-      const hub = yield* Hub
+      const hub = yield* wholeHub
       hub.history.useStreamIds()
       hub.history.markReady()
       const fromStream = (offset: number) =>

@@ -6,7 +6,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import type { IncomingMessage } from "node:http"
 import { defaultSecurity, HubConfig } from "../src/config/Config.js"
-import { checkPattern, clientAddress, isOriginAllowed, MessageRate, TokenBucket } from "../src/security/Limits.js"
+import * as Topic from "../src/protocol/Topic.js"
+import { clientAddress, isOriginAllowed, MessageRate, TokenBucket } from "../src/security/Limits.js"
 import { covers } from "../src/protocol/Topic.js"
 
 const readSecurity = (env: Record<string, string>) =>
@@ -89,13 +90,13 @@ describe("TokenBucket and MessageRate", () => {
   })
 })
 
-describe("checkPattern", () => {
+describe("Topic.check", () => {
   const limits = { maxPatternLength: 30, maxPatternWords: 4 }
   it.each(["backtest.completed", "backtest.*", "optimization.#", "#", "*.*.x", "a-b.c_d"])("accepts %j", (pattern) => {
-    expect(Either.isRight(checkPattern(pattern, limits))).toBe(true)
+    expect(Either.isRight(Topic.check(pattern, limits))).toBe(true)
   })
   it.each(["a..b", ".a", "a.", "a b", "a\tb", "ab*", "#x.y", "a.b.c.d.e", "x".repeat(31)])("refuses %j", (pattern) => {
-    expect(Either.isLeft(checkPattern(pattern, limits))).toBe(true)
+    expect(Either.isLeft(Topic.check(pattern, limits))).toBe(true)
   })
 })
 

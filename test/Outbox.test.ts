@@ -7,6 +7,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
+import { Flusher } from "../src/hub/Flusher.js"
 import { Outbox } from "../src/hub/Outbox.js"
 import { Outbound } from "../src/protocol/Protocol.js"
 
@@ -54,7 +55,7 @@ describe("Outbox", () => {
   it("writes each outbox's queued messages in one batch, in order, on the next turn of the event loop", async () => {
     const { batches, socket, ws } = recordingSocket(0)
     let written = 0
-    const outbox = new Outbox(ws, socket, 10, (count) => (written += count))
+    const outbox = new Outbox(new Flusher(), ws, socket, 10, (count) => (written += count))
     for (const text of ["a", "b", "c"]) expect(outbox.offer(Outbound.text(text))).toBe(true)
     expect(batches).toEqual([])
     await until(() => written === 3)
@@ -67,7 +68,7 @@ describe("Outbox", () => {
     // The socket takes the first write, then refuses more (its buffer is full) and never drains.
     ;(socket as unknown as { write: () => boolean }).write = () => false
     let written = 0
-    const outbox = new Outbox(ws, socket, 2, (count) => (written += count))
+    const outbox = new Outbox(new Flusher(), ws, socket, 2, (count) => (written += count))
     expect(outbox.offer(Outbound.text("first"))).toBe(true)
     await until(() => written === 1)
     expect(outbox.blockedSince).toBeDefined()
@@ -78,7 +79,7 @@ describe("Outbox", () => {
   it("takes a burst beyond its capacity while the socket takes data (the hub's backlog, not the client's), up to 16 times", async () => {
     const { batches, socket, ws } = recordingSocket(0)
     let written = 0
-    const outbox = new Outbox(ws, socket, 2, (count) => (written += count))
+    const outbox = new Outbox(new Flusher(), ws, socket, 2, (count) => (written += count))
     const offered = Array.from({ length: 33 }, (_, i) => outbox.offer(Outbound.text(`${i}`)))
     expect(offered.filter((accepted) => accepted)).toHaveLength(32)
     expect(offered[32]).toBe(false)
@@ -90,7 +91,8 @@ describe("Outbox", () => {
     // 300 sockets whose writes take 50 us: one pass takes at least 15 ms, far more than one slice (1 ms).
     const sockets = Array.from({ length: 300 }, () => recordingSocket(50))
     let written = 0
-    const outboxes = sockets.map(({ socket, ws }) => new Outbox(ws, socket, 10, (count) => (written += count)))
+    const flusher = new Flusher()
+    const outboxes = sockets.map(({ socket, ws }) => new Outbox(flusher, ws, socket, 10, (count) => (written += count)))
     for (const outbox of outboxes) outbox.offer(Outbound.text("first"))
     // The first slice has run (its setImmediate was scheduled before this one) and the pass is not over.
     await nextTurn()
@@ -108,11 +110,31 @@ describe("Outbox", () => {
   it("once a client that reads has many messages waiting (the hub is behind), the flush ends its pass before new events come in", async () => {
     const sockets = Array.from({ length: 300 }, () => recordingSocket(50))
     let written = 0
-    const outboxes = sockets.map(({ socket, ws }) => new Outbox(ws, socket, 256, (count) => (written += count)))
+    const flusher = new Flusher()
+    const outboxes = sockets.map(({ socket, ws }) => new Outbox(flusher, ws, socket, 256, (count) => (written += count)))
     // A burst of 40 events: more than the 32 at which an outbox that reads counts as behind.
     for (let i = 0; i < 40; i++) for (const outbox of outboxes) outbox.offer(Outbound.text(`${i}`))
     await nextTurn()
     expect(written).toBe(300 * 40)
     for (const { batches } of sockets) expect(batches).toEqual([Array.from({ length: 40 }, (_, i) => `${i}`)])
+  })
+
+  it("two flushers (two hubs in one process) are independent: one's long pass does not delay the other's writes", async () => {
+    // Hub A: 300 sockets whose writes take 50 us, so its pass takes at least 15 ms, in slices of 1 ms.
+    const slow = Array.from({ length: 300 }, () => recordingSocket(50))
+    const flusherA = new Flusher()
+    let writtenA = 0
+    const outboxesA = slow.map(({ socket, ws }) => new Outbox(flusherA, ws, socket, 10, (count) => (writtenA += count)))
+    for (const outbox of outboxesA) outbox.offer(Outbound.text("a"))
+    await nextTurn()
+    // Hub B: one socket, queued while A's pass is under way.
+    const fast = recordingSocket(0)
+    let writtenB = 0
+    const outboxB = new Outbox(new Flusher(), fast.ws, fast.socket, 10, (count) => (writtenB += count))
+    outboxB.offer(Outbound.text("b"))
+    await until(() => writtenB === 1)
+    // B was written in its own pass, not after the 300 outboxes A had queued before it.
+    expect(slow[299]!.batches).toEqual([])
+    await until(() => writtenA === 300)
   })
 })

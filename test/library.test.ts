@@ -5,13 +5,10 @@
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Option, Schema } from "effect"
-import { Hub, HubConfig, HubLive, HttpServer, Protocol, RabbitMqConfig, RabbitMqSource } from "../src/index.js"
+import { HttpServerLive, Hub, HubConfig, HubLive, Protocol, RabbitMqConfig, RabbitMqSourceLive } from "../src/index.js"
 import { promise, TestClient } from "./support.js"
 
-const Embedded = Layer.mergeAll(
-  Layer.merge(HttpServer.layerServe, HttpServer.WebSocketServerLive).pipe(Layer.provideMerge(HttpServer.layerListen)),
-  RabbitMqSource.layer
-).pipe(
+const Embedded = Layer.mergeAll(HttpServerLive, RabbitMqSourceLive).pipe(
   Layer.provideMerge(HubLive),
   Layer.provide(HubConfig.layer({ host: "127.0.0.1", port: 0 })),
   Layer.provide(RabbitMqConfig.layer({ url: Option.none() })),

@@ -7,6 +7,7 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Layer, Option, Redacted } from "effect"
 import { Health } from "../src/ops/Health.js"
+import { HubHistory } from "../src/hub/History.js"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import {
@@ -346,16 +347,16 @@ describe("resume with RabbitMQ", () => {
       }).pipe(Effect.provide(hubWithSource(rabbit))))
       yield* Effect.scoped(Effect.gen(function*() {
         yield* consuming
-        const hub = yield* Hub
+        const history = yield* HubHistory
         // Refilled: 100 events, but only the newest 50 are kept.
-        expect(hub.history.size).toBe(50)
+        expect(history.size).toBe(50)
         const client = yield* connectSince()
         yield* promise(() =>
           client.request({ action: "subscribe", event_types: ["backtest.failed"], since: "00000000000000000000" }, "hub.subscribed")
         )
         yield* promise(() => first(client, "hub.live"))
         const gap = client.messages.find((message) => message.type === "hub.history_gap")!
-        expect(gap.data).toEqual({ since: "00000000000000000000", oldest_available: hub.history.oldest!.id, reason: "missed" })
+        expect(gap.data).toEqual({ since: "00000000000000000000", oldest_available: history.oldest!.id, reason: "missed" })
         expect(types(client).indexOf("hub.history_gap")).toBeLessThan(types(client).indexOf("backtest.failed"))
         expectExactly(client, range(50, 100).filter((seq) => seq % 2 === 1))
       }).pipe(Effect.provide(hubWithSource(rabbit, { historyMaxEvents: 50 }))))

@@ -375,7 +375,8 @@ export const rabbitConfig = (rabbit: Partial<RabbitMqSettings>) =>
   })
 
 export const hubWithSource = (rabbit: Partial<RabbitMqSettings>, hub: Partial<HubSettings> = {}) =>
-  RabbitMqSource.layer.pipe(Layer.provide(rabbitConfig(rabbit)), Layer.provideMerge(hubLayer(hub)))
+  // The hub's history reads the RabbitMQ settings too (stream ids in stream mode).
+  RabbitMqSource.layer.pipe(Layer.provideMerge(hubLayer(hub)), Layer.provide(rabbitConfig(rabbit)))
 
 /** The source is consuming (in stream mode: and has refilled its history). */
 export const consuming = Effect.flatMap(Health, (health) =>

@@ -9,6 +9,7 @@
 import { Config, ConfigError, Context, Duration, Either, Layer, LogLevel, Option, Redacted } from "effect"
 import { readFileSync } from "node:fs"
 import { hostname } from "node:os"
+import * as Topic from "../protocol/Topic.js"
 
 // ---------------------------------------------------------------------------
 // Parsing helpers
@@ -45,12 +46,11 @@ export const parseGoDuration = (text: string): number | undefined => {
 }
 
 /**
- * A duration setting in Go syntax, e.g. `goDuration("WS_PING_PERIOD", "54s")`.
+ * A duration setting in Go syntax, e.g. `goDuration("WS_PING_PERIOD", defaults.pingPeriod)`.
  * It must be at least 1 ms: a zero period or timeout is never what was meant.
  */
-export const goDuration = (name: string, defaultValue: string): Config.Config<Duration.Duration> =>
+export const goDuration = (name: string, defaultValue: Duration.Duration): Config.Config<Duration.Duration> =>
   Config.string(name).pipe(
-    Config.withDefault(defaultValue),
     Config.mapOrFail((text) => {
       const millis = parseGoDuration(text)
       if (millis === undefined) {
@@ -61,7 +61,8 @@ export const goDuration = (name: string, defaultValue: string): Config.Config<Du
       return millis < 1
         ? Either.left(ConfigError.InvalidData([name], `must be at least 1ms, got ${JSON.stringify(text)}`))
         : Either.right(Duration.millis(millis))
-    })
+    }),
+    Config.withDefault(defaultValue)
   )
 
 const positiveInt = (name: string, defaultValue: number): Config.Config<number> =>
@@ -140,6 +141,9 @@ export const defaultSecurity: SecuritySettings = {
   publishBurst: 1000
 }
 
+/** How long fetched JWKS keys are used before they are fetched again. */
+const defaultJwksCacheMaxAge = Duration.minutes(10)
+
 const optionalString = (name: string): Config.Config<Option.Option<string>> =>
   Config.string(name).pipe(Config.option, Config.map(Option.filter((value) => value.trim().length > 0)))
 
@@ -178,7 +182,7 @@ const authKeysConfig: Config.Config<AuthKeySource> = Config.all({
   secret: optionalSecret("AUTH_JWT_SECRET"),
   jwksUrl: optionalString("AUTH_JWKS_URL"),
   publicKey: optionalString("AUTH_JWT_PUBLIC_KEY"),
-  cacheMaxAge: goDuration("AUTH_JWKS_CACHE_MAX_AGE", "10m")
+  cacheMaxAge: goDuration("AUTH_JWKS_CACHE_MAX_AGE", defaultJwksCacheMaxAge)
 }).pipe(
   Config.mapOrFail(({ cacheMaxAge, jwksUrl, publicKey, secret }): Either.Either<AuthKeySource, ConfigError.ConfigError> => {
     const set = [Option.isSome(secret), Option.isSome(jwksUrl), Option.isSome(publicKey)].filter(Boolean).length
@@ -222,7 +226,7 @@ const authKeysConfig: Config.Config<AuthKeySource> = Config.all({
 
 const securitySettings: Config.Config<SecuritySettings> = Config.all({
   allowedOrigins: allowedOriginsConfig,
-  trustProxy: Config.boolean("TRUST_PROXY").pipe(Config.withDefault(false)),
+  trustProxy: Config.boolean("TRUST_PROXY").pipe(Config.withDefault(defaultSecurity.trustProxy)),
   authKeys: authKeysConfig,
   authIssuer: optionalString("AUTH_JWT_ISSUER"),
   authAudience: optionalString("AUTH_JWT_AUDIENCE"),
@@ -294,101 +298,8 @@ export interface HubSettings {
 /** The FreqSearch events' identifiers, each a room a dashboard can follow (one run, one strategy, one job). */
 export const defaultRoomKeys: ReadonlyArray<string> = ["run_id", "strategy_id", "job_id"]
 
-/** Dot-separated non-empty words without whitespace, `*` and `#` only as whole words. */
-const isPatternShape = (pattern: string) =>
-  !/\s/.test(pattern) &&
-  pattern.split(".").every((word) => word.length > 0 && (word === "*" || word === "#" || !/[*#]/.test(word)))
-
-export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, HubSettings>() {
-  /** Settings with every default, overridden by `overrides`: handy for embedding and tests. */
-  static make(overrides: Partial<HubSettings> = {}): HubSettings {
-    return { ...defaults, ...overrides }
-  }
-  /** A layer with fixed settings (no environment). */
-  static layer(overrides: Partial<HubSettings> = {}): Layer.Layer<HubConfig> {
-    return Layer.succeed(HubConfig, HubConfig.make(overrides))
-  }
-  /** The settings read from the environment (see the README's table). */
-  static readonly fromEnv: Layer.Layer<HubConfig, ConfigError.ConfigError> = Layer.effect(
-    HubConfig,
-    Config.all({
-      host: Config.string("HOST").pipe(Config.withDefault("0.0.0.0")),
-      port: Config.port("PORT").pipe(Config.withDefault(8080)),
-      wsPath: Config.succeed("/api/v1/ws/events" as const),
-      maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", 512),
-      sendBuffer: positiveInt("WS_SEND_BUFFER", 256),
-      compressionThreshold: optionalString("WS_COMPRESSION_THRESHOLD").pipe(
-        Config.mapOrFail((text) => {
-          if (Option.isNone(text)) return Either.right(Option.none())
-          const threshold = Number(text.value)
-          return Number.isInteger(threshold) && threshold > 0
-            ? Either.right(Option.some(threshold))
-            : Either.left(ConfigError.InvalidData(
-              ["WS_COMPRESSION_THRESHOLD"],
-              `expected a positive number of bytes, or empty for no compression; got ${JSON.stringify(text.value)}`
-            ))
-        })
-      ),
-      maxSubscriptions: positiveInt("WS_MAX_SUBSCRIPTIONS", 256),
-      pingPeriod: goDuration("WS_PING_PERIOD", "54s"),
-      pongTimeout: goDuration("WS_PONG_TIMEOUT", "60s"),
-      writeTimeout: goDuration("WS_WRITE_TIMEOUT", "10s"),
-      shutdownTimeout: goDuration("SHUTDOWN_TIMEOUT", "10s"),
-      publishToken: optionalSecret("PUBLISH_TOKEN"),
-      publishMaxBody: positiveInt("PUBLISH_MAX_BODY", 1024 * 1024),
-      security: securitySettings,
-      clientPublishTypes: Config.string("WS_PUBLISH_TYPES").pipe(
-        Config.withDefault(""),
-        Config.map((patterns) => patterns.split(",").map((pattern) => pattern.trim()).filter((pattern) => pattern !== "")),
-        Config.mapOrFail((patterns) => {
-          const bad = patterns.find((pattern) => !isPatternShape(pattern))
-          return bad === undefined
-            ? Either.right(patterns)
-            : Either.left(ConfigError.InvalidData(
-              ["WS_PUBLISH_TYPES"],
-              `${JSON.stringify(bad)} is not a pattern: dot-separated words, with * and # only as whole words`
-            ))
-        })
-      ),
-      roomKeys: Config.string("ROOM_KEYS").pipe(
-        Config.withDefault(defaultRoomKeys.join(",")),
-        Config.map((keys) => keys.split(",").map((key) => key.trim()).filter((key) => key !== "")),
-        Config.mapOrFail((keys) => {
-          const bad = keys.find((key) => !/^[A-Za-z0-9_.-]{1,64}$/.test(key))
-          return bad === undefined
-            ? Either.right(keys)
-            : Either.left(ConfigError.InvalidData(
-              ["ROOM_KEYS"],
-              `${JSON.stringify(bad)} is not a field name (letters, digits, _ . -, at most 64)`
-            ))
-        })
-      ),
-      historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", 10_000),
-      historyMaxAge: goDuration("HISTORY_MAX_AGE", "10m"),
-      dedupMaxEvents: Config.integer("DEDUP_MAX_EVENTS").pipe(
-        Config.withDefault(10_000),
-        Config.mapOrFail((n) =>
-          n >= 0
-            ? Either.right(n)
-            : Either.left(ConfigError.InvalidData(["DEDUP_MAX_EVENTS"], `expected 0 (off) or a positive integer, got ${n}`))
-        )
-      ),
-      dedupMaxAge: goDuration("DEDUP_MAX_AGE", "10m")
-    }).pipe(
-      Config.mapOrFail((settings) =>
-        Duration.lessThan(settings.pingPeriod, settings.pongTimeout)
-          ? Either.right(settings)
-          : Either.left(ConfigError.InvalidData(
-            ["WS_PING_PERIOD"],
-            `must be shorter than WS_PONG_TIMEOUT (${Duration.format(settings.pongTimeout)}), or every client that ` +
-              `only listens is closed before it is pinged; got ${Duration.format(settings.pingPeriod)}`
-          ))
-      )
-    )
-  )
-}
-
-const defaults: HubSettings = {
+/** Every hub setting's default: `HubConfig.make` and the environment's parsing both start from it. */
+export const defaultHubSettings: HubSettings = {
   host: "0.0.0.0",
   port: 8080,
   wsPath: "/api/v1/ws/events",
@@ -411,6 +322,93 @@ const defaults: HubSettings = {
   dedupMaxAge: Duration.minutes(10)
 }
 
+/** The rules that tie settings together. */
+const checkHubSettings = (settings: HubSettings): Either.Either<HubSettings, ConfigError.ConfigError> => {
+  if (!Duration.lessThan(settings.pingPeriod, settings.pongTimeout)) {
+    return Either.left(ConfigError.InvalidData(
+      ["WS_PING_PERIOD"],
+      `must be shorter than WS_PONG_TIMEOUT (${Duration.format(settings.pongTimeout)}), or every client that ` +
+        `only listens is closed before it is pinged; got ${Duration.format(settings.pingPeriod)}`
+    ))
+  }
+  for (const pattern of settings.clientPublishTypes) {
+    const checked = Topic.check(pattern, settings.security)
+    if (Either.isLeft(checked)) return Either.left(ConfigError.InvalidData(["WS_PUBLISH_TYPES"], checked.left))
+  }
+  return Either.right(settings)
+}
+
+export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, HubSettings>() {
+  /** Settings with every default, overridden by `overrides`: handy for embedding and tests. */
+  static make(overrides: Partial<HubSettings> = {}): HubSettings {
+    return { ...defaultHubSettings, ...overrides }
+  }
+  /** A layer with fixed settings (no environment). */
+  static layer(overrides: Partial<HubSettings> = {}): Layer.Layer<HubConfig> {
+    return Layer.succeed(HubConfig, HubConfig.make(overrides))
+  }
+  /** The settings read from the environment (see the README's table). */
+  static readonly fromEnv: Layer.Layer<HubConfig, ConfigError.ConfigError> = Layer.effect(
+    HubConfig,
+    Config.all({
+      host: Config.string("HOST").pipe(Config.withDefault(defaultHubSettings.host)),
+      port: Config.port("PORT").pipe(Config.withDefault(defaultHubSettings.port)),
+      wsPath: Config.succeed(defaultHubSettings.wsPath),
+      maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", defaultHubSettings.maxMessageSize),
+      sendBuffer: positiveInt("WS_SEND_BUFFER", defaultHubSettings.sendBuffer),
+      compressionThreshold: optionalString("WS_COMPRESSION_THRESHOLD").pipe(
+        Config.mapOrFail((text) => {
+          if (Option.isNone(text)) return Either.right(Option.none())
+          const threshold = Number(text.value)
+          return Number.isInteger(threshold) && threshold > 0
+            ? Either.right(Option.some(threshold))
+            : Either.left(ConfigError.InvalidData(
+              ["WS_COMPRESSION_THRESHOLD"],
+              `expected a positive number of bytes, or empty for no compression; got ${JSON.stringify(text.value)}`
+            ))
+        })
+      ),
+      maxSubscriptions: positiveInt("WS_MAX_SUBSCRIPTIONS", defaultHubSettings.maxSubscriptions),
+      pingPeriod: goDuration("WS_PING_PERIOD", defaultHubSettings.pingPeriod),
+      pongTimeout: goDuration("WS_PONG_TIMEOUT", defaultHubSettings.pongTimeout),
+      writeTimeout: goDuration("WS_WRITE_TIMEOUT", defaultHubSettings.writeTimeout),
+      shutdownTimeout: goDuration("SHUTDOWN_TIMEOUT", defaultHubSettings.shutdownTimeout),
+      publishToken: optionalSecret("PUBLISH_TOKEN"),
+      publishMaxBody: positiveInt("PUBLISH_MAX_BODY", defaultHubSettings.publishMaxBody),
+      security: securitySettings,
+      clientPublishTypes: Config.string("WS_PUBLISH_TYPES").pipe(
+        Config.withDefault(defaultHubSettings.clientPublishTypes.join(",")),
+        Config.map((patterns) => patterns.split(",").map((pattern) => pattern.trim()).filter((pattern) => pattern !== ""))
+      ),
+      roomKeys: Config.string("ROOM_KEYS").pipe(
+        Config.withDefault(defaultHubSettings.roomKeys.join(",")),
+        Config.map((keys) => keys.split(",").map((key) => key.trim()).filter((key) => key !== "")),
+        Config.mapOrFail((keys) => {
+          const bad = keys.find((key) => !/^[A-Za-z0-9_.-]{1,64}$/.test(key))
+          return bad === undefined
+            ? Either.right(keys)
+            : Either.left(ConfigError.InvalidData(
+              ["ROOM_KEYS"],
+              `${JSON.stringify(bad)} is not a field name (letters, digits, _ . -, at most 64)`
+            ))
+        })
+      ),
+      historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", defaultHubSettings.historyMaxEvents),
+      historyMaxAge: goDuration("HISTORY_MAX_AGE", defaultHubSettings.historyMaxAge),
+      dedupMaxEvents: Config.integer("DEDUP_MAX_EVENTS").pipe(
+        Config.withDefault(defaultHubSettings.dedupMaxEvents),
+        Config.mapOrFail((n) =>
+          n >= 0
+            ? Either.right(n)
+            : Either.left(ConfigError.InvalidData(["DEDUP_MAX_EVENTS"], `expected 0 (off) or a positive integer, got ${n}`))
+        )
+      ),
+      dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge)
+    }).pipe(Config.mapOrFail(checkHubSettings))
+  )
+}
+
+
 // ---------------------------------------------------------------------------
 // Logging
 // ---------------------------------------------------------------------------
@@ -432,17 +430,19 @@ const logLevels: Record<string, LogLevel.LogLevel> = {
   off: LogLevel.None
 }
 
+export const defaultLogSettings: LogSettings = { level: LogLevel.Info, format: "json" }
+
 export const logSettings: Config.Config<LogSettings> = Config.all({
   level: Config.string("LOG_LEVEL").pipe(
-    Config.withDefault("info"),
     Config.mapOrFail((name) => {
       const level = logLevels[name.trim().toLowerCase()]
       return level === undefined
         ? Either.left(ConfigError.InvalidData(["LOG_LEVEL"], `expected one of trace, debug, info, warn, error, fatal, none; got ${JSON.stringify(name)}`))
         : Either.right(level)
-    })
+    }),
+    Config.withDefault(defaultLogSettings.level)
   ),
-  format: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault("json" as const))
+  format: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaultLogSettings.format))
 })
 
 // ---------------------------------------------------------------------------
@@ -542,88 +542,93 @@ const eventTypeMapConfig = (name: string): Config.Config<Readonly<Record<string,
     })
   )
 
+/** Every RabbitMQ setting's default (the queue name is this instance's): `make` and the parsing start from it. */
+export const defaultRabbitMqSettings = (): RabbitMqSettings => ({
+  url: Option.some(Redacted.make("amqp://guest:guest@localhost:5672/")),
+  exchange: "freqsearch_events",
+  queue: defaultQueueName(),
+  bindingKeys: ["#"],
+  prefetch: 100,
+  queueExpires: Duration.minutes(10),
+  deadLetterExchange: Option.none(),
+  reconnectDelay: Duration.seconds(5),
+  maxReconnectWait: Duration.seconds(30),
+  eventTypeMap: defaultEventTypeMap,
+  mode: "stream",
+  stream: defaultStreamName,
+  streamMaxAge: Duration.hours(24),
+  streamMaxBytes: defaultStreamMaxBytes
+})
+
 export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<RabbitMqConfig, RabbitMqSettings>() {
   static make(overrides: Partial<RabbitMqSettings> = {}): RabbitMqSettings {
-    return {
-      url: Option.some(Redacted.make("amqp://guest:guest@localhost:5672/")),
-      exchange: "freqsearch_events",
-      queue: defaultQueueName(),
-      bindingKeys: ["#"],
-      prefetch: 100,
-      queueExpires: Duration.minutes(10),
-      deadLetterExchange: Option.none(),
-      reconnectDelay: Duration.seconds(5),
-      maxReconnectWait: Duration.seconds(30),
-      eventTypeMap: defaultEventTypeMap,
-      mode: "stream",
-      stream: defaultStreamName,
-      streamMaxAge: Duration.hours(24),
-      streamMaxBytes: defaultStreamMaxBytes,
-      ...overrides
-    }
+    return { ...defaultRabbitMqSettings(), ...overrides }
   }
   static layer(overrides: Partial<RabbitMqSettings> = {}): Layer.Layer<RabbitMqConfig> {
     return Layer.succeed(RabbitMqConfig, RabbitMqConfig.make(overrides))
   }
   static readonly fromEnv: Layer.Layer<RabbitMqConfig, ConfigError.ConfigError> = Layer.effect(
     RabbitMqConfig,
-    Config.all({
-      url: Config.redacted("RABBITMQ_URL").pipe(
-        Config.withDefault(Redacted.make("amqp://guest:guest@localhost:5672/")),
-        Config.mapOrFail((url) => {
-          const text = Redacted.value(url).trim()
-          if (text === "") return Either.right(Option.none())
-          return /^amqps?:\/\/[^/]/.test(text)
-            ? Either.right(Option.some(url))
-            : Either.left(ConfigError.InvalidData(["RABBITMQ_URL"], "expected amqp://user:password@host:port/vhost (or amqps://), or empty to disable"))
-        })
-      ),
-      exchange: Config.string("RABBITMQ_EXCHANGE").pipe(
-        Config.withDefault("freqsearch_events"),
-        Config.mapOrFail((name) =>
-          name.trim() === ""
-            ? Either.left(ConfigError.InvalidData(["RABBITMQ_EXCHANGE"], "must not be empty (the publishers' topic exchange)"))
-            : Either.right(name.trim())
-        )
-      ),
-      queue: Config.all({
-        queue: Config.string("RABBITMQ_QUEUE").pipe(Config.withDefault("")),
-        instance: Config.string("HUB_INSTANCE_ID").pipe(Config.withDefault("")),
-        port: Config.integer("PORT").pipe(Config.withDefault(8080))
-      }).pipe(Config.map(({ instance, port, queue }) =>
-        queue.trim() !== "" ? queue.trim() : defaultQueueName(instance.trim() || defaultInstanceId(port))
-      )),
-      bindingKeys: Config.string("RABBITMQ_BINDING_KEYS").pipe(
-        Config.withDefault("#"),
-        Config.mapOrFail((keys) => {
-          const list = keys.split(",").map((key) => key.trim()).filter((key) => key.length > 0)
-          return list.length === 0
-            ? Either.left(ConfigError.InvalidData(["RABBITMQ_BINDING_KEYS"], "expected at least one binding key"))
-            : Either.right(list)
-        })
-      ),
-      prefetch: positiveInt("RABBITMQ_PREFETCH", 100).pipe(
-        Config.mapOrFail((n) =>
-          n <= 65535
-            ? Either.right(n)
-            : Either.left(ConfigError.InvalidData(["RABBITMQ_PREFETCH"], `at most 65535 (AMQP's limit), got ${n}`))
-        )
-      ),
-      queueExpires: goDuration("RABBITMQ_QUEUE_EXPIRES", "10m"),
-      deadLetterExchange: Config.string("RABBITMQ_DEAD_LETTER_EXCHANGE").pipe(
-        Config.option,
-        Config.map(Option.filter((name) => name.trim().length > 0))
-      ),
-      reconnectDelay: goDuration("RABBITMQ_RECONNECT_DELAY", "5s"),
-      maxReconnectWait: goDuration("RABBITMQ_MAX_RECONNECT_WAIT", "30s"),
-      eventTypeMap: eventTypeMapConfig("EVENT_TYPE_MAP"),
-      mode: Config.literal("queue", "stream")("RABBITMQ_MODE").pipe(Config.withDefault("stream" as const)),
-      stream: Config.string("RABBITMQ_STREAM").pipe(
-        Config.withDefault(defaultStreamName),
-        Config.map((name) => name.trim() === "" ? defaultStreamName : name.trim())
-      ),
-      streamMaxAge: goDuration("RABBITMQ_STREAM_MAX_AGE", "24h"),
-      streamMaxBytes: positiveInt("RABBITMQ_STREAM_MAX_BYTES", defaultStreamMaxBytes)
-    })
+    Config.suspend(() => rabbitMqSettings(defaultRabbitMqSettings()))
   )
 }
+
+const rabbitMqSettings = (defaults: RabbitMqSettings): Config.Config<RabbitMqSettings> =>
+  Config.all({
+    url: Config.redacted("RABBITMQ_URL").pipe(
+      Config.withDefault(Option.getOrElse(defaults.url, () => Redacted.make(""))),
+      Config.mapOrFail((url) => {
+        const text = Redacted.value(url).trim()
+        if (text === "") return Either.right(Option.none())
+        return /^amqps?:\/\/[^/]/.test(text)
+          ? Either.right(Option.some(url))
+          : Either.left(ConfigError.InvalidData(["RABBITMQ_URL"], "expected amqp://user:password@host:port/vhost (or amqps://), or empty to disable"))
+      })
+    ),
+    exchange: Config.string("RABBITMQ_EXCHANGE").pipe(
+      Config.withDefault(defaults.exchange),
+      Config.mapOrFail((name) =>
+        name.trim() === ""
+          ? Either.left(ConfigError.InvalidData(["RABBITMQ_EXCHANGE"], "must not be empty (the publishers' topic exchange)"))
+          : Either.right(name.trim())
+      )
+    ),
+    queue: Config.all({
+      queue: Config.string("RABBITMQ_QUEUE").pipe(Config.withDefault("")),
+      instance: Config.string("HUB_INSTANCE_ID").pipe(Config.withDefault("")),
+      port: Config.integer("PORT").pipe(Config.withDefault(defaultHubSettings.port))
+    }).pipe(Config.map(({ instance, port, queue }) =>
+      queue.trim() !== "" ? queue.trim() : defaultQueueName(instance.trim() || defaultInstanceId(port))
+    )),
+    bindingKeys: Config.string("RABBITMQ_BINDING_KEYS").pipe(
+      Config.withDefault(defaults.bindingKeys.join(",")),
+      Config.mapOrFail((keys) => {
+        const list = keys.split(",").map((key) => key.trim()).filter((key) => key.length > 0)
+        return list.length === 0
+          ? Either.left(ConfigError.InvalidData(["RABBITMQ_BINDING_KEYS"], "expected at least one binding key"))
+          : Either.right(list)
+      })
+    ),
+    prefetch: positiveInt("RABBITMQ_PREFETCH", defaults.prefetch).pipe(
+      Config.mapOrFail((n) =>
+        n <= 65535
+          ? Either.right(n)
+          : Either.left(ConfigError.InvalidData(["RABBITMQ_PREFETCH"], `at most 65535 (AMQP's limit), got ${n}`))
+      )
+    ),
+    queueExpires: goDuration("RABBITMQ_QUEUE_EXPIRES", defaults.queueExpires),
+    deadLetterExchange: Config.string("RABBITMQ_DEAD_LETTER_EXCHANGE").pipe(
+      Config.option,
+      Config.map(Option.filter((name) => name.trim().length > 0))
+    ),
+    reconnectDelay: goDuration("RABBITMQ_RECONNECT_DELAY", defaults.reconnectDelay),
+    maxReconnectWait: goDuration("RABBITMQ_MAX_RECONNECT_WAIT", defaults.maxReconnectWait),
+    eventTypeMap: eventTypeMapConfig("EVENT_TYPE_MAP"),
+    mode: Config.literal("queue", "stream")("RABBITMQ_MODE").pipe(Config.withDefault(defaults.mode)),
+    stream: Config.string("RABBITMQ_STREAM").pipe(
+      Config.withDefault(defaults.stream),
+      Config.map((name) => name.trim() === "" ? defaults.stream : name.trim())
+    ),
+    streamMaxAge: goDuration("RABBITMQ_STREAM_MAX_AGE", defaults.streamMaxAge),
+    streamMaxBytes: positiveInt("RABBITMQ_STREAM_MAX_BYTES", defaults.streamMaxBytes)
+  })

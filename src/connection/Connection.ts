@@ -11,13 +11,13 @@ import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { Auth, type Principal } from "../security/Auth.js"
 import { HubConfig } from "../config/Config.js"
-import { type Connection, Hub } from "../hub/Hub.js"
+import { type ClientId, type Connection, HubClients } from "../hub/Hub.js"
 import { Limits, MessageRate } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { Outbox } from "../hub/Outbox.js"
-import { closeFor, CloseCode, type DisconnectReason, type Outbound } from "../protocol/Protocol.js"
+import { closeFor, CloseCode, type DisconnectReason, type ErrorData, type Outbound } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
-import { type Incoming, Requests, type Session } from "./Requests.js"
+import { type Incoming, type RequestContext, Requests } from "./Requests.js"
 
 /** Inbound frames waiting to be handled before the socket stops being read. */
 const inboxHighWater = 16
@@ -25,7 +25,7 @@ const inboxLowWater = 4
 /** Longest wait for the peer's close frame before the socket is destroyed. */
 const maxCloseHandshake = Duration.seconds(2)
 
-export interface ClientInfo {
+export interface Handshake {
   readonly remoteAddress: string | undefined
   /** Who connected, when authentication is enabled (see Auth.ts). */
   readonly principal?: Principal | undefined
@@ -47,9 +47,9 @@ const toBuffer = (data: WebSocket.RawData): Buffer =>
  * Serves one upgraded connection until it closes. `socket` is the connection's
  * TCP socket, to which the outbox writes pre-built frames directly.
  */
-export const serve = (ws: WebSocket, socket: Duplex, info: ClientInfo) =>
+export const serve = (ws: WebSocket, socket: Duplex, info: Handshake) =>
   // `Effect.scoped` without putting the scope in the fiber's context: that copy of the context and of the fiber's
-  // refs (and `Effect.addFinalizer`'s snapshot of them) cost about 5 KB per idle connection (heap snapshots).
+  // refs (and `Effect.addFinalizer`'s snapshot of them) is most of an idle connection's memory (docs/performance.md).
   Effect.acquireUseRelease(
     Scope.make(),
     (scope) => connect(ws, socket, info, scope),
@@ -65,236 +65,319 @@ const reportDefect = (exit: Exit.Exit<unknown, unknown>) =>
     ? Effect.logError("client connection failed", exit.cause)
     : Effect.void
 
-/** Sets the connection up in `scope` and returns its reader. */
-const connect = (ws: WebSocket, socket: Duplex, info: ClientInfo, scope: Scope.Scope) =>
-  Effect.gen(function*() {
-    const hub = yield* Hub
-    const config = yield* HubConfig
-    const metrics = yield* HubMetrics
-    const auth = yield* Auth
-    const limits = yield* Limits
-    // Optional: without a publisher (an embedding program that provides none), `publish` is refused.
-    const publisher = yield* Effect.serviceOption(Publisher)
-    const id = yield* hub.nextId
-    const annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
-    const outbox = new Outbox(ws, socket, config.sendBuffer, metrics.delivered)
-    // Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub).
-    const inbox: Array<Incoming | typeof ended | typeof floodClose> = []
-    let wakeReader: (() => void) | undefined
-    const deliver = (item: Incoming | typeof ended | typeof floodClose) => {
-      inbox.push(item)
-      const wake = wakeReader
-      wakeReader = undefined
-      wake?.()
-    }
-    // No canceler: an interrupted reader never reads again, and its fiber ignores a late wake-up (Effect calls an
-    // async's resume at most once, interruption included). A canceler would keep an `onInterrupt` frame on the
-    // stack of every idle connection (about 1 KB each, measured).
-    const nextIncoming = Effect.async<Incoming | typeof ended | typeof floodClose>((resume) => {
-      if (inbox.length > 0) return resume(Effect.succeed(inbox.shift()!))
-      wakeReader = () => resume(Effect.succeed(inbox.shift()!))
-    })
-    const pingPeriod = Duration.toMillis(config.pingPeriod)
-    const pongTimeout = Duration.toMillis(config.pongTimeout)
-    const writeTimeout = Duration.toMillis(config.writeTimeout)
-    const closeHandshake = Duration.min(config.writeTimeout, maxCloseHandshake)
+/** The services a connection uses, taken once when it opens. */
+interface Services {
+  readonly hub: HubClients["Type"]
+  readonly config: HubConfig["Type"]
+  readonly metrics: HubMetrics["Type"]
+  readonly auth: Auth["Type"]
+  readonly limits: Limits["Type"]
+  /** Optional: without a publisher (an embedding program that provides none), `publish` is refused. */
+  readonly publisher: Option.Option<Publisher["Type"]>
+}
 
-    let lastSeen = Date.now()
-    let lastPing = lastSeen
-    let leaving: DisconnectReason | undefined
-    let closeCode: number | undefined
+type InboxItem = Incoming | typeof ended | typeof floodClose
 
-    // --- security: token expiry, first-message deadline, message rate ---------
-    const openedAt = lastSeen
-    const firstMessageTimeout = Option.map(limits.settings.firstMessageTimeout, Duration.toMillis)
-    let messageReceived = false
-    const rate = new MessageRate(limits.settings, openedAt)
-    /** Kicks the client if its token expired or it said nothing in time; true when it did. */
-    const securityDue = (now: number): boolean => {
-      const principal = session.principal
-      if (principal !== undefined && now >= principal.expiresAt) {
-        limits.refused("token_expired")
-        kick("token_expired")
-        return true
-      }
-      if (!messageReceived && Option.isSome(firstMessageTimeout) && now - openedAt >= firstMessageTimeout.value) {
-        limits.refused("first_message_timeout")
-        kick("first_message_timeout")
-        return true
-      }
-      return false
-    }
+/**
+ * One connection's state and behaviour. The socket's callbacks, the hub
+ * (through `Connection`) and the reader fiber all act on it; they run one at a
+ * time on the event loop, so its fields need no lock. Its requests are
+ * answered by `Requests`, with this object as their context.
+ */
+class WsConnection implements Connection, RequestContext {
+  readonly annotations: Readonly<Record<string, unknown>>
+  readonly hub: HubClients["Type"]
+  readonly config: HubConfig["Type"]
+  readonly auth: Auth["Type"]
+  readonly limits: Limits["Type"]
+  readonly publisher: Option.Option<Publisher["Type"]>
+  principal: Principal | undefined
+  readonly #metrics: HubMetrics["Type"]
+  readonly #outbox: Outbox
+  readonly #requests: Requests
+  readonly #rate: MessageRate
+  readonly #openedAt: number
+  readonly #firstMessageTimeout: number | undefined
+  /** Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub). */
+  readonly #inbox: Array<InboxItem> = []
+  #wakeReader: (() => void) | undefined = undefined
+  /** Frames received and not yet answered: past `inboxHighWater` the socket is no longer read. */
+  #unanswered = 0
+  #lastSeen: number
+  #lastPing: number
+  #messageReceived = false
+  /** The client went on flooding after `rate_limited`: nothing more is read, and it is closed (1008). */
+  #flooded = false
+  /** Why the connection ends, once it does. */
+  #leaving: DisconnectReason | undefined = undefined
+  #closeCode: number | undefined = undefined
+  /** The reader's reply that waits for room in the send buffer, if any (see `send`). */
+  #waitingSend: (() => void) | undefined = undefined
 
-    /** The reader's reply that waits for room in the send buffer, if any (see `send`). */
-    let waitingSend: (() => void) | undefined
-    /** The connection is over: the reader finishes, even from inside a reply that waits for room. */
-    const end = () => {
-      deliver(ended)
-      const release = waitingSend
-      waitingSend = undefined
-      release?.()
-    }
-    const kick = (reason: DisconnectReason) => {
-      if (leaving !== undefined) return
-      leaving = reason
-      end()
-    }
+  constructor(
+    readonly id: ClientId,
+    readonly ws: WebSocket,
+    readonly socket: Duplex,
+    info: Handshake,
+    services: Services
+  ) {
+    this.annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
+    this.hub = services.hub
+    this.config = services.config
+    this.auth = services.auth
+    this.limits = services.limits
+    this.publisher = services.publisher
+    this.principal = info.principal
+    this.#metrics = services.metrics
+    this.#outbox = new Outbox(services.hub.flusher, ws, socket, services.config.sendBuffer, services.metrics.delivered)
+    this.#openedAt = this.#lastSeen = this.#lastPing = Date.now()
+    this.#rate = new MessageRate(services.limits.settings, this.#openedAt)
+    this.#firstMessageTimeout = Option.getOrUndefined(Option.map(services.limits.settings.firstMessageTimeout, Duration.toMillis))
+    this.#requests = new Requests(this)
+  }
 
-    const connection: Connection = {
-      id,
-      offer: (message) => leaving !== undefined || outbox.offer(message),
-      kick,
-      whenBelow: (size, ready) => outbox.whenBelow(size, ready),
-      backlog: () => outbox.size,
-      keepAlive: (now) => {
-        if (leaving !== undefined || ws.readyState !== WebSocket.OPEN) return
-        if (securityDue(now)) return
-        const blockedSince = outbox.blockedSince
-        if (blockedSince !== undefined && now - blockedSince >= writeTimeout) kick("write_timeout")
-        else if (now - lastSeen >= pongTimeout) kick("pong_timeout")
-        else if (now - lastPing >= pingPeriod) {
-          lastPing = now
-          ws.ping()
-        }
-      }
-    }
+  // --- what the hub calls (Connection) ----------------------------------------
 
-    // --- the socket's callbacks: the only place they exist --------------------
-    let pending = 0
-    /** The client went on flooding after `rate_limited`: nothing more is read, and it is closed (1008). */
-    let flooded = false
-    ws.on("message", (data, isBinary) => {
-      lastSeen = Date.now()
-      messageReceived = true
-      if (flooded) return
-      const verdict = rate.check(lastSeen)
-      if (verdict !== "accept") {
-        if (verdict === "drop") return
-        if (verdict === "close") {
-          // Closed after the requests already queued (and the rate_limited warning) have been answered.
-          flooded = true
-          limits.refused("rate_limit_closed")
-          return deliver(floodClose)
-        }
-        limits.refused("rate_limited")
-        deliver({
-          data: Buffer.alloc(0),
-          isBinary: false,
-          refusal: {
-            code: "rate_limited",
-            message: `more than ${limits.settings.messageRate} messages per second: messages are dropped; ` +
-              "the connection is closed (1008) if this goes on"
-          }
-        })
-      } else deliver({ data: toBuffer(data), isBinary })
-      if (++pending >= inboxHighWater && !ws.isPaused) ws.pause()
-    })
+  offer(message: Outbound): boolean {
+    return this.#leaving !== undefined || this.#outbox.offer(message)
+  }
+
+  kick(reason: DisconnectReason): void {
+    if (this.#leaving !== undefined) return
+    this.#leaving = reason
+    this.#end()
+  }
+
+  whenBelow(size: number, ready: () => void): void {
+    this.#outbox.whenBelow(size, ready)
+  }
+
+  backlog(): number {
+    return this.#outbox.size
+  }
+
+  keepAlive(now: number): void {
+    if (this.#leaving !== undefined || this.ws.readyState !== WebSocket.OPEN) return
+    if (this.#securityDue(now)) return
+    const blockedSince = this.#outbox.blockedSince
+    if (blockedSince !== undefined && now - blockedSince >= Duration.toMillis(this.config.writeTimeout)) {
+      this.kick("write_timeout")
+    } else if (now - this.#lastSeen >= Duration.toMillis(this.config.pongTimeout)) this.kick("pong_timeout")
+    else if (now - this.#lastPing >= Duration.toMillis(this.config.pingPeriod)) {
+      this.#lastPing = now
+      this.ws.ping()
+    }
+  }
+
+  /** Kicks the client if its token expired or it said nothing in time; true when it did. */
+  #securityDue(now: number): boolean {
+    if (this.principal !== undefined && now >= this.principal.expiresAt) {
+      this.limits.refused("token_expired")
+      this.kick("token_expired")
+      return true
+    }
+    if (!this.#messageReceived && this.#firstMessageTimeout !== undefined && now - this.#openedAt >= this.#firstMessageTimeout) {
+      this.limits.refused("first_message_timeout")
+      this.kick("first_message_timeout")
+      return true
+    }
+    return false
+  }
+
+  // --- the socket's events ------------------------------------------------------
+
+  /** Listens to the socket: the only place its callbacks are set. */
+  listen(): void {
+    const ws = this.ws
+    ws.on("message", (data, isBinary) => this.#onMessage(data, isBinary))
     const seen = () => {
-      lastSeen = Date.now()
+      this.#lastSeen = Date.now()
     }
     ws.on("pong", seen)
     ws.on("ping", seen)
     ws.on("error", (error: Error & { code?: string }) => {
       // `ws` closes the connection itself after these, with the status code it attaches (1009, 1007, 1002).
-      leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
+      this.#leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
         ? "message_too_big"
         : error.code === "WS_ERR_INVALID_UTF8"
         ? "invalid_payload"
         : error.code?.startsWith("WS_ERR_")
         ? "protocol_error"
         : "error"
-      closeCode ??= statusCodeOf(error)
+      this.#closeCode ??= statusCodeOf(error)
     })
     ws.on("close", (code) => {
       // The code of the close frame that ended the connection, unless the hub sent its own first.
-      closeCode ??= code
-      leaving ??= "client_closed"
-      end()
+      this.#closeCode ??= code
+      this.#leaving ??= "client_closed"
+      this.#end()
+    })
+  }
+
+  #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
+    this.#lastSeen = Date.now()
+    this.#messageReceived = true
+    if (this.#flooded) return
+    const verdict = this.#rate.check(this.#lastSeen)
+    if (verdict === "drop") return
+    if (verdict === "close") {
+      // Closed after the requests already queued (and the rate_limited warning) have been answered.
+      this.#flooded = true
+      this.limits.refused("rate_limit_closed")
+      return this.#deliver(floodClose)
+    }
+    if (verdict === "accept") this.#deliver({ data: toBuffer(data), isBinary })
+    else {
+      this.limits.refused("rate_limited")
+      this.#deliver({
+        data: Buffer.alloc(0),
+        isBinary: false,
+        refusal: {
+          code: "rate_limited",
+          message: `more than ${this.limits.settings.messageRate} messages per second: messages are dropped; ` +
+            "the connection is closed (1008) if this goes on"
+        }
+      })
+    }
+    if (++this.#unanswered >= inboxHighWater && !this.ws.isPaused) this.ws.pause()
+  }
+
+  #deliver(item: InboxItem): void {
+    this.#inbox.push(item)
+    const wake = this.#wakeReader
+    this.#wakeReader = undefined
+    wake?.()
+  }
+
+  /** The connection is over: the reader finishes, even from inside a reply that waits for room. */
+  #end(): void {
+    this.#deliver(ended)
+    const release = this.#waitingSend
+    this.#waitingSend = undefined
+    release?.()
+  }
+
+  // --- the reader fiber -----------------------------------------------------------
+
+  // No canceler: an interrupted reader never reads again, and its fiber ignores a late wake-up (Effect calls an
+  // async's resume at most once, interruption included). A canceler would keep an `onInterrupt` frame on the stack
+  // of every idle connection.
+  readonly #nextIncoming = Effect.async<InboxItem>((resume) => {
+    if (this.#inbox.length > 0) return resume(Effect.succeed(this.#inbox.shift()!))
+    this.#wakeReader = () => resume(Effect.succeed(this.#inbox.shift()!))
+  })
+
+  /** Handles the client's frames, one at a time and in order, until the connection ends. */
+  readonly read: Effect.Effect<void> = Effect.flatMap(this.#nextIncoming, (incoming) => {
+    if (incoming === ended || this.#leaving !== undefined) return Effect.void
+    if (incoming === floodClose) return Effect.sync(() => this.kick("rate_limited"))
+    return this.#requests.handle(incoming).pipe(
+      Effect.zipRight(Effect.sync(() => {
+        if (--this.#unanswered <= inboxLowWater && this.ws.isPaused) this.ws.resume()
+      })),
+      Effect.zipRight(Effect.suspend(() => this.read))
+    )
+  })
+
+  /**
+   * Replies wait for room in the send buffer: a client that sends many
+   * requests at once is slowed down (its socket is no longer read while the
+   * reader waits), not disconnected. Only broadcasts treat a full buffer as
+   * a slow consumer. (A function field: requests take it from their context.)
+   */
+  readonly send = (message: Outbound): Effect.Effect<void> =>
+    Effect.async<void>((resume) => {
+      if (this.#leaving !== undefined) return resume(Effect.void)
+      const outbox = this.#outbox
+      let done = false
+      const finish = () => {
+        if (done) return
+        done = true
+        this.#waitingSend = undefined
+        resume(Effect.void)
+      }
+      // A buffer that never drains (the client stopped reading) must not hold the reader: `end` releases it.
+      this.#waitingSend = finish
+      // Another writer (a replay) may take the room first: then wait again.
+      const attempt = () => {
+        if (done) return
+        if (outbox.offer(message)) finish()
+        else outbox.whenRoom(attempt)
+      }
+      outbox.whenRoom(attempt)
     })
 
-    /**
-     * Replies wait for room in the send buffer: a client that sends many
-     * requests at once is slowed down (its socket is no longer read while the
-     * reader waits), not disconnected. Only broadcasts treat a full buffer as
-     * a slow consumer.
-     */
-    const send = (message: Outbound) =>
-      Effect.async<void>((resume) => {
-        if (leaving !== undefined) return resume(Effect.void)
-        let done = false
-        const finish = () => {
-          if (done) return
-          done = true
-          waitingSend = undefined
-          resume(Effect.void)
-        }
-        // A buffer that never drains (the client stopped reading) must not hold the reader: `end` releases it.
-        waitingSend = finish
-        // Another writer (a replay) may take the room first: then wait again.
-        const attempt = () => {
-          if (done) return
-          if (outbox.offer(message)) finish()
-          else outbox.whenRoom(attempt)
-        }
-        outbox.whenRoom(attempt)
-      })
-    const session: Session = { id, annotations, hub, config, auth, limits, publisher, send, principal: info.principal }
-    const requests = new Requests(session)
+  /** A refusal of the handshake's `since` (a `hub.error`). */
+  refuse(error: ErrorData): Effect.Effect<void> {
+    return this.#requests.refuse(error)
+  }
 
-    /** Handles the client's frames until the connection ends. */
-    const read: Effect.Effect<void> = Effect.flatMap(nextIncoming, (incoming) => {
-      if (incoming === ended || leaving !== undefined) return Effect.void
-      if (incoming === floodClose) return Effect.sync(() => kick("rate_limited"))
-      return requests.handle(incoming).pipe(
-        Effect.zipRight(Effect.sync(() => {
-          if (--pending <= inboxLowWater && ws.isPaused) ws.resume()
-        })),
-        Effect.zipRight(Effect.suspend(() => read))
+  // --- the end --------------------------------------------------------------------
+
+  /** Closes the socket with a code that says why the connection ended, then logs it. */
+  close(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+    const ws = this.ws
+    return Effect.gen(this, function*() {
+      // The HTTP server interrupts the fiber when the peer drops the socket, so look at the socket first.
+      this.#leaving ??= ws.readyState !== WebSocket.OPEN || this.socket.destroyed
+        ? "client_closed"
+        : Exit.isInterrupted(exit)
+        ? "shutdown"
+        : "error"
+      const leaving = this.#leaving
+      if (ws.readyState === WebSocket.OPEN) {
+        // What is already queued for the client (replies, events) goes out before the close frame.
+        this.#outbox.flush()
+        const close = leaving in closeFor
+          ? closeFor[leaving as keyof typeof closeFor]
+          : { code: CloseCode.internalError, reason: "internal error" }
+        ws.close(close.code, close.reason)
+        this.#closeCode = close.code
+      }
+      const closeHandshake = Duration.min(this.config.writeTimeout, maxCloseHandshake)
+      if (!(yield* waitClosed(ws, closeHandshake))) {
+        ws.terminate()
+        yield* waitClosed(ws, closeHandshake)
+      }
+      this.#metrics.disconnected(leaving)
+      const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo
+      yield* log("client disconnected").pipe(
+        Effect.annotateLogs({ ...this.annotations, reason: leaving, code: this.#closeCode })
       )
     })
+  }
+}
 
-    // --- lifetime --------------------------------------------------------------
+/** Sets the connection up in `scope` and returns its reader. */
+const connect = (ws: WebSocket, socket: Duplex, info: Handshake, scope: Scope.Scope) =>
+  Effect.gen(function*() {
+    const hub = yield* HubClients
+    const services: Services = {
+      hub,
+      config: yield* HubConfig,
+      metrics: yield* HubMetrics,
+      auth: yield* Auth,
+      limits: yield* Limits,
+      publisher: yield* Effect.serviceOption(Publisher)
+    }
+    const connection = new WsConnection(yield* hub.nextId, ws, socket, info, services)
+    connection.listen()
     // Finalizers run in reverse: leave the hub, then close the socket.
-    yield* Scope.addFinalizerExit(scope, (exit) =>
-      Effect.gen(function*() {
-        // The HTTP server interrupts this fiber when the peer drops the socket, so look at the socket first.
-        leaving ??= ws.readyState !== WebSocket.OPEN || socket.destroyed
-          ? "client_closed"
-          : Exit.isInterrupted(exit)
-          ? "shutdown"
-          : "error"
-        if (ws.readyState === WebSocket.OPEN) {
-          // What is already queued for the client (replies, events) goes out before the close frame.
-          outbox.flush()
-          const close = leaving in closeFor
-            ? closeFor[leaving as keyof typeof closeFor]
-            : { code: CloseCode.internalError, reason: "internal error" }
-          ws.close(close.code, close.reason)
-          closeCode = close.code
-        }
-        if (!(yield* waitClosed(ws, closeHandshake))) {
-          ws.terminate()
-          yield* waitClosed(ws, closeHandshake)
-        }
-        metrics.disconnected(leaving)
-        const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo
-        yield* log("client disconnected").pipe(Effect.annotateLogs({ ...annotations, reason: leaving, code: closeCode }))
-      })
-    )
+    yield* Scope.addFinalizerExit(scope, (exit) => connection.close(exit))
     // Unregistering a client that is not registered does nothing, so the finalizer can come first.
-    yield* Scope.addFinalizer(scope, Effect.suspend(() => hub.unregister(id)))
-    yield* hub.register(connection, { allowed: session.principal?.eventTypes, resuming: info.since !== undefined })
-    yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(annotations))
+    yield* Scope.addFinalizer(scope, Effect.suspend(() => hub.unregister(connection.id)))
+    yield* hub.register(connection, { allowed: connection.principal?.eventTypes, resuming: info.since !== undefined })
+    yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(connection.annotations))
     if (info.since !== undefined) {
-      yield* hub.resume(id, info.since).pipe(
+      yield* hub.resume(connection.id, info.since).pipe(
         Effect.matchEffect({
-          onFailure: (error) => requests.refuse({ code: "invalid_request", message: error.message }),
+          onFailure: (error) => connection.refuse({ code: "invalid_request", message: error.message }),
           onSuccess: (resume) => resume.start
         })
       )
     }
     // The reader runs after this generator has returned, so that an idle connection does not keep it alive.
-    return read
+    return connection.read
   }).pipe(Effect.flatten)
 
 /**

@@ -11,8 +11,8 @@
 import { Clock, Effect, Either, Option } from "effect"
 import { allows, type Auth, type Principal } from "../security/Auth.js"
 import type { HubSettings } from "../config/Config.js"
-import type { ClientId, Hub, TooManySubscriptions } from "../hub/Hub.js"
-import { checkPattern, type Limits } from "../security/Limits.js"
+import type { ClientId, HubClients, TooManySubscriptions } from "../hub/Hub.js"
+import type { Limits } from "../security/Limits.js"
 import {
   type ErrorData,
   HubMessageType,
@@ -34,10 +34,10 @@ export interface Incoming {
 }
 
 /** What a connection's requests act on. */
-export interface Session {
+export interface RequestContext {
   readonly id: ClientId
   readonly annotations: Readonly<Record<string, unknown>>
-  readonly hub: Hub["Type"]
+  readonly hub: HubClients["Type"]
   readonly config: HubSettings
   readonly auth: Auth["Type"]
   readonly limits: Limits["Type"]
@@ -50,11 +50,11 @@ export interface Session {
 }
 
 export class Requests {
-  constructor(readonly session: Session) {}
+  constructor(readonly context: RequestContext) {}
 
   /** Answers one frame. */
   handle({ data, isBinary, refusal }: Incoming): Effect.Effect<void> {
-    const { hub, id, send } = this.session
+    const { hub, id, send } = this.context
     if (refusal !== undefined) return this.refuse(refusal)
     if (isBinary) {
       return this.refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
@@ -93,14 +93,14 @@ export class Requests {
   }
 
   reply(type: string, data: unknown): Effect.Effect<void> {
-    return Effect.flatMap(Clock.currentTimeMillis, (now) => this.session.send(Outbound.message(type, data, new Date(now))))
+    return Effect.flatMap(Clock.currentTimeMillis, (now) => this.context.send(Outbound.message(type, data, new Date(now))))
   }
 
   /** A `hub.error`, with a debug-level log line. */
   refuse(error: ErrorData): Effect.Effect<void> {
     return Effect.zipRight(
       Effect.logDebug("refused client message").pipe(
-        Effect.annotateLogs({ ...this.session.annotations, code: error.code, reason: error.message })
+        Effect.annotateLogs({ ...this.context.annotations, code: error.code, reason: error.message })
       ),
       this.reply(HubMessageType.error, error)
     )
@@ -108,9 +108,9 @@ export class Requests {
 
   /** The pattern limits and the token's `event_types`: the reason to refuse a `subscribe`, if any. */
   private checkSubscription(patterns: ReadonlyArray<string>): ErrorData | undefined {
-    const { limits, principal } = this.session
+    const { limits, principal } = this.context
     for (const pattern of patterns) {
-      const checked = checkPattern(pattern, limits.settings)
+      const checked = Topic.check(pattern, limits.settings)
       if (Either.isLeft(checked)) {
         limits.refused("invalid_pattern")
         return { code: "invalid_pattern", message: checked.left }
@@ -132,7 +132,7 @@ export class Requests {
    * by the send buffer, while the reader goes on).
    */
   private subscribeSince(patterns: ReadonlyArray<string>, since: string): Effect.Effect<void> {
-    const { hub, id } = this.session
+    const { hub, id } = this.context
     return Effect.matchEffect(hub.checkSubscribe(id, patterns), {
       // Refused before the resume replaces one under way: a refusal must leave that one going.
       onFailure: (error) => this.tooManySubscriptions(error),
@@ -154,13 +154,13 @@ export class Requests {
   }
 
   private tooManySubscriptions(error: TooManySubscriptions): Effect.Effect<void> {
-    this.session.limits.refused("too_many_subscriptions")
+    this.context.limits.refused("too_many_subscriptions")
     return this.refuse({ code: "too_many_subscriptions", message: error.message })
   }
 
   /** `{"action":"join"}`: rooms named `<key>:<value>` with a key of `ROOM_KEYS`. */
   private join(rooms: ReadonlyArray<string>): Effect.Effect<void> {
-    const { config, hub, id } = this.session
+    const { config, hub, id } = this.context
     const bad = rooms.find((room) => {
       const colon = room.indexOf(":")
       return colon <= 0 || colon === room.length - 1 || !config.roomKeys.includes(room.slice(0, colon))
@@ -184,25 +184,25 @@ export class Requests {
 
   /** `{"action":"auth"}`: a new token for this connection, with the same subject. */
   private refresh(token: string): Effect.Effect<void> {
-    const session = this.session
-    if (!session.auth.enabled) {
+    const context = this.context
+    if (!context.auth.enabled) {
       return this.refuse({ code: "auth_disabled", message: "authentication is not enabled on this hub" })
     }
-    return session.auth.verify(token).pipe(
+    return context.auth.verify(token).pipe(
       Effect.flatMap((next) =>
-        session.principal !== undefined && next.subject !== session.principal.subject
+        context.principal !== undefined && next.subject !== context.principal.subject
           ? Effect.fail({ message: "the new token's subject (sub) differs from the connection's" })
           : Effect.succeed(next)
       ),
       Effect.matchEffect({
         onFailure: (error) => {
-          session.limits.refused("token_refresh_refused")
+          context.limits.refused("token_refresh_refused")
           return this.refuse({ code: "invalid_token", message: `${error.message}; the current token stays in effect` })
         },
         onSuccess: (next) => {
-          session.principal = next
+          context.principal = next
           return Effect.zipRight(
-            session.hub.authorize(session.id, next.eventTypes),
+            context.hub.authorize(context.id, next.eventTypes),
             this.reply(HubMessageType.authenticated, { expires_at: new Date(next.expiresAt).toISOString() })
           )
         }
@@ -215,7 +215,7 @@ export class Requests {
    * it. The reader waits for the broker's confirmation, so a client's publishes stay in order.
    */
   private publish({ data, type }: Publish): Effect.Effect<void> {
-    const { annotations, config, limits, publisher } = this.session
+    const { annotations, config, limits, publisher } = this.context
     if (Option.isNone(publisher) || !config.clientPublishTypes.some((pattern) => Topic.matches(pattern, type))) {
       limits.refused("publish_forbidden")
       return this.refuse({

@@ -244,12 +244,10 @@ export const layerListen = Layer.unwrapEffect(
   })
 )
 
-/** The WebSocket endpoint (re-exported for custom compositions). */
-export const WebSocketServerLive = WebSocketServer.layer
-
 /**
  * The whole HTTP side: the routes and the WebSocket endpoint on one listening
  * socket. Both are released before the socket closes, so every WebSocket
- * client is closed (1001) before the server waits for its connections.
+ * client is closed (1001) before the server waits for its connections. The
+ * platform's `HttpServer` stays available (its address, with `PORT=0`).
  */
-export const layer = Layer.merge(layerServe, WebSocketServer.layer).pipe(Layer.provide(layerListen))
+export const layer = Layer.merge(layerServe, WebSocketServer.layer).pipe(Layer.provideMerge(layerListen))

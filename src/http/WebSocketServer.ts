@@ -2,7 +2,7 @@
  * The WebSocket endpoint: a `ws` server that owns no port. The HTTP server
  * hands it the upgrade requests for `wsPath` (see `UpgradeRoutes` in
  * Server.ts) before the platform's own request handling, so a connection
- * costs no HTTP request fiber: each one runs as its own fiber (`Client.serve`)
+ * costs no HTTP request fiber: each one runs as its own fiber (`Connection.serve`)
  * in this layer's `FiberSet`. Closing the layer interrupts every connection,
  * which then closes with 1001.
  *
@@ -17,7 +17,7 @@ import { WebSocketServer as WsServer } from "ws"
 import { Auth, BearerProtocol, type Principal } from "../security/Auth.js"
 import * as Client from "../connection/Connection.js"
 import { HubConfig } from "../config/Config.js"
-import type { Hub } from "../hub/Hub.js"
+import type { HubClients } from "../hub/Hub.js"
 import { clientAddress, isOriginAllowed, Limits, type Refusal } from "../security/Limits.js"
 import type { HubMetrics } from "../ops/Metrics.js"
 import { SinceParameter } from "../protocol/Protocol.js"
@@ -55,7 +55,7 @@ const refuseHandshake = (socket: Duplex, status: number, error: string, headers:
 /** Seconds a client refused for the connection limits is told to wait (`Retry-After`). */
 const connectionRetryAfter = 5
 
-export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | UpgradeRoutes | Auth | Limits> = Layer.scopedDiscard(
+export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetrics | UpgradeRoutes | Auth | Limits> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* HubConfig
     const routes = yield* UpgradeRoutes
@@ -93,7 +93,7 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
     )
     // Released before the server above: every connection is interrupted (and closed with 1001) first.
     const connections = yield* FiberSet.make()
-    const run = yield* FiberSet.runtime(connections)<HubConfig | Hub | HubMetrics | Auth | Limits>()
+    const run = yield* FiberSet.runtime(connections)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
 
     /** Refuses the handshake, counts and logs the refusal (never the token: the URL is not logged). */
     const refuse = (
@@ -131,10 +131,10 @@ export const layer: Layer.Layer<never, never, HubConfig | Hub | HubMetrics | Upg
       const accept = (principal: Principal | undefined) => {
         if (socket.destroyed) return
         // No closure below may capture `request`: the connection would keep the whole request alive.
-        const info: Client.ClientInfo = { remoteAddress: address, principal, since: sinceOf(request.url) }
+        const info: Client.Handshake = { remoteAddress: address, principal, since: sinceOf(request.url) }
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
-          // A defect is logged by the connection itself (see Client.serve).
+          // A defect is logged by the connection itself (see Connection.serve).
           run(Client.serve(ws, socket, info))
         })
       }

@@ -20,6 +20,8 @@
  * JavaScript runs one thing at a time, so appending (in `Hub.broadcast`,
  * together with the fan-out) and reading happen in single synchronous steps.
  */
+import { Context, Duration, Effect, Layer, Option } from "effect"
+import { HubConfig, RabbitMqConfig } from "../config/Config.js"
 import type { GapReason, Outbound } from "../protocol/Protocol.js"
 
 export interface HistoryEntry {
@@ -200,4 +202,25 @@ export class History {
     }
     return this.#entries[low]
   }
+}
+
+/**
+ * The hub's history as a service: the hub appends to it, resumes read it, and
+ * the RabbitMQ source refills it in stream mode. With a RabbitMQ source in
+ * stream mode (`RabbitMqConfig` provided here too), it uses stream ids from
+ * the start, so no client can resume against local ids first.
+ */
+export class HubHistory extends Context.Tag("event-hub/History")<HubHistory, History>() {
+  static readonly layer: Layer.Layer<HubHistory, never, HubConfig> = Layer.effect(
+    HubHistory,
+    Effect.gen(function*() {
+      const config = yield* HubConfig
+      const rabbitmq = yield* Effect.serviceOption(RabbitMqConfig)
+      const history = new History(config.historyMaxEvents, Duration.toMillis(config.historyMaxAge))
+      if (Option.isSome(rabbitmq) && rabbitmq.value.mode === "stream" && Option.isSome(rabbitmq.value.url)) {
+        history.useStreamIds()
+      }
+      return history
+    })
+  )
 }

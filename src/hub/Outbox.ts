@@ -1,19 +1,9 @@
 /**
- * A client's bounded send buffer, and the writing of it.
- *
- * Waking one fiber per client for every event costs far more than the write
- * itself (measured: tens of microseconds per wake-up, against about one for a
- * corked write), so writes do not happen in per-client fibers. A broadcast
- * appends the event's pre-built frame to each recipient's outbox and marks
- * it; the marked outboxes are written in order, each with all it holds in one
- * write, by a flush that runs in slices of about a millisecond
- * (`setImmediate` between two slices). Between two slices the event loop
- * takes in new events: an outbox not yet written in this pass writes the new
- * frames together with the older ones, so an event waits at most for one pass
- * over the clients, never for a whole pass to end first. When the hub falls
- * behind (see `behind`), a pass runs to its end before new events come in.
- * Each socket still has exactly one writer, and the order of its messages is
- * the order they were queued in.
+ * A client's bounded send buffer, written by its hub's `Flusher` (see
+ * Flusher.ts): a broadcast appends the event's pre-built frame to each
+ * recipient's outbox and marks it; the flusher writes everything an outbox
+ * holds in one corked write. The order of a socket's messages is the order
+ * they were queued in.
  *
  * Backpressure is explicit: while the socket's own buffer is above its
  * high-water mark the outbox stops writing and keeps queueing, up to its
@@ -25,20 +15,9 @@
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import type { Outbound } from "../protocol/Protocol.js"
+import type { Flushable, Flusher } from "./Flusher.js"
 
-/** Outboxes with something to write, in the order they were marked; those before `next` are written. */
-let dirty: Array<Outbox> = []
-let next = 0
-let flushScheduled = false
-/**
- * Set when a message is queued for a client whose socket takes data but whose outbox already holds many
- * (`behindAt`): the hub itself is behind (events come faster than it writes them, or in bursts), not that
- * client. The flush then finishes its pass before the event loop takes in more events, as a flush without
- * slices would: a fast client is never disconnected for the hub's own slowness (new events wait in RabbitMQ or
- * in the publisher's request), and a burst is written in few large writes.
- */
-let behind = false
-/** `behindAt` for the default `WS_SEND_BUFFER` (256); at most half of a smaller one. */
+/** Queued messages past which the hub is behind, for the default `WS_SEND_BUFFER` (256); at most half of a smaller one. */
 const behindAtMost = 32
 
 /**
@@ -47,43 +26,10 @@ const behindAtMost = 32
  */
 const overflowFactor = 16
 
-/** How long one slice of a flush may write before the event loop runs again. */
-const sliceMillis = 1
-
 /** Shared by every outbox that has no waiter (nearly all of them): never written to. */
 const noWaiters: Array<() => void> = []
 
-const flushSlice = () => {
-  const deadline = performance.now() + sliceMillis
-  try {
-    while (next < dirty.length) {
-      dirty[next++].flush()
-      // Reading the clock costs far less than a write; every 16 writes is often enough.
-      if ((next & 15) === 0 && !behind && performance.now() >= deadline) break
-    }
-  } finally {
-    // Even if a flush threw (a waiter's bug): the other outboxes must still be written.
-    afterSlice()
-  }
-}
-
-const afterSlice = () => {
-  if (next < dirty.length) {
-    // Forget the written part once it is most of the array, so that a flush that never ends does not grow it.
-    if (next >= 1024 && next * 2 >= dirty.length) {
-      dirty = dirty.slice(next)
-      next = 0
-    }
-    setImmediate(flushSlice)
-    return
-  }
-  dirty.length = 0
-  next = 0
-  flushScheduled = false
-  behind = false
-}
-
-export class Outbox {
+export class Outbox implements Flushable {
   #pending: Array<Outbound> = []
   #marked = false
   #waiters: Array<() => void> = noWaiters
@@ -97,6 +43,7 @@ export class Outbox {
   blockedSince: number | undefined
 
   constructor(
+    readonly flusher: Flusher,
     readonly ws: WebSocket,
     readonly socket: Duplex,
     readonly capacity: number,
@@ -122,7 +69,7 @@ export class Outbox {
     if (queued >= this.capacity && (this.blockedSince !== undefined || queued >= this.capacity * overflowFactor)) {
       return false
     }
-    if (queued >= this.#behindAt && this.blockedSince === undefined) behind = true
+    if (queued >= this.#behindAt && this.blockedSince === undefined) this.flusher.fallBehind()
     this.#pending.push(message)
     this.#schedule()
     return true
@@ -143,11 +90,7 @@ export class Outbox {
   #schedule() {
     if (this.#marked) return
     this.#marked = true
-    dirty.push(this)
-    if (!flushScheduled) {
-      flushScheduled = true
-      setImmediate(flushSlice)
-    }
+    this.flusher.mark(this)
   }
 
   /** Writes everything queued, in one corked batch, unless the socket is blocked or closing. */

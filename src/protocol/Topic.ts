@@ -4,6 +4,41 @@
  * wildcards matches only the identical event type.
  */
 
+import { Either } from "effect"
+
+/** How long a pattern may be: `WS_MAX_PATTERN_LENGTH` and `WS_MAX_PATTERN_WORDS`. */
+export interface PatternLimits {
+  readonly maxPatternLength: number
+  readonly maxPatternWords: number
+}
+
+/**
+ * The one rule for patterns, wherever they come from (subscriptions, the
+ * token's `event_types` claim, `WS_PUBLISH_TYPES`): at most `maxPatternLength`
+ * characters and `maxPatternWords` words, no empty word (`a..b`, `.a`), no
+ * whitespace or control characters, and `*`/`#` only as whole words. Left:
+ * why not, naming the pattern.
+ */
+export const check = (pattern: string, limits: PatternLimits): Either.Either<string, string> => {
+  const shown = JSON.stringify(pattern.length > 64 ? `${pattern.slice(0, 64)}...` : pattern)
+  if (pattern.length > limits.maxPatternLength) {
+    return Either.left(`pattern ${shown} is longer than ${limits.maxPatternLength} characters`)
+  }
+  const words = pattern.split(".")
+  if (words.length > limits.maxPatternWords) {
+    return Either.left(`pattern ${shown} has more than ${limits.maxPatternWords} words`)
+  }
+  if (words.some((word) => word.length === 0)) return Either.left(`pattern ${shown} has an empty word`)
+  // eslint-disable-next-line no-control-regex
+  if (/[\s\u0000-\u001f\u007f]/.test(pattern)) {
+    return Either.left(`pattern ${shown} contains whitespace or control characters`)
+  }
+  if (words.some((word) => word !== "*" && word !== "#" && /[*#]/.test(word))) {
+    return Either.left(`pattern ${shown}: * and # must be whole words`)
+  }
+  return Either.right(pattern)
+}
+
 /** True when `pattern` contains a `*` or `#` word. */
 export const isWildcard = (pattern: string): boolean => pattern.split(".").some((word) => word === "*" || word === "#")
 
@@ -18,19 +53,9 @@ export const matches = (pattern: string, type: string): boolean => {
   return matchWords(compile(pattern), type.split("."))
 }
 
-const compiled = new Map<string, ReadonlyArray<string>>()
-const maxCompiled = 4096
-
-const compile = (pattern: string): ReadonlyArray<string> => {
-  let words = compiled.get(pattern)
-  if (words === undefined) {
-    // Consecutive `#` words are equivalent to one.
-    words = pattern.split(".").filter((word, i, all) => !(word === "#" && all[i - 1] === "#"))
-    if (compiled.size >= maxCompiled) compiled.clear()
-    compiled.set(pattern, words)
-  }
-  return words
-}
+/** The pattern's words; consecutive `#` words are equivalent to one. */
+const compile = (pattern: string): ReadonlyArray<string> =>
+  pattern.split(".").filter((word, i, all) => !(word === "#" && all[i - 1] === "#"))
 
 /**
  * Dynamic programming over (pattern position, target position): can `pattern`

@@ -33,7 +33,7 @@ import {
 import { hostname } from "node:os"
 import { RabbitMqConfig, type RabbitMqSettings } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
-import { streamId } from "../hub/History.js"
+import { HubHistory, streamId } from "../hub/History.js"
 import { Hub } from "../hub/Hub.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { EventType } from "../protocol/Protocol.js"
@@ -182,10 +182,9 @@ export const streamArguments = (config: Pick<RabbitMqSettings, "streamMaxAge" | 
  *
  * Deliveries do not travel through the stream: each is handled by
  * `deliver`, synchronously and in order, in amqplib's callback, with the
- * source's runtime. An element of a stream costs a fiber wake-up and the
- * stream's machinery, about 0.3 ms per event as measured here (the
- * benchmark's latency scenario), which was a third of the hub's own CPU per
- * event. `deliver` must therefore be synchronous (the hub's broadcast is). A
+ * source's runtime: an element of a stream costs a fiber wake-up and the
+ * stream's machinery, a third of the hub's own CPU per event (see
+ * docs/performance.md). `deliver` must therefore be synchronous (the hub's broadcast is). A
  * delivery that arrives once the session is lost or ending is left alone:
  * the broker delivers it again to the next session.
  */
@@ -318,6 +317,7 @@ export const reconnectSchedule = (config: Pick<RabbitMqSettings, "reconnectDelay
 const run = Effect.gen(function*() {
   const config = yield* RabbitMqConfig
   const hub = yield* Hub
+  const history = yield* HubHistory
   const metrics = yield* HubMetrics
   const health = yield* Health
   const setHealth = (status: "up" | "starting" | "down", detail?: string) =>
@@ -327,6 +327,9 @@ const run = Effect.gen(function*() {
     yield* health.set("rabbitmq", { status: "disabled", critical: false, detail: "RABBITMQ_URL is empty" })
     yield* Effect.logInfo("RabbitMQ source disabled (RABBITMQ_URL is empty)")
     return
+  }
+  if (config.mode === "stream" && history.mode !== "stream") {
+    return yield* Effect.dieMessage("stream mode: provide RabbitMqConfig to the hub's layer too (HubHistory uses stream ids)")
   }
   const url = config.url.value
   metrics.declare("rabbitmq", ["connections", "reconnects", "events_consumed", "events_rejected", "duplicates_dropped"])
@@ -357,7 +360,7 @@ const run = Effect.gen(function*() {
     // First: back as far as the history keeps events. Then: right after the last offset read.
     from: () =>
       lastOffset === undefined
-        ? { "!": "timestamp", value: Math.floor((Date.now() - hub.history.maxAgeMs) / 1000) }
+        ? { "!": "timestamp", value: Math.floor((Date.now() - history.maxAgeMs) / 1000) }
         : lastOffset + 1,
     marker: () => refilling ? instance : undefined
   }
@@ -376,7 +379,7 @@ const run = Effect.gen(function*() {
       return Effect.void
     }
     const hole = lastOffset !== undefined && offset > lastOffset + 1
-    if (lastOffset === undefined || hole) hub.history.startsAt(offset)
+    if (lastOffset === undefined || hole) history.startsAt(offset)
     lastOffset = offset
     const logHole = hole
       ? Effect.logWarning("the stream's retention removed events this hub had not read; history starts again here")
@@ -387,13 +390,13 @@ const run = Effect.gen(function*() {
       settle(channel, message, true)
       if (!refilling || marker !== instance) return logHole
       refilling = false
-      hub.history.markReady()
+      history.markReady()
       return Effect.zipRight(
         logHole,
         Effect.zipRight(
           setHealth("up"),
           Effect.logInfo("history refilled from the stream; events are live").pipe(
-            Effect.annotateLogs({ stream: config.stream, events: hub.history.size, offset })
+            Effect.annotateLogs({ stream: config.stream, events: history.size, offset })
           )
         )
       )
@@ -506,22 +509,6 @@ const run = Effect.gen(function*() {
   Effect.annotateLogs({ component: "rabbitmq" })
 )
 
-/**
- * Stream mode: switches the hub's history to stream ids (resumes wait until
- * it is refilled). `layer` does it too; composing this layer before the HTTP
- * server (as main.ts does) means no client can resume before.
- */
-export const historyLayer: Layer.Layer<never, never, RabbitMqConfig | Hub> = Layer.effectDiscard(
-  Effect.gen(function*() {
-    const config = yield* RabbitMqConfig
-    const hub = yield* Hub
-    if (config.mode === "stream" && Option.isSome(config.url) && hub.history.mode !== "stream") {
-      hub.history.useStreamIds()
-    }
-  })
-)
-
 /** Runs the source for the lifetime of the layer; does nothing when `RABBITMQ_URL` is empty. */
-export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubMetrics | Health> = Layer.scopedDiscard(
-  Effect.zipRight(Layer.build(historyLayer), Effect.forkScoped(run))
-)
+export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubHistory | HubMetrics | Health> = Layer
+  .scopedDiscard(Effect.forkScoped(run))

@@ -13,7 +13,6 @@ import * as jose from "jose"
 import type { IncomingMessage } from "node:http"
 import { createPublicKey } from "node:crypto"
 import { type AuthKeySource, HubConfig } from "../config/Config.js"
-import { checkPattern } from "./Limits.js"
 import * as Topic from "../protocol/Topic.js"
 
 /** The subprotocol that carries a token: `Sec-WebSocket-Protocol: bearer, <token>`. */
@@ -146,7 +145,10 @@ const describe = (error: unknown): AuthError => {
 }
 
 /** The `event_types` claim: absent (no limit), or an array of valid patterns. */
-const eventTypesOf = (payload: jose.JWTPayload): ReadonlyArray<string> | undefined | AuthError => {
+const eventTypesOf = (
+  payload: jose.JWTPayload,
+  limits: Topic.PatternLimits
+): ReadonlyArray<string> | undefined | AuthError => {
   const claim = payload[EventTypesClaim]
   if (claim === undefined) return undefined
   const invalid = new AuthError({
@@ -155,7 +157,7 @@ const eventTypesOf = (payload: jose.JWTPayload): ReadonlyArray<string> | undefin
   })
   if (!Array.isArray(claim) || claim.length > 1024) return invalid
   for (const pattern of claim) {
-    if (typeof pattern !== "string" || checkPattern(pattern, { maxPatternLength: 255, maxPatternWords: 64 })._tag === "Left") {
+    if (typeof pattern !== "string" || Topic.check(pattern, limits)._tag === "Left") {
       return invalid
     }
   }
@@ -196,7 +198,7 @@ export class Auth extends Context.Tag("event-hub/Auth")<Auth, {
       const verify = (token: string) =>
         Effect.tryPromise({ try: () => verifier.verify(token, options), catch: describe }).pipe(
           Effect.flatMap(({ payload }) => {
-            const eventTypes = eventTypesOf(payload)
+            const eventTypes = eventTypesOf(payload, security)
             return eventTypes instanceof AuthError
               ? Effect.fail(eventTypes)
               : Effect.succeed<Principal>({ subject: payload.sub, eventTypes, expiresAt: payload.exp! * 1000 })

@@ -109,34 +109,6 @@ export const clientAddress = (request: IncomingMessage, trustProxy: boolean): st
   return last === undefined || last === "" ? peer : last
 }
 
-/**
- * Checks a subscription pattern's shape and size: at most `maxPatternLength`
- * characters and `maxPatternWords` words, no empty word (`a..b`, `.a`), no
- * whitespace or control characters, and `*`/`#` only as whole words.
- */
-export const checkPattern = (
-  pattern: string,
-  limits: Pick<SecuritySettings, "maxPatternLength" | "maxPatternWords">
-): Either.Either<string, string> => {
-  const shown = JSON.stringify(pattern.length > 64 ? `${pattern.slice(0, 64)}...` : pattern)
-  if (pattern.length > limits.maxPatternLength) {
-    return Either.left(`pattern ${shown} is longer than ${limits.maxPatternLength} characters`)
-  }
-  const words = pattern.split(".")
-  if (words.length > limits.maxPatternWords) {
-    return Either.left(`pattern ${shown} has more than ${limits.maxPatternWords} words`)
-  }
-  if (words.some((word) => word.length === 0)) return Either.left(`pattern ${shown} has an empty word`)
-  // eslint-disable-next-line no-control-regex
-  if (/[\s\u0000-\u001f\u007f]/.test(pattern)) {
-    return Either.left(`pattern ${shown} contains whitespace or control characters`)
-  }
-  if (words.some((word) => word !== "*" && word !== "#" && /[*#]/.test(word))) {
-    return Either.left(`pattern ${shown}: * and # must be whole words`)
-  }
-  return Either.right(pattern)
-}
-
 export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
   readonly settings: SecuritySettings
   /**

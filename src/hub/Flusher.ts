@@ -1,0 +1,83 @@
+/**
+ * The writer of every outbox of one hub: one pass writes each marked outbox's
+ * pending frames in one corked write, in slices of about a millisecond
+ * (`setImmediate` between two slices).
+ *
+ * A writer fiber per client would be woken once per event per client, which
+ * costs far more than the write itself (see docs/performance.md), so the hub
+ * departs here from "one writer fiber per client": each socket still has
+ * exactly one writer, this pass. Between two slices the event loop takes in
+ * new events: an outbox not yet written in this pass writes them together
+ * with the older ones, so an event waits at most one pass over the clients.
+ * When the hub falls behind (`behind`), a pass runs to its end before new
+ * events come in, so that a burst is never blamed on a client that reads.
+ *
+ * One instance per hub, created by the hub's layer: two hubs in one process
+ * flush independently.
+ */
+
+/** What the flusher writes: an outbox with something pending. */
+export interface Flushable {
+  flush(): void
+}
+
+/** How long one slice of a flush may write before the event loop runs again. */
+const sliceMillis = 1
+
+export class Flusher {
+  /** Outboxes with something to write, in the order they were marked; those before `#next` are written. */
+  #dirty: Array<Flushable> = []
+  #next = 0
+  #scheduled = false
+  /**
+   * Set when a message is queued for a client whose socket takes data but whose outbox already holds many: the hub
+   * itself is behind (events come faster than it writes them, or in bursts), not that client. The pass then runs to
+   * its end before the event loop takes in more events, as a flush without slices would: a fast client is never
+   * disconnected for the hub's own slowness (new events wait in RabbitMQ or in the publisher's request).
+   */
+  #behind = false
+
+  /** Queues `outbox` for the next pass (the caller marks it, so that it is queued once). */
+  mark(outbox: Flushable): void {
+    this.#dirty.push(outbox)
+    if (!this.#scheduled) {
+      this.#scheduled = true
+      setImmediate(this.#slice)
+    }
+  }
+
+  /** The hub is behind: the pass under way (or the next) runs to its end. */
+  fallBehind(): void {
+    this.#behind = true
+  }
+
+  readonly #slice = () => {
+    const deadline = performance.now() + sliceMillis
+    try {
+      while (this.#next < this.#dirty.length) {
+        this.#dirty[this.#next++].flush()
+        // Reading the clock costs far less than a write; every 16 writes is often enough.
+        if ((this.#next & 15) === 0 && !this.#behind && performance.now() >= deadline) break
+      }
+    } finally {
+      // Even if a flush threw (a waiter's bug): the other outboxes must still be written.
+      this.#afterSlice()
+    }
+  }
+
+  #afterSlice() {
+    if (this.#next < this.#dirty.length) {
+      // Forget the written part once it is most of the array, so that a flush that never ends does not grow it.
+      if (this.#next >= 1024 && this.#next * 2 >= this.#dirty.length) {
+        this.#dirty = this.#dirty.slice(this.#next)
+        this.#next = 0
+      }
+      setImmediate(this.#slice)
+      return
+    }
+    this.#dirty.length = 0
+    this.#next = 0
+    this.#scheduled = false
+    this.#behind = false
+  }
+}
