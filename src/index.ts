@@ -7,6 +7,7 @@ import * as HttpServer from "./http/Server.js"
 import * as Hub from "./hub/Hub.js"
 import * as Logging from "./ops/Logging.js"
 import * as Shutdown from "./ops/Shutdown.js"
+import { Publisher } from "./rabbitmq/Publisher.js"
 import * as RabbitMqSource from "./rabbitmq/Source.js"
 
 // --- Layers -----------------------------------------------------------------
@@ -21,6 +22,8 @@ export const RabbitMqSourceLive = RabbitMqSource.layer
 export const LoggingLive = Logging.layer
 /** Bounds the graceful shutdown by `SHUTDOWN_TIMEOUT` and reports it on `/health`. */
 export const ShutdownLive = Shutdown.layer
+/** Publishing to the exchange with confirms: `Publisher.publishEvent`, clients' `publish`, `POST /api/v1/events`. */
+export const PublisherLive = Publisher.layer
 
 // --- Services ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ const MainLive = RabbitMqSource.layer.pipe(
   Layer.provideMerge(HttpServer.layer),
   Layer.merge(Shutdown.layer),
   Layer.provide(Hub.layerLive),
-  // Clients' `publish` requests (WS_PUBLISH_TYPES); closed after the HTTP server.
+  // Clients' `publish` requests and POST /api/v1/events go through the exchange; closed after the HTTP server.
   Layer.provide(Publisher.layer),
   // RabbitMqConfig reaches the hub too: in stream mode its history uses stream ids from the start.
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
