@@ -10,6 +10,7 @@ export {
   DisconnectReason,
   ErrorCode,
   ErrorData,
+  GapReason,
   EventPattern,
   EventType,
   HistoryGapData,
