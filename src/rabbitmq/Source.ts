@@ -61,8 +61,9 @@ export class RabbitMqError extends Data.TaggedError("RabbitMqError")<{
           "(RABBITMQ_STREAM); on a broker without streams set RABBITMQ_MODE=queue (a queue per hub instance, see " +
           "docs/operations.md)"
       case "QueueInUse":
-        return `another consumer holds the queue ${this.queue} (another hub instance with the same name?); every ` +
-          `instance needs its own queue: set HUB_INSTANCE_ID (or RABBITMQ_QUEUE) per instance${cause}`
+        return `another consumer holds the queue ${this.queue}: another hub instance with the same name (every ` +
+          "instance needs its own queue: set HUB_INSTANCE_ID, or RABBITMQ_QUEUE, per instance), or this instance's " +
+          `previous connection until the broker notices it is gone${cause}`
       default:
         return `${this.reason}${cause}`
     }
