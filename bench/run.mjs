@@ -358,7 +358,8 @@ const latency = async (rate, slowFraction, kind = "hub") => {
   // One client in ten parses every message and measures, in a process of its own; the others only drain their
   // sockets (see loadgen.mjs) in another, so that neither the drain nor the parsing delays the measurement.
   const [server, sampler, drainer, connection] = await Promise.all([
-    startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue }),
+    // Queue mode, as the floor consumes: the same path, and no stream left on the broker (stream is the default).
+    startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue, RABBITMQ_MODE: "queue" }),
     startLoadgen(),
     startLoadgen(),
     // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
