@@ -119,6 +119,23 @@ describe("Outbox", () => {
     for (const { batches } of sockets) expect(batches).toEqual([Array.from({ length: 40 }, (_, i) => `${i}`)])
   })
 
+  it("says when it is behind, and calls a producer waiting for it once the pass has written everything", async () => {
+    const { socket, ws } = recordingSocket(0)
+    let written = 0
+    const flusher = new Flusher()
+    let idle = 0
+    flusher.whenIdle(() => idle++)
+    expect(idle).toBe(1)
+    const outbox = new Outbox(flusher, ws, socket, 256, (count) => (written += count))
+    for (let i = 0; i < 40; i++) outbox.offer(Outbound.text(`${i}`))
+    expect(flusher.behind).toBe(true)
+    flusher.whenIdle(() => idle++)
+    expect(idle).toBe(1)
+    await until(() => idle === 2)
+    expect(written).toBe(40)
+    expect(flusher.behind).toBe(false)
+  })
+
   it("two flushers (two hubs in one process) are independent: one's long pass does not delay the other's writes", async () => {
     // Hub A: 300 sockets whose writes take 50 us, so its pass takes at least 15 ms, in slices of 1 ms.
     const slow = Array.from({ length: 300 }, () => recordingSocket(50))

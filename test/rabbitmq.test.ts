@@ -164,8 +164,9 @@ describe("RabbitMQ source", () => {
         Effect.map(Hub, (hub) =>
           Hub.of({
             ...hub,
-            broadcast: (type, data) =>
-              died > 0 ? hub.broadcast(type, data) : Effect.suspend(() => {
+            // The source's way in (synchronous, see Hub.ts).
+            broadcastEvent: (event) =>
+              died > 0 ? hub.broadcastEvent(event) : Effect.suspend(() => {
                 died++
                 return Effect.die(new Error("a bug"))
               })

@@ -46,14 +46,6 @@ const decodePublish = (json: unknown) =>
     ? Schema.decodeUnknownEither(PublishRequest.members[1])(json)
     : Either.map(Schema.decodeUnknownEither(PublishedEvent)(json), (event) => [event])
 
-/** Events of an array POST broadcast before the flush writes them (see `nextTurn`). */
-const burstSlice = 64
-
-/** Waits for a turn of the event loop: the flush, scheduled first, writes what the burst queued so far. */
-const nextTurn = Effect.async<void>((resume) => {
-  setImmediate(() => resume(Effect.void))
-})
-
 const problem = (status: number, error: string, headers: Record<string, string> = {}) =>
   HttpServerResponse.unsafeJson({ error }, { status, headers })
 
@@ -151,11 +143,8 @@ export const makeRouter = Effect.gen(function*() {
         )
       }
       let recipients = 0
-      for (let i = 0; i < events.length; i++) {
-        recipients += yield* hub.broadcast(events[i]!.type, events[i]!.data)
-        // A burst waits for the flush now and then, so that it is written as it goes rather than all queued first.
-        if ((i + 1) % burstSlice === 0) yield* nextTurn
-      }
+      // `broadcast` waits for the writes while the hub is behind: the burst is written as it goes.
+      for (const event of events) recipients += yield* hub.broadcast(event.type, event.data)
       return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
     })
 

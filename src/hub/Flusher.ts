@@ -36,6 +36,19 @@ export class Flusher {
    * disconnected for the hub's own slowness (new events wait in RabbitMQ or in the publisher's request).
    */
   #behind = false
+  /** Called once the pass under way has written everything (producers waiting for it, see `whenIdle`). */
+  #idleWaiters: Array<() => void> = []
+
+  /** True while a pass has to run to its end (see `#behind`): a producer in a loop should wait for it. */
+  get behind(): boolean {
+    return this.#behind
+  }
+
+  /** Calls `ready` once the pass under way (if any) has written everything. */
+  whenIdle(ready: () => void): void {
+    if (!this.#scheduled) ready()
+    else this.#idleWaiters.push(ready)
+  }
 
   /** Queues `outbox` for the next pass (the caller marks it, so that it is queued once). */
   mark(outbox: Flushable): void {
@@ -79,5 +92,9 @@ export class Flusher {
     this.#next = 0
     this.#scheduled = false
     this.#behind = false
+    if (this.#idleWaiters.length === 0) return
+    const waiters = this.#idleWaiters
+    this.#idleWaiters = []
+    for (const ready of waiters) ready()
   }
 }

@@ -82,10 +82,15 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    * Sends an event to every client subscribed to `type`: the seed's
    * `hub.BroadcastEvent(type, data)`. The event is serialised once. Returns
    * how many clients it was queued for. Callers validate `type` (see
-   * `Protocol.EventType`); the hub does not.
+   * `Protocol.EventType`); the hub does not. While the hub is behind with
+   * writing (a burst), it first waits for the writes: a loop of broadcasts
+   * is written as it goes, and never fills a reading client's buffer.
    */
   readonly broadcast: (type: string, data: unknown) => Effect.Effect<number>
-  /** `broadcast` with a source's id, or into the history only (`live: false`). */
+  /**
+   * `broadcast` with a source's id, or into the history only (`live: false`). Synchronous, never waits: for
+   * sources that run in callbacks (the RabbitMQ source, whose backlog is bounded by its prefetch).
+   */
   readonly broadcastEvent: (event: BroadcastEvent) => Effect.Effect<number>
   readonly clientCount: Effect.Effect<number>
 }>() {}
@@ -224,8 +229,13 @@ const admit = (state: HubState, event: BroadcastEvent, now: number): number => {
 const makeHub = (state: HubState): Hub["Type"] => {
   const broadcastEvent = (event: BroadcastEvent) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => admit(state, event, now)))
+  /** Back-pressure on a producer in a loop: the pass that writes its burst so far ends first. */
+  const written = Effect.async<void>((resume) => state.flusher.whenIdle(() => resume(Effect.void)))
   return Hub.of({
-    broadcast: (type, data) => broadcastEvent({ type, data }),
+    broadcast: (type, data) =>
+      Effect.suspend(() =>
+        state.flusher.behind ? Effect.zipRight(written, broadcastEvent({ type, data })) : broadcastEvent({ type, data })
+      ),
     broadcastEvent,
     clientCount: Effect.map(Ref.get(state.clients), HashMap.size)
   })

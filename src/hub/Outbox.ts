@@ -22,7 +22,7 @@ const behindAtMost = 32
 
 /**
  * A client whose socket takes data holds at most this many times its capacity (a burst written by the next flush);
- * producers of bursts yield to the flush long before (the array POST every 64 events).
+ * producers of bursts wait for the flush long before (`Hub.broadcast` while the flusher is behind).
  */
 const overflowFactor = 16
 

@@ -456,7 +456,8 @@ const run = Effect.gen(function*() {
       )
     }
     // A redelivery, or a publisher's retry, of an event the hub already broadcast is dropped by the hub (Dedup.ts).
-    return hub.broadcast(event.right.type, event.right.data).pipe(
+    // `broadcastEvent`, which never waits: `deliver` must stay synchronous.
+    return hub.broadcastEvent({ type: event.right.type, data: event.right.data }).pipe(
       Effect.zipRight(Effect.sync(() => {
         metrics.count("rabbitmq", "events_consumed")
         // The hub has the event: acknowledge.
