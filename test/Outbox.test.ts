@@ -119,7 +119,7 @@ describe("Outbox", () => {
     for (const { batches } of sockets) expect(batches).toEqual([Array.from({ length: 40 }, (_, i) => `${i}`)])
   })
 
-  it("says when it is behind, and calls a producer waiting for it once the pass has written everything", async () => {
+  it("says when a reading client's outbox is full, and calls a producer waiting for it once the pass has written everything", async () => {
     const { socket, ws } = recordingSocket(0)
     let written = 0
     const flusher = new Flusher()
@@ -127,13 +127,15 @@ describe("Outbox", () => {
     flusher.whenIdle(() => idle++)
     expect(idle).toBe(1)
     const outbox = new Outbox(flusher, ws, socket, 256, (count) => (written += count))
-    for (let i = 0; i < 40; i++) outbox.offer(Outbound.text(`${i}`))
-    expect(flusher.behind).toBe(true)
+    for (let i = 0; i < 256; i++) outbox.offer(Outbound.text(`${i}`))
+    expect(flusher.congested).toBe(false)
+    outbox.offer(Outbound.text("256"))
+    expect(flusher.congested).toBe(true)
     flusher.whenIdle(() => idle++)
     expect(idle).toBe(1)
     await until(() => idle === 2)
-    expect(written).toBe(40)
-    expect(flusher.behind).toBe(false)
+    expect(written).toBe(257)
+    expect(flusher.congested).toBe(false)
   })
 
   it("two flushers (two hubs in one process) are independent: one's long pass does not delay the other's writes", async () => {

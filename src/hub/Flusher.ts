@@ -36,12 +36,22 @@ export class Flusher {
    * disconnected for the hub's own slowness (new events wait in RabbitMQ or in the publisher's request).
    */
   #behind = false
+  /**
+   * Set when a client whose socket takes data has a full outbox (`WS_SEND_BUFFER`): a producer in a loop should wait
+   * for the pass (`whenIdle`) before it adds more, rather than fill the outbox past its capacity.
+   */
+  #congested = false
   /** Called once the pass under way has written everything (producers waiting for it, see `whenIdle`). */
   #idleWaiters: Array<() => void> = []
 
-  /** True while a pass has to run to its end (see `#behind`): a producer in a loop should wait for it. */
-  get behind(): boolean {
-    return this.#behind
+  get congested(): boolean {
+    return this.#congested
+  }
+
+  /** An outbox of a client that reads is full: the pass under way (or the next) runs to its end; producers wait. */
+  congest(): void {
+    this.#behind = true
+    this.#congested = true
   }
 
   /** Calls `ready` once the pass under way (if any) has written everything. */
@@ -92,6 +102,7 @@ export class Flusher {
     this.#next = 0
     this.#scheduled = false
     this.#behind = false
+    this.#congested = false
     if (this.#idleWaiters.length === 0) return
     const waiters = this.#idleWaiters
     this.#idleWaiters = []

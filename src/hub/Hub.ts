@@ -82,9 +82,9 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    * Sends an event to every client subscribed to `type`: the seed's
    * `hub.BroadcastEvent(type, data)`. The event is serialised once. Returns
    * how many clients it was queued for. Callers validate `type` (see
-   * `Protocol.EventType`); the hub does not. While the hub is behind with
-   * writing (a burst), it first waits for the writes: a loop of broadcasts
-   * is written as it goes, and never fills a reading client's buffer.
+   * `Protocol.EventType`); the hub does not. When a burst has filled the
+   * buffer of a client that reads, it first waits for the writes: a loop of
+   * broadcasts is written as it goes.
    */
   readonly broadcast: (type: string, data: unknown) => Effect.Effect<number>
   /**
@@ -234,7 +234,7 @@ const makeHub = (state: HubState): Hub["Type"] => {
   return Hub.of({
     broadcast: (type, data) =>
       Effect.suspend(() =>
-        state.flusher.behind ? Effect.zipRight(written, broadcastEvent({ type, data })) : broadcastEvent({ type, data })
+        state.flusher.congested ? Effect.zipRight(written, broadcastEvent({ type, data })) : broadcastEvent({ type, data })
       ),
     broadcastEvent,
     clientCount: Effect.map(Ref.get(state.clients), HashMap.size)

@@ -22,7 +22,7 @@ const behindAtMost = 32
 
 /**
  * A client whose socket takes data holds at most this many times its capacity (a burst written by the next flush);
- * producers of bursts wait for the flush long before (`Hub.broadcast` while the flusher is behind).
+ * producers of bursts wait for the flush long before (`Hub.broadcast` once an outbox is full, see `Flusher.congest`).
  */
 const overflowFactor = 16
 
@@ -69,7 +69,10 @@ export class Outbox implements Flushable {
     if (queued >= this.capacity && (this.blockedSince !== undefined || queued >= this.capacity * overflowFactor)) {
       return false
     }
-    if (queued >= this.#behindAt && this.blockedSince === undefined) this.flusher.fallBehind()
+    if (queued >= this.#behindAt && this.blockedSince === undefined) {
+      if (queued >= this.capacity) this.flusher.congest()
+      else this.flusher.fallBehind()
+    }
     this.#pending.push(message)
     this.#schedule()
     return true
