@@ -240,7 +240,7 @@ describe("every instance delivers every event, whatever entered it", () => {
   /** A hub instance as main.ts composes it: the source, and the publisher that POST and clients' publish use. */
   const instance = (rabbit: Partial<RabbitMqSettings>) =>
     RabbitMqSource.layer.pipe(
-      Layer.provideMerge(hubLayer({ publishToken: Option.some(Redacted.make(token)) })),
+      Layer.provideMerge(hubLayer({ publishToken: Option.some(Redacted.make(token)), clientPublishTypes: ["command.#"] })),
       Layer.provideMerge(Publisher.layer),
       Layer.provide(rabbitConfig(rabbit))
     )
@@ -276,6 +276,28 @@ describe("every instance delivers every event, whatever entered it", () => {
         }
       }), { timeout: 60_000 })
   }
+
+  it.scopedLive("a client's publish on one instance reaches a client of the other, once", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const second = `${names.queue}.second`
+      yield* Effect.addFinalizer(() => Effect.promise(() => publisher.cleanup({ queues: [second] })))
+      const first = yield* Layer.build(instance(names))
+      const other = yield* Layer.build(instance({ ...names, queue: second }))
+      yield* consuming.pipe(Effect.provide(first))
+      yield* consuming.pipe(Effect.provide(other))
+      const sender = yield* connect().pipe(Effect.provide(first))
+      const receiver = yield* connect().pipe(Effect.provide(other))
+      yield* promise(() =>
+        sender.request({ action: "publish", type: "command.run", data: { seq: 0 } }, "hub.published")
+      )
+      yield* promise(() => publisher.publish(names.exchange, "command.run", { seq: 1 }))
+      for (const client of [sender, receiver]) {
+        yield* promise(() => client.until(() => seqs(client).includes(1), "event 1"))
+        expect(seqs(client)).toEqual([0, 1])
+      }
+    }), { timeout: 60_000 })
 
   it.scopedLive("POST answers 503 with the reason while the broker is unreachable, and delivers nothing locally", () =>
     Effect.gen(function*() {
