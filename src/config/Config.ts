@@ -293,6 +293,12 @@ export interface HubSettings {
   readonly dedupMaxEvents: number
   /** An `event_id` is remembered for this long after it was first seen. */
   readonly dedupMaxAge: Duration.Duration
+  /** Path of the Server-Sent Events endpoint. */
+  readonly ssePath: `/${string}`
+  /** Interval of the `: keepalive` comment on an idle SSE stream (proxies close silent connections). */
+  readonly sseKeepAlive: Duration.Duration
+  /** The `retry:` an SSE stream starts with: how long `EventSource` waits before it reconnects. */
+  readonly sseRetry: Duration.Duration
 }
 
 /** The FreqSearch events' identifiers, each a room a dashboard can follow (one run, one strategy, one job). */
@@ -319,7 +325,10 @@ export const defaultHubSettings: HubSettings = {
   historyMaxEvents: 10_000,
   historyMaxAge: Duration.minutes(10),
   dedupMaxEvents: 10_000,
-  dedupMaxAge: Duration.minutes(10)
+  dedupMaxAge: Duration.minutes(10),
+  ssePath: "/api/v1/sse/events",
+  sseKeepAlive: Duration.seconds(15),
+  sseRetry: Duration.seconds(2)
 }
 
 /** The rules that tie settings together. */
@@ -403,7 +412,10 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
             : Either.left(ConfigError.InvalidData(["DEDUP_MAX_EVENTS"], `expected 0 (off) or a positive integer, got ${n}`))
         )
       ),
-      dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge)
+      dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge),
+      ssePath: Config.succeed(defaultHubSettings.ssePath),
+      sseKeepAlive: goDuration("SSE_KEEPALIVE", defaultHubSettings.sseKeepAlive),
+      sseRetry: goDuration("SSE_RETRY", defaultHubSettings.sseRetry)
     }).pipe(Config.mapOrFail(checkHubSettings))
   )
 }

@@ -22,11 +22,11 @@ import { Outbound } from "../protocol/Protocol.js"
 import { eventIdOf, RecentIds } from "./Dedup.js"
 import { Flusher } from "./Flusher.js"
 import { HubHistory } from "./History.js"
-import { type ClientId, type Connection, Member } from "./Member.js"
+import { type ClientId, type Connection, Member, type Transport } from "./Member.js"
 import { Replay } from "./Replay.js"
 import { inRooms, type Subscription, SubscriptionIndex } from "./SubscriptionIndex.js"
 
-export type { ClientId, Connection } from "./Member.js"
+export type { ClientId, Connection, Transport } from "./Member.js"
 export { defaultSubscription } from "./SubscriptionIndex.js"
 
 /** A `subscribe` that would take a client over `WS_MAX_SUBSCRIPTIONS` patterns; nothing was changed. */
@@ -93,6 +93,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    */
   readonly broadcastEvent: (event: BroadcastEvent) => Effect.Effect<number>
   readonly clientCount: Effect.Effect<number>
+  /** Connected clients by transport (WebSocket, Server-Sent Events). */
+  readonly clientCountByTransport: Effect.Effect<Record<Transport, number>>
 }>() {}
 
 /** What a client connection uses: its membership, subscription, rooms and resumes. */
@@ -104,11 +106,18 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
   /**
    * Adds a client with the default subscription (`#`). `allowed` (patterns)
    * limits it: it never receives an event outside them. `resuming`: it will
-   * resume (`?since=`), so it receives no live events until `resume`.
+   * resume (`?since=`), so it receives no live events until `resume`. `patterns` and `rooms` (an SSE stream's,
+   * from its URL, checked by the caller) are its subscription from the start, as a `subscribe` and a `join` would
+   * make it, so that no event reaches it under the default.
    */
   readonly register: (
     connection: Connection,
-    options?: { readonly allowed?: ReadonlyArray<string> | undefined; readonly resuming?: boolean }
+    options?: {
+      readonly allowed?: ReadonlyArray<string> | undefined
+      readonly resuming?: boolean
+      readonly patterns?: ReadonlyArray<string> | undefined
+      readonly rooms?: ReadonlyArray<string> | undefined
+    }
   ) => Effect.Effect<void>
   readonly unregister: (id: ClientId) => Effect.Effect<void>
   /** Replaces a client's `allowed` limit (after a token refresh); `undefined` lifts it. */
@@ -237,7 +246,12 @@ const makeHub = (state: HubState): Hub["Type"] => {
         state.flusher.congested ? Effect.zipRight(written, broadcastEvent({ type, data })) : broadcastEvent({ type, data })
       ),
     broadcastEvent,
-    clientCount: Effect.map(Ref.get(state.clients), HashMap.size)
+    clientCount: Effect.map(Ref.get(state.clients), HashMap.size),
+    clientCountByTransport: Effect.map(Ref.get(state.clients), (clients) => {
+      const counts: Record<Transport, number> = { ws: 0, sse: 0 }
+      for (const member of HashMap.values(clients)) counts[member.connection.transport ?? "ws"]++
+      return counts
+    })
   })
 }
 
@@ -274,7 +288,19 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
       const member = new Member(connection, options?.resuming === true)
       return Effect.zipRight(
         Ref.update(clients, HashMap.set(connection.id, member)),
-        Effect.sync(() => index.add(member, options?.allowed))
+        Effect.sync(() => {
+          index.add(member, options?.allowed)
+          const patterns = options?.patterns
+          const rooms = options?.rooms
+          if (patterns === undefined && (rooms === undefined || rooms.length === 0)) return
+          // In the same synchronous step as `add`: no fan-out sees the client with the default subscription.
+          index.update(connection.id, (subscription) =>
+            Either.right<Subscription>({
+              ...subscription,
+              ...(patterns !== undefined && { patterns: [...new Set(patterns)], explicit: true }),
+              ...(rooms !== undefined && rooms.length > 0 && { rooms: new Set(rooms) })
+            }))
+        })
       )
     },
     unregister: (id) => Effect.zipRight(Ref.update(clients, HashMap.remove(id)), Effect.sync(() => index.remove(id))),

@@ -11,8 +11,10 @@
  * drops the client. Only then: a burst that fills the outbox of a client
  * whose socket takes data is the hub's backlog, never blamed on the client. A write stuck for `WS_WRITE_TIMEOUT` is detected on the
  * hub's tick through `blockedSince`.
+ *
+ * The same outbox serves an SSE stream (no `ws`): it then writes each message's
+ * SSE encoding (`Outbound.sse`, built once and shared) to the HTTP response.
  */
-import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import type { Outbound } from "../protocol/Protocol.js"
 import type { Flushable, Flusher } from "./Flusher.js"
@@ -26,6 +28,18 @@ const behindAtMost = 32
  */
 const overflowFactor = 16
 
+/** What an outbox writes to: a WebSocket's TCP socket (raw frames) or an SSE stream's HTTP response. */
+export interface Sink {
+  cork(): void
+  uncork(): void
+  write(chunk: Buffer): boolean
+  once(event: "drain", listener: () => void): unknown
+  readonly writableLength: number
+  readonly writableHighWaterMark: number
+  readonly destroyed: boolean
+  readonly writableEnded: boolean
+}
+
 /** Shared by every outbox that has no waiter (nearly all of them): never written to. */
 const noWaiters: Array<() => void> = []
 
@@ -38,19 +52,23 @@ export class Outbox implements Flushable {
    * Extensions are settled by the handshake, before the outbox exists (`ws.extensions` builds a string per call).
    */
   readonly #compressed: boolean
+  /** No WebSocket: an SSE stream, written with each message's SSE encoding. */
+  readonly #sse: boolean
   readonly #behindAt: number
   /** Since when the socket has refused more data (`Date.now()`), or `undefined`. */
   blockedSince: number | undefined
 
   constructor(
     readonly flusher: Flusher,
-    readonly ws: WebSocket,
-    readonly socket: Duplex,
+    /** `undefined`: `socket` is an SSE stream's HTTP response. */
+    readonly ws: WebSocket | undefined,
+    readonly socket: Sink,
     readonly capacity: number,
     /** Called with the number of messages handed to the socket. */
     readonly onWritten: (count: number) => void
   ) {
-    this.#compressed = ws.extensions.includes("permessage-deflate")
+    this.#compressed = ws !== undefined && ws.extensions.includes("permessage-deflate")
+    this.#sse = ws === undefined
     this.#behindAt = Math.max(1, Math.min(behindAtMost, Math.floor(capacity / 2)))
   }
 
@@ -96,23 +114,30 @@ export class Outbox implements Flushable {
     this.flusher.mark(this)
   }
 
+  #open(): boolean {
+    return this.ws !== undefined
+      ? this.ws.readyState === WebSocket.OPEN
+      : !this.socket.writableEnded && !this.socket.destroyed
+  }
+
   /** Writes everything queued, in one corked batch, unless the socket is blocked or closing. */
   flush(): void {
     this.#marked = false
     const messages = this.#pending
-    if (messages.length === 0 || this.blockedSince !== undefined || this.ws.readyState !== WebSocket.OPEN) return
+    if (messages.length === 0 || this.blockedSince !== undefined || !this.#open()) return
     let accepted = true
     if (!this.#compressed) {
+      const sse = this.#sse
       if (messages.length === 1) {
         // Corking one write only costs: it goes through `writev`.
-        accepted = this.socket.write(messages[0].frame)
+        accepted = this.socket.write(sse ? messages[0].sse : messages[0].frame)
       } else {
         this.socket.cork()
-        for (const message of messages) accepted = this.socket.write(message.frame)
+        for (const message of messages) accepted = this.socket.write(sse ? message.sse : message.frame)
         this.socket.uncork()
       }
     } else {
-      for (const message of messages) this.ws.send(message.payload, { binary: false })
+      for (const message of messages) this.ws!.send(message.payload, { binary: false })
       accepted = this.socket.writableLength < this.socket.writableHighWaterMark
     }
     const written = messages.length
