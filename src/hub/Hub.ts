@@ -176,7 +176,7 @@ const patternsOf = <E>(result: Either.Either<Subscription | undefined, E>) =>
 /** The rooms in effect after an update. */
 const roomsIn = (subscription: Subscription | undefined): ReadonlyArray<string> => [...(subscription?.rooms ?? [])]
 
-/** One tick for the whole hub instead of timers per client: pings, pongs and write deadlines. */
+/** One tick for the whole hub instead of timers per client: pings, pongs, SSE keep-alives and write deadlines. */
 const tickOf = (config: HubConfig["Type"]) =>
   Duration.millis(Math.max(
     10,
@@ -184,7 +184,8 @@ const tickOf = (config: HubConfig["Type"]) =>
       1000,
       Duration.toMillis(config.pingPeriod) / 4,
       Duration.toMillis(config.pongTimeout) / 4,
-      Duration.toMillis(config.writeTimeout) / 4
+      Duration.toMillis(config.writeTimeout) / 4,
+      Duration.toMillis(config.sseKeepAlive) / 4
     )
   ))
 
