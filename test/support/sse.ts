@@ -6,7 +6,8 @@
  */
 import { Effect } from "effect"
 import { type ClientRequest, type IncomingMessage, request as httpRequest } from "node:http"
-import { baseUrl, type Received } from "../support.js"
+import { baseUrl } from "./hub.js"
+import type { Received } from "./wsClient.js"
 
 export interface SseMessage extends Received {
   /** The `id:` field of the SSE event, if it had one. */
