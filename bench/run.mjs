@@ -555,6 +555,8 @@ const main = async () => {
     }
   }
 
+  if (options.scenarios.includes("sse")) report.scenarios.sse = await (await import("./scenarios/sse.mjs")).run({ options, fanout, startServer, publishHttp, cpuMicros, progress, rows })
+
   report.seconds = (performance.now() - started) / 1000
   const file = join(results, `${report.date.replace(/[:.]/g, "-")}.json`)
   writeFileSync(file, JSON.stringify(report, null, 2))
