@@ -43,6 +43,16 @@ export interface Sink {
 /** Shared by every outbox that has no waiter (nearly all of them): never written to. */
 const noWaiters: Array<() => void> = []
 
+/** The SSE encodings of `messages`, in one buffer. */
+const joinSse = (messages: ReadonlyArray<Outbound>): Buffer => {
+  let length = 0
+  for (const message of messages) length += message.sse.length
+  const joined = Buffer.allocUnsafe(length)
+  let offset = 0
+  for (const message of messages) offset += message.sse.copy(joined, offset)
+  return joined
+}
+
 export class Outbox implements Flushable {
   #pending: Array<Outbound> = []
   #marked = false
@@ -126,14 +136,16 @@ export class Outbox implements Flushable {
     const messages = this.#pending
     if (messages.length === 0 || this.blockedSince !== undefined || !this.#open()) return
     let accepted = true
-    if (!this.#compressed) {
-      const sse = this.#sse
+    if (this.#sse) {
+      // One HTTP chunk per flush: each write to a response costs a chunk of its own, and more than the copy.
+      accepted = this.socket.write(messages.length === 1 ? messages[0].sse : joinSse(messages))
+    } else if (!this.#compressed) {
       if (messages.length === 1) {
         // Corking one write only costs: it goes through `writev`.
-        accepted = this.socket.write(sse ? messages[0].sse : messages[0].frame)
+        accepted = this.socket.write(messages[0].frame)
       } else {
         this.socket.cork()
-        for (const message of messages) accepted = this.socket.write(sse ? message.sse : message.frame)
+        for (const message of messages) accepted = this.socket.write(message.frame)
         this.socket.uncork()
       }
     } else {
