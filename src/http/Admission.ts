@@ -95,7 +95,7 @@ export class Admission {
     )
   }
 
-  /** Counts the refusal and logs it (to run with the endpoint's runtime once the answer is sent). */
+  /** Counts the refusal at once (as the answer goes out), and returns its log line for the endpoint's runtime. */
   refused(refused: Refused): Effect.Effect<void> {
     if (refused.refusal !== undefined) this.limits.refused(refused.refusal)
     return Effect.logInfo("connection refused").pipe(
