@@ -9,7 +9,7 @@ import { Duration, Effect, Redacted } from "effect"
 import * as jose from "jose"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
-import { baseUrl, connect, eventually, hubLayer, promise, range, security } from "./support.js"
+import { baseUrl, connect, eventually, get, hubLayer, promise, range, security } from "./support.js"
 import { openSse, SseClient, type SseMessage } from "./support/sse.js"
 
 const seqsOf = (messages: ReadonlyArray<SseMessage>) => messages.map((message) => message.data.seq as number)
@@ -50,6 +50,8 @@ layer(hubLayer({ sseKeepAlive: Duration.millis(100) }), { excludeTestServices: t
       expect(event.sseId).toBe(event.id)
       const counts = yield* hub.clientCountByTransport
       expect(counts.sse).toBe(1)
+      const metrics = yield* get("/metrics")
+      expect(metrics.body.websocket.connected_clients_by_transport).toEqual({ ws: 0, sse: 1 })
     }))
 
   it.scoped("?types= filters by pattern; no types: everything", () =>
