@@ -12,8 +12,9 @@
  * whose socket takes data is the hub's backlog, never blamed on the client. A write stuck for `WS_WRITE_TIMEOUT` is detected on the
  * hub's tick through `blockedSince`.
  *
- * The same outbox serves an SSE stream (no `ws`): it then writes each message's
- * SSE encoding (`Outbound.sse`, built once and shared) to the HTTP response.
+ * The same outbox serves an SSE stream (no `ws`): it then writes its messages'
+ * SSE encodings (`Outbound.sse`, built once and shared), joined, in one write
+ * to the HTTP response per flush.
  */
 import { WebSocket } from "ws"
 import type { Outbound } from "../protocol/Protocol.js"

@@ -358,13 +358,6 @@ export class Outbound {
     return new Outbound(Buffer.from(text, "utf8"), id)
   }
 
-  /** An SSE comment line (`: text`), which `EventSource` ignores: an SSE keep-alive. Never sent over WebSocket. */
-  static sseComment(text: string): Outbound {
-    const comment = new Outbound(Buffer.alloc(0))
-    comment.#sse = Buffer.from(`: ${text}\n\n`)
-    return comment
-  }
-
   /**
    * `{"type","data","timestamp"}`, plus `"id"` for events. JSON.stringify
    * escapes newlines, so a frame never holds a raw one.
