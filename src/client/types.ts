@@ -21,7 +21,8 @@ export interface HubEvent<T extends string = string, D = unknown> {
 }
 
 /** The event types of `M` that `P` matches, for the common pattern shapes (`#`, `a.#`, `a.*`, exact). */
-export type Matching<M extends EventMap, P extends string> = P extends "#" ? keyof M & string
+export type Matching<M extends EventMap, P extends string> = string extends keyof M ? string
+  : P extends "#" ? keyof M & string
   : P extends `${infer Prefix}.#` ? Extract<keyof M & string, Prefix | `${Prefix}.${string}`>
   : P extends `${infer Prefix}.*` ? Extract<keyof M & string, `${Prefix}.${string}`>
   : P extends keyof M & string ? P
