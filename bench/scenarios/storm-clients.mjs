@@ -3,7 +3,7 @@
 // new ones refused) every ~cutEvery ms for cutFor ms. Reports per-client delivery and the time from each reconnect
 // (the socket open) to caught up (`hub.live`).
 import { createServer, connect as connectTcp } from "node:net"
-import { performance } from "node:perf_hooks"
+import { monitorEventLoopDelay, performance } from "node:perf_hooks"
 import WebSocket from "ws"
 import { connect } from "../../dist/client/client.js"
 
@@ -86,6 +86,8 @@ const start = async ({ hubPort, count, cutEvery, cutFor }) => {
   return { cutEvery, cutFor }
 }
 
+// This process's own event-loop delay during the cuts: a catch-up time is measured here, so it includes it.
+const lag = monitorEventLoopDelay({ resolution: 10 })
 let cutting = false
 const cutLoop = async (record, cutEvery, cutFor) => {
   // A random phase, then every cutEvery ± 20%: the cuts are spread, as a flaky network spreads them.
@@ -106,11 +108,14 @@ const commands = {
   start,
   startCuts: ({ cutEvery, cutFor }) => {
     cutting = true
+    lag.reset()
+    lag.enable()
     for (const record of clients) void cutLoop(record, cutEvery, cutFor)
     return true
   },
   stopCuts: () => {
     cutting = false
+    lag.disable()
     return true
   },
   /** Per client: received (unique, in order), duplicates, missing, last seq; catch-up times in ms. */
@@ -123,6 +128,7 @@ const commands = {
       state: record.client.state
     })),
     catchUps: clients.flatMap((record) => record.catchUps),
+    lagP99: lag.percentile(99) / 1e6,
     fromRestore: clients.flatMap((record) => record.fromRestore)
   }),
   received: () => clients.reduce((sum, record) => sum + record.received, 0),

@@ -85,7 +85,7 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
     RABBITMQ_URL: broker, RABBITMQ_MODE: "stream", RABBITMQ_EXCHANGE: `${names}.events`, RABBITMQ_STREAM: `${names}.stream`
   })
   const port = Number(new URL(hub.url).port)
-  const perGenerator = 1000
+  const perGenerator = 500
   const generators = await Promise.all(Array.from({ length: Math.ceil(clients / perGenerator) }, generator))
   try {
     progress(`storm: ${clients} clients connecting`)
@@ -122,6 +122,7 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
       cuts: all.reduce((sum, c) => sum + c.cuts, 0), reconnects_caught_up: catchUps.length,
       catch_up_ms: { p50: percentile(catchUps, 50), p99: percentile(catchUps, 99), max: percentile(catchUps, 100) },
       restore_to_caught_up_ms: { p50: percentile(fromRestore, 50), p99: percentile(fromRestore, 99) },
+      loadgen_event_loop_delay_p99_ms: Math.max(...parts.map((part) => part.lagP99)),
       hub_cores_without_cuts: calmCores, hub_cores_during_storm: stormCores
     }
     report.scenarios.storm = result
@@ -130,7 +131,8 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
       `storm hub (${clients} clients, ${rate} ev/s, cut ~2 s every ~${cutEvery / 1000} s)`,
       `delivery ${(result.delivery_ratio * 100).toFixed(3)}% (${result.duplicates} dup, ${result.missing} missing)`,
       `reconnect→caught up p50 ${ms(result.catch_up_ms.p50)}, p99 ${ms(result.catch_up_ms.p99)} (${catchUps.length} reconnects; ` +
-        `cut end→caught up p99 ${ms(result.restore_to_caught_up_ms.p99)})`,
+        `cut end→caught up p99 ${ms(result.restore_to_caught_up_ms.p99)}; load generators' event-loop delay p99 ` +
+        `${ms(result.loadgen_event_loop_delay_p99_ms)})`,
       `hub CPU ${stormCores.toFixed(2)} cores in the storm, ${calmCores.toFixed(2)} without cuts`
     ]
   } finally {
