@@ -36,14 +36,19 @@ const accept = (socket = FakeSocket.last) => {
 }
 
 describe("client state machine", () => {
-  it("backs off with full jitter: a random delay below a bound doubling from minDelay to maxDelay", () => {
+  it("backs off with full jitter: a random delay below a bound doubling from minDelay to maxDelay, never longer than the outage", () => {
     clock.random = () => 0.999
     const { errors } = client({ minDelay: 500, maxDelay: 20_000 })
-    for (let i = 0; i < 8; i++) {
+    const lostAt = clock.time
+    const bounds: Array<number> = []
+    for (let attempt = 0; attempt < 16; attempt++) {
+      bounds.push(Math.min(20_000, 500 * 2 ** attempt, Math.max(500, clock.time - lostAt)))
       FakeSocket.last.drop()
       clock.advance(clock.nextDelay!)
     }
-    expect(errors.map((error) => error.retryIn)).toEqual([499, 999, 1998, 3996, 7992, 15984, 19980, 19980])
+    expect(errors.map((error) => error.retryIn)).toEqual(bounds.map((bound) => Math.floor(0.999 * bound)))
+    expect(bounds.slice(0, 4)).toEqual([500, 500, 998, 1995]) // doubling, bounded by the outage so far
+    expect(errors.at(-1)!.retryIn).toBe(19_980) // a long outage reaches maxDelay
     clock.random = () => 0
     FakeSocket.last.drop()
     expect(clock.nextDelay).toBe(0)
@@ -56,7 +61,7 @@ describe("client state machine", () => {
     clock.advance(clock.nextDelay!)
     accept()
     FakeSocket.last.drop()
-    expect(errors.map((error) => error.retryIn)).toEqual([499, 499])
+    expect(errors.map((error) => error.retryIn)).toEqual([499, 499]) // the second loss starts from minDelay again
     clock.advance(clock.nextDelay!)
     accept()
     hub.close()

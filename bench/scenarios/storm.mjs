@@ -85,6 +85,7 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
     RABBITMQ_URL: broker, RABBITMQ_MODE: "stream", RABBITMQ_EXCHANGE: `${names}.events`, RABBITMQ_STREAM: `${names}.stream`
   })
   const port = Number(new URL(hub.url).port)
+  // 500 clients per process: each client's proxy runs there too, and a busy process delays its own catch-ups.
   const perGenerator = 500
   const generators = await Promise.all(Array.from({ length: Math.ceil(clients / perGenerator) }, generator))
   try {

@@ -92,6 +92,8 @@ export class HubClient<M extends EventMap = EventMap> {
   #lastId: string | undefined
   #transport: Transport | undefined
   #attempt = 0
+  /** When the connection was last lost (undefined while connected): the backoff never waits longer than the outage. */
+  #lostAt: number | undefined
   #failures = 0
   #useSse: boolean
   #closed = true
@@ -275,6 +277,7 @@ export class HubClient<M extends EventMap = EventMap> {
   #live(): void {
     this.#resuming = false
     this.#attempt = 0
+    this.#lostAt = undefined
     this.#setState("connected")
   }
 
@@ -394,12 +397,18 @@ export class HubClient<M extends EventMap = EventMap> {
     this.#setState("disconnected")
   }
 
-  /** Schedules the next attempt: full jitter over a bound that doubles from `minDelay` to `maxDelay`. */
+  /**
+   * Schedules the next attempt: full jitter over a bound that doubles from `minDelay` to `maxDelay` and is never
+   * longer than the outage so far (a 2 s cut is not followed by a 16 s wait; a long outage still reaches `maxDelay`).
+   */
   #retry(error: ClientError, wait?: number): void {
     const attempt = this.#attempt++
+    const now = this.#env.now()
+    this.#lostAt ??= now
+    const bound = Math.min(this.#max, this.#min * 2 ** attempt, Math.max(this.#min, now - this.#lostAt))
     const delay = wait ?? (this.options.retryDelay
       ? this.options.retryDelay(attempt, error)
-      : Math.floor(this.#env.random() * Math.min(this.#max, this.#min * 2 ** attempt)))
+      : Math.floor(this.#env.random() * bound))
     if (delay === undefined) return this.#giveUp(error)
     this.#setState("reconnecting")
     this.#report({ ...error, retryIn: delay })
