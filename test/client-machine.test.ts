@@ -229,4 +229,24 @@ describe("client state machine", () => {
     FakeSocket.last.message(payload)
     expect(got).toEqual([JSON.parse(payload)])
   })
+
+  it("types handlers from the application's event map (checked by tsc: the @ts-expect-error lines must be errors)", () => {
+    type Events = { "run.progress": { run_id: string; percent: number }; "run.failed": { run_id: string; error: string } }
+    const hub = connect<Events>("ws://hub/x", { WebSocket: FakeSocket, environment: clock })
+    const seen: Array<string> = []
+    hub.on("run.progress", (event) => {
+      const percent: number = event.data.percent
+      // @ts-expect-error: a progress event has no error
+      seen.push(event.data.error)
+      seen.push(`${percent}`)
+    })
+    hub.on("run.#", (event) => {
+      if (event.type === "run.failed") seen.push(event.data.error)
+      // @ts-expect-error: not every run.# event has a percent
+      seen.push(String(event.data.percent))
+    })
+    accept()
+    FakeSocket.last.message({ type: "run.failed", data: { run_id: "1", error: "boom" }, timestamp: "", id: idOf(1) })
+    expect(seen).toEqual(["boom", "undefined"])
+  })
 })

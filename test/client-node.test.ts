@@ -18,6 +18,15 @@ afterEach(async () => {
 const seqOf = (event: { data: unknown }) => (event.data as { seq: number }).seq
 
 describe("the client in Node (ws) against the real hub", () => {
+  it("is importable by its package names: effect-event-hub/client, /react and /client/effect", async () => {
+    const names = ["effect-event-hub/client", "effect-event-hub/react", "effect-event-hub/client/effect"]
+    const [client, react, effect] = await Promise.all(names.map((name) => import(name as string)))
+    expect(typeof client.connect).toBe("function")
+    expect(typeof react.HubProvider).toBe("function")
+    expect(typeof react.useHubEvents).toBe("function")
+    expect(typeof effect.HubConnection.layer).toBe("function")
+  })
+
   it("stream mode: two network cuts and a restart at 100 events/s lose nothing and duplicate nothing", async () => {
     hub = await LiveHub.start("stream")
     const client = connect(hub.url, { WebSocket: WebSocket as never, eventTypes: ["test.#"], minDelay: 100, maxDelay: 1000 })

@@ -19,6 +19,11 @@ const generator = async () => {
   await new Promise((resolve) => child.once("message", resolve))
   let id = 0
   const pending = new Map()
+  // A generator that dies fails its pending calls instead of leaving the run waiting.
+  child.once("exit", (code) => {
+    for (const done of pending.values()) done.reject(new Error(`storm load generator exited (${code})`))
+    pending.clear()
+  })
   child.on("message", (message) => {
     const done = pending.get(message.id)
     pending.delete(message.id)

@@ -45,7 +45,9 @@ export const openWebSocket = (
   const finish = (code: number, reason: string) => {
     if (done) return
     done = true
-    socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null
+    socket.onopen = socket.onmessage = socket.onclose = null
+    // Not null: `ws` emits "error" when a connecting socket is closed, and an EventEmitter without a listener throws.
+    socket.onerror = () => undefined
     on.close(code, reason, opened, status)
   }
   socket.onopen = () => {
