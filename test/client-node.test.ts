@@ -4,6 +4,7 @@
  */
 import { Chunk, Effect, Fiber, Stream } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
+import { createServer } from "node:net"
 import WebSocket from "ws"
 import { connect, type Gap } from "../src/client/client.js"
 import { HubConnection } from "../src/client/effect.js"
@@ -25,6 +26,26 @@ describe("the client in Node (ws) against the real hub", () => {
     expect(typeof react.HubProvider).toBe("function")
     expect(typeof react.useHubEvents).toBe("function")
     expect(typeof effect.HubConnection.layer).toBe("function")
+  })
+
+  it("closing while the handshake is under way leaves no unhandled error (ws emits one on abort)", async () => {
+    const sockets: Array<import("node:net").Socket> = []
+    const silent = createServer((socket) => sockets.push(socket)) // accepts, never answers the handshake
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve))
+    const port = (silent.address() as { port: number }).port
+    const client = connect(`ws://127.0.0.1:${port}/api/v1/ws/events`, { WebSocket: WebSocket as never })
+    await until(() => sockets.length === 1, "the TCP connection")
+    const errors: Array<unknown> = []
+    const onError = (error: unknown) => errors.push(error)
+    process.on("uncaughtException", onError)
+    client.close()
+    await new Promise((resolve) => setImmediate(resolve))
+    await new Promise((resolve) => setTimeout(resolve, 50)) // ws emits the abort's error on a later tick
+    process.off("uncaughtException", onError)
+    sockets.forEach((socket) => socket.destroy())
+    silent.close()
+    expect(errors).toEqual([])
+    expect(client.state).toBe("disconnected")
   })
 
   it("stream mode: two network cuts and a restart at 100 events/s lose nothing and duplicate nothing", async () => {
