@@ -7,6 +7,8 @@ import { monitorEventLoopDelay, performance } from "node:perf_hooks"
 import WebSocket from "ws"
 import { connect } from "../../dist/client/client.js"
 
+const connectTimes = []
+
 class Proxy {
   sockets = new Set()
   server = undefined
@@ -18,6 +20,9 @@ class Proxy {
     return new Promise((resolve, reject) => {
       const server = createServer((client) => {
         const upstream = connectTcp(this.target, "127.0.0.1")
+        // How long the hub's side takes to accept the TCP connection (a full listen queue shows as 1 s, 3 s, 7 s).
+        const connecting = performance.now()
+        upstream.once("connect", () => connectTimes.push(performance.now() - connecting))
         for (const socket of [client, upstream]) {
           this.sockets.add(socket)
           socket.on("error", () => undefined)
@@ -129,6 +134,7 @@ const commands = {
     })),
     catchUps: clients.flatMap((record) => record.catchUps),
     lagP99: lag.percentile(99) / 1e6,
+    connectTimes,
     fromRestore: clients.flatMap((record) => record.fromRestore)
   }),
   received: () => clients.reduce((sum, record) => sum + record.received, 0),

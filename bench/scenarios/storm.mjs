@@ -4,6 +4,7 @@
 // exactly once), the time from each reconnect to caught up (`hub.live`), and the hub's CPU with and without cuts.
 import amqp from "amqplib"
 import { fork } from "node:child_process"
+import { performance } from "node:perf_hooks"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 
@@ -105,7 +106,15 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
     progress(`storm: ${rate} events/s, hub ${calmCores.toFixed(2)} cores without cuts; cutting for ${seconds} s`)
     cpu = cpuMicros(hub.pid)
     await Promise.all(generators.map((g) => g.call("startCuts", { cutEvery, cutFor })))
-    await new Promise((resolve) => setTimeout(resolve, seconds * 1000))
+    // The hub's responsiveness during the storm: /health every 200 ms over one kept-alive connection.
+    const probes = []
+    const stormEnd = Date.now() + seconds * 1000
+    while (Date.now() < stormEnd) {
+      const sent = performance.now()
+      await fetch(`${hub.base}/health`).then((response) => response.arrayBuffer()).catch(() => undefined)
+      probes.push(performance.now() - sent)
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, Math.min(200, stormEnd - Date.now()))))
+    }
     const stormCores = (cpuMicros(hub.pid) - cpu) / (seconds * 1e6)
     await Promise.all(generators.map((g) => g.call("stopCuts")))
     const published = await events.stop()
@@ -120,6 +129,7 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
     const all = parts.flatMap((part) => part.clients)
     const catchUps = parts.flatMap((part) => part.catchUps)
     const fromRestore = parts.flatMap((part) => part.fromRestore)
+    const connects = parts.flatMap((part) => part.connectTimes)
     const received = all.reduce((sum, c) => sum + c.received, 0)
     const result = {
       clients, rate, seconds, cut_every_s: cutEvery / 1000, cut_for_s: cutFor / 1000, published,
@@ -128,6 +138,8 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
       cuts: all.reduce((sum, c) => sum + c.cuts, 0), reconnects_caught_up: catchUps.length,
       catch_up_ms: { p50: percentile(catchUps, 50), p99: percentile(catchUps, 99), max: percentile(catchUps, 100) },
       restore_to_caught_up_ms: { p50: percentile(fromRestore, 50), p99: percentile(fromRestore, 99) },
+      hub_health_ms: { p50: percentile(probes, 50), p99: percentile(probes, 99), max: percentile(probes, 100) },
+      hub_tcp_connect_ms: { p50: percentile(connects, 50), p99: percentile(connects, 99), over_900ms: connects.filter((t) => t > 900).length, count: connects.length },
       loadgen_event_loop_delay_p99_ms: Math.max(...parts.map((part) => part.lagP99)),
       hub_cores_without_cuts: calmCores, hub_cores_during_storm: stormCores
     }
@@ -138,7 +150,9 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
       `delivery ${(result.delivery_ratio * 100).toFixed(3)}% (${result.duplicates} dup, ${result.missing} missing)`,
       `reconnect→caught up p50 ${ms(result.catch_up_ms.p50)}, p99 ${ms(result.catch_up_ms.p99)} (${catchUps.length} reconnects; ` +
         `cut end→caught up p99 ${ms(result.restore_to_caught_up_ms.p99)}; load generators' event-loop delay p99 ` +
-        `${ms(result.loadgen_event_loop_delay_p99_ms)})`,
+        `${ms(result.loadgen_event_loop_delay_p99_ms)}; TCP connect to the hub p99 ${ms(result.hub_tcp_connect_ms.p99)}, ` +
+        `${result.hub_tcp_connect_ms.over_900ms} of ${connects.length} over 0.9 s; hub /health p99 ${ms(result.hub_health_ms.p99)}, ` +
+        `max ${ms(result.hub_health_ms.max)})`,
       `hub CPU ${stormCores.toFixed(2)} cores in the storm, ${calmCores.toFixed(2)} without cuts`
     ]
   } finally {
