@@ -249,4 +249,63 @@ describe("client state machine", () => {
     FakeSocket.last.message({ type: "run.failed", data: { run_id: "1", error: "boom" }, timestamp: "", id: idOf(1) })
     expect(seen).toEqual(["boom", "undefined"])
   })
+
+  it("SSE transport: the subscription, rooms, resume position and token travel in the URL; a break reconnects from the last id", async () => {
+    const sources: Array<{ url: string; closed: boolean; onopen: any; onmessage: any; onerror: any }> = []
+    class FakeEventSource {
+      closed = false
+      onopen: any = null
+      onmessage: any = null
+      onerror: any = null
+      constructor(readonly url: string) {
+        sources.push(this)
+      }
+      close() {
+        this.closed = true
+      }
+    }
+    const hub = connect("ws://hub:8080/api/v1/ws/events", {
+      transport: "sse", EventSource: FakeEventSource, environment: clock,
+      eventTypes: ["test.#", "a.b"], rooms: ["run_id:7"], token: () => "tok"
+    })
+    const seqs: Array<number> = []
+    hub.on("#", (event) => seqs.push((event.data as { seq: number }).seq))
+    await flush()
+    expect(sources[0]!.url).toBe("http://hub:8080/api/v1/sse/events?types=test.%23%2Ca.b&rooms=run_id%3A7&token=tok")
+    sources[0]!.onopen({})
+    expect(hub.state).toBe("connected")
+    sources[0]!.onmessage({ data: JSON.stringify({ type: "test.x", data: { seq: 1 }, timestamp: "", id: idOf(1) }) })
+    sources[0]!.onerror({})
+    expect(sources[0]!.closed).toBe(true)
+    expect(hub.state).toBe("reconnecting")
+    clock.advance(clock.nextDelay!)
+    await flush()
+    expect(sources[1]!.url).toContain(`since=${idOf(1)}`)
+    sources[1]!.onopen({})
+    for (const seq of [1, 2]) sources[1]!.onmessage({ data: JSON.stringify({ type: "test.x", data: { seq }, timestamp: "", id: idOf(seq) }) })
+    expect(seqs).toEqual([1, 2])
+    await expect(hub.publish("command.x", {})).rejects.toThrow(/receive-only/)
+  })
+
+  it("transport auto: after three WebSocket attempts in a row that never opened, switches to SSE", () => {
+    const urls: Array<string> = []
+    class FakeEventSource {
+      onopen = null
+      onmessage = null
+      onerror = null
+      constructor(url: string) {
+        urls.push(url)
+      }
+      close() {}
+    }
+    const hub = connect("wss://hub/api/v1/ws/events", { transport: "auto", EventSource: FakeEventSource, WebSocket: FakeSocket, environment: clock })
+    for (let i = 0; i < 3; i++) {
+      expect(hub.transport).toBe("websocket")
+      FakeSocket.last.drop()
+      clock.advance(clock.nextDelay!)
+    }
+    expect(hub.transport).toBe("sse")
+    expect(FakeSocket.instances).toHaveLength(3)
+    expect(urls).toEqual(["https://hub/api/v1/sse/events?types=%23"])
+  })
 })
