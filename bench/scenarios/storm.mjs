@@ -118,13 +118,15 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
     const stormCores = (cpuMicros(hub.pid) - cpu) / (seconds * 1e6)
     await Promise.all(generators.map((g) => g.call("stopCuts")))
     const published = await events.stop()
-    // Every client catches up (or 30 s pass): then count.
-    const deadline = Date.now() + 30_000
+    // Every client catches up (or 60 s pass): then count. Events still missing then are reported as missing.
+    const stopped = Date.now()
+    const deadline = stopped + 60_000
     for (;;) {
       const received = (await Promise.all(generators.map((g) => g.call("received")))).reduce((a, b) => a + b, 0)
       if (received >= published * clients || Date.now() > deadline) break
       await new Promise((resolve) => setTimeout(resolve, 200))
     }
+    const caughtUpAfter = (Date.now() - stopped) / 1000
     const parts = await Promise.all(generators.map((g) => g.call("report", { events: published })))
     const all = parts.flatMap((part) => part.clients)
     const catchUps = parts.flatMap((part) => part.catchUps)
@@ -133,7 +135,7 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
     const received = all.reduce((sum, c) => sum + c.received, 0)
     const result = {
       clients, rate, seconds, cut_every_s: cutEvery / 1000, cut_for_s: cutFor / 1000, published,
-      deliveries: received, expected: published * clients, delivery_ratio: received / (published * clients),
+      deliveries: received, all_caught_up_s_after_publishing_stopped: caughtUpAfter, expected: published * clients, delivery_ratio: received / (published * clients),
       duplicates: all.reduce((sum, c) => sum + c.duplicates, 0), missing: all.reduce((sum, c) => sum + c.missing, 0),
       cuts: all.reduce((sum, c) => sum + c.cuts, 0), reconnects_caught_up: catchUps.length,
       catch_up_ms: { p50: percentile(catchUps, 50), p99: percentile(catchUps, 99), max: percentile(catchUps, 100) },
