@@ -1,9 +1,10 @@
 /**
  * The client's state machine with a fake clock and a fake socket: the test plays the hub frame by frame.
  */
-import { Either, Schema } from "effect"
+import { Effect, Either, Schedule, Schema, Scope, Exit } from "effect"
 import { beforeEach, describe, expect, it } from "vitest"
 import { type ClientError, type ClientOptions, connect, type ConnectionState, type Gap, matches } from "../src/client/client.js"
+import { make as makeEffectClient } from "../src/client/effect.js"
 import { Outbound, ServerMessage } from "../src/protocol/Protocol.js"
 import { matches as hubMatches } from "../src/protocol/Topic.js"
 import { FakeClock, FakeSocket, flush, idOf, jwt } from "./support/fakeSocket.js"
@@ -307,5 +308,30 @@ describe("client state machine", () => {
     expect(hub.transport).toBe("sse")
     expect(FakeSocket.instances).toHaveLength(3)
     expect(urls).toEqual(["https://hub/api/v1/sse/events?types=%23"])
+  })
+
+  it("Effect client: reconnection follows the Schedule (a schedule that ends gives up), and the scope closes the client", () => {
+    const scope = Effect.runSync(Scope.make())
+    const service = Effect.runSync(Scope.extend(
+      makeEffectClient("ws://hub/x", { WebSocket: FakeSocket, environment: clock, schedule: Schedule.spaced("3 seconds").pipe(Schedule.intersect(Schedule.recurs(2))) }),
+      scope
+    ))
+    const errors: Array<ClientError> = []
+    service.client.onError((error) => errors.push(error))
+    for (let i = 0; i < 2; i++) {
+      FakeSocket.last.drop()
+      expect(clock.nextDelay).toBe(3_000)
+      clock.advance(3_000)
+    }
+    FakeSocket.last.drop()
+    expect(service.client.state).toBe("disconnected")
+    expect(errors.at(-1)).toMatchObject({ fatal: true })
+    expect(FakeSocket.instances).toHaveLength(3)
+
+    const again = Effect.runSync(Scope.extend(makeEffectClient("ws://hub/y", { WebSocket: FakeSocket, environment: clock }), scope))
+    accept()
+    expect(again.client.state).toBe("connected")
+    Effect.runSync(Scope.close(scope, Exit.void))
+    expect(again.client.state).toBe("disconnected")
   })
 })
