@@ -223,6 +223,9 @@ export const layerServe: Layer.Layer<
 /** Authentication and limits, shared by the WebSocket endpoint and the HTTP routes. */
 export const layerSecurity = Layer.merge(Auth.layer, Limits.layer)
 
+/** Connections the kernel queues before the hub accepts them. */
+const listenBacklog = 4096
+
 /**
  * A Node HTTP server listening on `HOST`:`PORT`, with its upgrade requests
  * routable (`UpgradeRoutes`), and what guards it (`Auth`, `Limits`).
@@ -231,7 +234,9 @@ export const layerListen = Layer.unwrapEffect(
   Effect.map(HubConfig, (config) => {
     const server = createServer()
     return Layer.mergeAll(
-      NodeHttpServer.layer(() => server, { host: config.host, port: config.port }),
+      // Node's default backlog (511) overflows when thousands of clients reconnect at once (after a deploy, a network
+      // cut): the kernel drops their SYNs and they wait 1, 3, 7 s for a retry. The kernel caps it at somaxconn.
+      NodeHttpServer.layer(() => server, { host: config.host, port: config.port, backlog: listenBacklog }),
       Layer.succeed(UpgradeRoutes, UpgradeRoutes.install(server)),
       layerSecurity
     )
