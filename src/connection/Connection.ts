@@ -12,7 +12,7 @@ import { WebSocket } from "ws"
 import { Auth, type Principal } from "../security/Auth.js"
 import { HubConfig } from "../config/Config.js"
 import { type ClientId, type Connection, HubClients } from "../hub/Hub.js"
-import { Limits, MessageRate } from "../security/Limits.js"
+import { Limits, MessageRate, TokenBucket } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { Outbox } from "../hub/Outbox.js"
 import { closeFor, CloseCode, type DisconnectReason, type ErrorData, type Outbound } from "../protocol/Protocol.js"
@@ -113,6 +113,8 @@ class WsConnection implements Connection, RequestContext {
   #closeCode: number | undefined = undefined
   /** The reader's reply that waits for room in the send buffer, if any (see `send`). */
   #waitingSend: (() => void) | undefined = undefined
+  /** Resumes allowed on this connection (`WS_RESUME_RATE_LIMIT`), made at the first resume: most never resume. */
+  #resumes: TokenBucket | undefined = undefined
 
   constructor(
     readonly id: ClientId,
@@ -307,6 +309,24 @@ class WsConnection implements Connection, RequestContext {
       outbox.whenRoom(attempt)
     })
 
+  takeResume(): ErrorData | undefined {
+    const { resumeRate, resumeRatePerIp } = this.limits.settings
+    const now = Date.now()
+    this.#resumes ??= new TokenBucket(resumeRate / 60, resumeRate, now)
+    const wait = !this.#resumes.take(now)
+      ? { limit: `${resumeRate} per minute on one connection`, seconds: this.#resumes.retryAfter(now) }
+      : (() => {
+        const seconds = this.limits.takeResume(String(this.annotations.remote_address), now)
+        return seconds > 0 ? { limit: `${resumeRatePerIp} per minute from one address`, seconds } : undefined
+      })()
+    if (wait === undefined) return undefined
+    this.limits.refused("resume_rate_limited")
+    return {
+      code: "resume_rate_limited",
+      message: `more than ${wait.limit}: nothing replayed; retry in ${wait.seconds} s`
+    }
+  }
+
   /** A refusal of the handshake's `since` (a `hub.error`). */
   refuse(error: ErrorData): Effect.Effect<void> {
     return this.#requests.refuse(error)
@@ -366,10 +386,14 @@ const connect = (ws: WebSocket, socket: Duplex, info: Handshake, scope: Scope.Sc
     yield* Scope.addFinalizerExit(scope, (exit) => connection.close(exit))
     // Unregistering a client that is not registered does nothing, so the finalizer can come first.
     yield* Scope.addFinalizer(scope, Effect.suspend(() => hub.unregister(connection.id)))
-    yield* hub.register(connection, { allowed: connection.principal?.eventTypes, resuming: info.since !== undefined })
+    // A `?since=` over the resume rate: the client is told, and goes live instead.
+    const refusal = info.since === undefined ? undefined : connection.takeResume()
+    const resuming = info.since !== undefined && refusal === undefined
+    yield* hub.register(connection, { allowed: connection.principal?.eventTypes, resuming })
     yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(connection.annotations))
-    if (info.since !== undefined) {
-      yield* hub.resume(connection.id, info.since).pipe(
+    if (refusal !== undefined) yield* connection.refuse(refusal)
+    if (resuming) {
+      yield* hub.resume(connection.id, info.since!).pipe(
         Effect.matchEffect({
           onFailure: (error) => connection.refuse({ code: "invalid_request", message: error.message }),
           onSuccess: (resume) => resume.start

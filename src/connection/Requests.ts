@@ -47,6 +47,8 @@ export interface RequestContext {
   readonly send: (message: Outbound) => Effect.Effect<void>
   /** Who connected (with authentication); replaced by a token refresh. */
   principal: Principal | undefined
+  /** Spends a resume of the connection's and its address's allowance; the refusal when there is none left. */
+  readonly takeResume: () => ErrorData | undefined
 }
 
 export class Requests {
@@ -133,6 +135,9 @@ export class Requests {
    */
   private subscribeSince(patterns: ReadonlyArray<string>, since: string): Effect.Effect<void> {
     const { hub, id } = this.context
+    // Before anything changes: a refused resume leaves the subscription (and a resume under way) as it was.
+    const refusal = this.context.takeResume()
+    if (refusal !== undefined) return this.refuse(refusal)
     return Effect.matchEffect(hub.checkSubscribe(id, patterns), {
       // Refused before the resume replaces one under way: a refusal must leave that one going.
       onFailure: (error) => this.tooManySubscriptions(error),

@@ -22,6 +22,7 @@ import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
+import * as HandshakeDeadline from "./HandshakeDeadline.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 import * as WebSocketServer from "./WebSocketServer.js"
 
@@ -224,11 +225,14 @@ export const layerSecurity = Layer.merge(Auth.layer, Limits.layer)
  */
 export const layerListen = Layer.unwrapEffect(
   Effect.map(HubConfig, (config) => {
-    const server = createServer()
+    const server = createServer(HandshakeDeadline.serverOptions(config.security))
     return Layer.mergeAll(
       NodeHttpServer.layer(() => server, { host: config.host, port: config.port }),
       Layer.succeed(UpgradeRoutes, UpgradeRoutes.install(server)),
-      layerSecurity
+      // Handshake timeouts are counted with the other refusals.
+      Layer.effectDiscard(Effect.map(Limits, (limits) =>
+        HandshakeDeadline.guard(server, config.security.handshakeTimeout, () => limits.refused("handshake_timeout"))
+      )).pipe(Layer.provideMerge(layerSecurity))
     )
   })
 )

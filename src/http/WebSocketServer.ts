@@ -6,8 +6,9 @@
  * in this layer's `FiberSet`. Closing the layer interrupts every connection,
  * which then closes with 1001.
  *
- * Before the handshake, `upgrade` refuses a foreign origin (403), a client
- * over the connection limits (503) and a missing or bad token (401), each
+ * Before the handshake, `upgrade` refuses a foreign origin (403), an address
+ * opening connections too fast (429), a client over the connection limits
+ * (503) and a missing or bad token (401), each
  * with a JSON reason, then closes the socket.
  */
 import { Effect, Either, FiberSet, Layer, Option } from "effect"
@@ -118,6 +119,13 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
       const origin = request.headers.origin
       if (!isOriginAllowed(config.security, origin)) {
         return refuse(socket, address, "origin_refused", 403, `origin ${JSON.stringify(origin)} is not allowed`)
+      }
+      // Before the slot: a reconnect storm from one address is refused at the cost of a token bucket.
+      const wait = limits.takeConnection(address, Date.now())
+      if (wait > 0) {
+        return refuse(socket, address, "connection_rate_limited", 429,
+          `more than ${config.security.connectionRate} new connections per second from your address; retry later`,
+          { "retry-after": String(wait) })
       }
       const slot = limits.acquireConnection(address)
       if (Either.isLeft(slot)) {
