@@ -95,6 +95,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     // Released before the server above: every connection is interrupted (and closed with 1001) first.
     const connections = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(connections)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
+    const services = yield* Client.services
 
     /** Refuses the handshake, counts and logs the refusal (never the token: the URL is not logged). */
     const refuse = (
@@ -143,7 +144,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
           // A defect is logged by the connection itself (see Connection.serve).
-          run(Client.serve(ws, socket, info))
+          run(Client.serve(services, ws, socket, info))
         })
       }
       if (!auth.enabled) return accept(undefined)
