@@ -32,7 +32,7 @@ const flag = (name, fallback) => {
 const quick = argv.includes("--quick")
 const options = {
   quick,
-  scenarios: flag("scenarios", "fanout,filtered,idle,latency").split(","),
+  scenarios: flag("scenarios", "fanout,filtered,idle,latency,churn").split(","),
   clients: Number(flag("clients", quick ? 500 : 1000)),
   events: Number(flag("events", quick ? 300 : 1000)),
   size: Number(flag("size", 450)),
@@ -118,7 +118,9 @@ const benchLimits = {
   WS_MAX_CONNECTIONS: "1000000",
   WS_MAX_CONNECTIONS_PER_IP: "1000000",
   PUBLISH_RATE_LIMIT: "1000000",
-  PUBLISH_RATE_BURST: "1000000"
+  PUBLISH_RATE_BURST: "1000000",
+  WS_CONNECTION_RATE_LIMIT: "1000000",
+  WS_CONNECTION_RATE_BURST: "1000000"
 }
 
 /** Starts a server: `hub` (node dist/main.js), `ws-send`, `ws-frame` or `ws-corked` (bench/servers/baseline.mjs). */
@@ -554,6 +556,8 @@ const main = async () => {
       ])
     }
   }
+
+  if (options.scenarios.includes("churn")) await (await import("./scenarios/churn.mjs")).run({ options, progress, report, rows, fmt, startServer, startLoadgen, cpuMicros, seedTypes, eventData })
 
   report.seconds = (performance.now() - started) / 1000
   const file = join(results, `${report.date.replace(/[:.]/g, "-")}.json`)
