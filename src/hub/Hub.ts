@@ -1,11 +1,11 @@
 /**
- * The hub: the set of connected clients, held in a `Ref`, and the broadcast
+ * The hub: the set of connected clients and the broadcast
  * that fans an event out to the clients whose subscriptions match it.
  *
  * Two services come from one layer: `Hub`, what sources and embedding
  * programs use (broadcast), and `HubClients`, what a client connection uses
  * (register, subscribe, resume, ...). The layer creates and owns every piece:
- * the clients `Ref`, the subscription index, the history (a service of its
+ * the clients' map, the subscription index, the history (a service of its
  * own, see History.ts), each resuming client's `Replay`, the `Flusher` that
  * writes every outbox, and the tick that keeps connections alive.
  *
@@ -14,7 +14,7 @@
  * history in one step, so that a resume sees an event in the history or
  * receives it live, never both nor neither.
  */
-import { Clock, Context, Data, Duration, Effect, Either, HashMap, Layer, Ref, Schedule } from "effect"
+import { Clock, Context, Data, Duration, Effect, Either, Layer, Schedule } from "effect"
 import { HubConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
 import { HubMetrics } from "../ops/Metrics.js"
@@ -184,8 +184,12 @@ interface HubState {
   readonly config: HubConfig["Type"]
   readonly metrics: HubMetrics["Type"]
   readonly history: HubHistory["Type"]
-  /** The connected clients, for the tick and the count. */
-  readonly clients: Ref.Ref<HashMap.HashMap<ClientId, Member>>
+  /**
+   * The connected clients, for the tick and the count: a plain map changed only by `register` and `unregister`,
+   * synchronously (a `Ref` of a `HashMap` cost each connection and disconnection a path copy, and each idle
+   * connection a node; see docs/design.md).
+   */
+  readonly clients: Map<ClientId, Member>
   readonly index: SubscriptionIndex
   readonly flusher: Flusher
   /** The `event_id`s that entered recently: a repeated one (a publisher's retry) is dropped (see Dedup.ts). */
@@ -237,7 +241,7 @@ const makeHub = (state: HubState): Hub["Type"] => {
         state.flusher.congested ? Effect.zipRight(written, broadcastEvent({ type, data })) : broadcastEvent({ type, data })
       ),
     broadcastEvent,
-    clientCount: Effect.map(Ref.get(state.clients), HashMap.size)
+    clientCount: Effect.sync(() => state.clients.size)
   })
 }
 
@@ -272,12 +276,16 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
     flusher: state.flusher,
     register: (connection, options) => {
       const member = new Member(connection, options?.resuming === true)
-      return Effect.zipRight(
-        Ref.update(clients, HashMap.set(connection.id, member)),
-        Effect.sync(() => index.add(member, options?.allowed))
-      )
+      return Effect.sync(() => {
+        clients.set(connection.id, member)
+        index.add(member, options?.allowed)
+      })
     },
-    unregister: (id) => Effect.zipRight(Ref.update(clients, HashMap.remove(id)), Effect.sync(() => index.remove(id))),
+    unregister: (id) =>
+      Effect.sync(() => {
+        clients.delete(id)
+        index.remove(id)
+      }),
     authorize: (id, allowed) => Effect.asVoid(update(id, (subscription) => Either.right({ ...subscription, allowed }))),
     subscribe: (id, patterns) =>
       Effect.flatMap(
@@ -330,14 +338,14 @@ const make = Effect.gen(function*() {
     config,
     metrics: yield* HubMetrics,
     history: yield* HubHistory,
-    clients: yield* Ref.make(HashMap.empty<ClientId, Member>()),
+    clients: new Map(),
     index: new SubscriptionIndex(),
     flusher: new Flusher(),
     recentIds: new RecentIds(config.dedupMaxEvents, Duration.toMillis(config.dedupMaxAge))
   }
   yield* Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
-    for (const member of HashMap.values(yield* Ref.get(state.clients))) member.connection.keepAlive(now)
+    for (const member of state.clients.values()) member.connection.keepAlive(now)
   }).pipe(Effect.repeat(Schedule.spaced(tickOf(state.config))), Effect.forkScoped)
 
   yield* health.set("hub", { status: "up", critical: true })
