@@ -75,6 +75,8 @@ let nextPort = 20000 + Math.floor(Math.random() * 10000)
  */
 const cpuMicros = (pid) => {
   let nanos = 0
+  // A process that is gone (RabbitMQ restarted by someone else during a run) has no figure.
+  if (!existsSync(`/proc/${pid}/task`)) return NaN
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
       nanos += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0])
