@@ -344,18 +344,16 @@ class WsConnection implements Connection, RequestContext {
     const { resumeRate, resumeRatePerIp } = this.limits.settings
     const now = Date.now()
     this.#resumes ??= new TokenBucket(resumeRate / 60, resumeRate, now)
-    const wait = !this.#resumes.take(now)
-      ? { limit: `${resumeRate} per minute on one connection`, seconds: this.#resumes.retryAfter(now) }
-      : (() => {
-        const seconds = this.limits.takeResume(String(this.annotations.remote_address), now)
-        return seconds > 0 ? { limit: `${resumeRatePerIp} per minute from one address`, seconds } : undefined
-      })()
-    if (wait === undefined) return undefined
-    this.limits.refused("resume_rate_limited")
-    return {
-      code: "resume_rate_limited",
-      message: `more than ${wait.limit}: nothing replayed; retry in ${wait.seconds} s`
+    // The connection's own allowance first: a connection over it spends nothing of its address's.
+    let limit = `${resumeRate} per minute on one connection`
+    let seconds = this.#resumes.take(now) ? 0 : this.#resumes.retryAfter(now)
+    if (seconds === 0) {
+      limit = `${resumeRatePerIp} per minute from one address`
+      seconds = this.limits.takeResume(String(this.annotations.remote_address), now)
     }
+    if (seconds === 0) return undefined
+    this.limits.refused("resume_rate_limited")
+    return { code: "resume_rate_limited", message: `more than ${limit}: nothing replayed; retry in ${seconds} s` }
   }
 
   /** A refusal of the handshake's `since` (a `hub.error`). */
