@@ -32,7 +32,7 @@ const flag = (name, fallback) => {
 const quick = argv.includes("--quick")
 const options = {
   quick,
-  scenarios: flag("scenarios", "fanout,filtered,idle,latency,storm").split(","),
+  scenarios: flag("scenarios", "fanout,filtered,idle,latency,storm,churn").split(","),
   clients: Number(flag("clients", quick ? 500 : 1000)),
   events: Number(flag("events", quick ? 300 : 1000)),
   size: Number(flag("size", 450)),
@@ -75,6 +75,8 @@ let nextPort = 20000 + Math.floor(Math.random() * 10000)
  */
 const cpuMicros = (pid) => {
   let nanos = 0
+  // A process that is gone (RabbitMQ restarted by someone else during a run) has no figure.
+  if (!existsSync(`/proc/${pid}/task`)) return NaN
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
       nanos += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0])
@@ -118,7 +120,11 @@ const benchLimits = {
   WS_MAX_CONNECTIONS: "1000000",
   WS_MAX_CONNECTIONS_PER_IP: "1000000",
   PUBLISH_RATE_LIMIT: "1000000",
-  PUBLISH_RATE_BURST: "1000000"
+  PUBLISH_RATE_BURST: "1000000",
+  WS_CONNECTION_RATE_LIMIT: "1000000",
+  WS_CONNECTION_RATE_BURST: "1000000",
+  // Every load generator's client comes from 127.0.0.1: the storm's resumes would exceed the per-address ration.
+  WS_RESUME_RATE_LIMIT_PER_IP: "1000000"
 }
 
 /** Starts a server: `hub` (node dist/main.js), `ws-send`, `ws-frame` or `ws-corked` (bench/servers/baseline.mjs). */
@@ -557,6 +563,8 @@ const main = async () => {
   if (options.scenarios.includes("storm")) rows.push(await (await import("./scenarios/storm.mjs")).storm({ argv, quick, report, progress, cpuMicros, startServer, broker: options.broker }))
 
   if (options.scenarios.includes("sse")) report.scenarios.sse = await (await import("./scenarios/sse.mjs")).run({ options, fanout, startServer, publishHttp, cpuMicros, progress, rows })
+
+  if (options.scenarios.includes("churn")) await (await import("./scenarios/churn.mjs")).run({ options, progress, report, rows, fmt, startServer, startLoadgen, cpuMicros, seedTypes, eventData })
 
   report.seconds = (performance.now() - started) / 1000
   const file = join(results, `${report.date.replace(/[:.]/g, "-")}.json`)

@@ -68,7 +68,32 @@ describe("HubConfig.fromEnv", () => {
       expect(Duration.toMillis(config.writeTimeout)).toBe(250)
     }))
 
+  it.effect("reads the limits against abuse (issue 14), on by default", () =>
+    Effect.gen(function*() {
+      const defaults = yield* readConfig({})
+      expect(Duration.toMillis(defaults.security.handshakeTimeout)).toBe(5000)
+      expect([defaults.security.connectionRate, defaults.security.connectionBurst]).toEqual([10, 100])
+      expect([defaults.security.resumeRate, defaults.security.resumeRatePerIp, defaults.historyReplayMax]).toEqual([6, 120, 1000])
+      const config = yield* readConfig({
+        WS_HANDSHAKE_TIMEOUT: "2s",
+        WS_CONNECTION_RATE_LIMIT: "3",
+        WS_CONNECTION_RATE_BURST: "7",
+        WS_RESUME_RATE_LIMIT: "2",
+        WS_RESUME_RATE_LIMIT_PER_IP: "30",
+        HISTORY_REPLAY_MAX: "50"
+      })
+      expect(Duration.toMillis(config.security.handshakeTimeout)).toBe(2000)
+      expect([config.security.connectionRate, config.security.connectionBurst]).toEqual([3, 7])
+      expect([config.security.resumeRate, config.security.resumeRatePerIp, config.historyReplayMax]).toEqual([2, 30, 50])
+    }))
+
   it.effect.each([
+    ["WS_HANDSHAKE_TIMEOUT", "soon"],
+    ["WS_CONNECTION_RATE_LIMIT", "0"],
+    ["WS_CONNECTION_RATE_BURST", "many"],
+    ["WS_RESUME_RATE_LIMIT", "-1"],
+    ["WS_RESUME_RATE_LIMIT_PER_IP", "0"],
+    ["HISTORY_REPLAY_MAX", "0"],
     ["WS_PING_PERIOD", "soon"],
     ["WS_PONG_TIMEOUT", "0"],
     ["WS_PING_PERIOD", "0s"],

@@ -119,6 +119,29 @@ describe("client state machine", () => {
     expect(seqs).toEqual([9, 20])
   })
 
+  it("a resume the hub rations (resume_rate_limited) is tried again later from the same id, never skipped by going live", () => {
+    const { seqs, errors, gaps } = client()
+    accept()
+    FakeSocket.last.event(1)
+    FakeSocket.last.drop()
+    clock.advance(clock.nextDelay!)
+    const refused = FakeSocket.last
+    refused.open()
+    refused.event(7) // live, before the reply: not handled
+    refused.reply("hub.error", { code: "resume_rate_limited", message: "more than 120 resumes per minute from your address: nothing replayed; retry in 12 s" })
+    refused.event(8) // live after the refusal: handling it would skip 2-7
+    expect(errors.at(-1)).toMatchObject({ code: "resume_rate_limited", retryIn: 12_000 })
+    clock.advance(12_000)
+    const next = FakeSocket.last
+    expect(next).not.toBe(refused)
+    next.open()
+    expect(next.requests).toEqual([{ action: "subscribe", event_types: ["#"], since: idOf(1) }])
+    next.reply("hub.subscribed")
+    for (const seq of [2, 3, 4, 5, 6, 7, 8]) next.event(seq)
+    expect(seqs).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+    expect(gaps).toEqual([])
+  })
+
   it("does not reconnect after a refused token (401) with a static token: reports it and is disconnected", () => {
     const { states, errors } = client({ token: "static" })
     expect(FakeSocket.last.protocols).toEqual(["bearer", "static"])

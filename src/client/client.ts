@@ -350,6 +350,12 @@ export class HubClient<M extends EventMap = EventMap> {
       this.#lastId = undefined
       this.#pending.unshift({ action: "subscribe" })
       this.#transport?.send(JSON.stringify({ action: "subscribe", event_types: this.#types }))
+    } else if (pending?.action === "subscribe" && this.#lastId !== undefined && error.code === "resume_rate_limited") {
+      // Going live would skip what was missed: resume from the same id on a new connection, once the hub allows it.
+      const seconds = Number(/retry in (\d+) s/.exec(error.message)?.[1] ?? 0)
+      this.#drop()
+      return this.#retry({ kind: "hub", code: error.code, message: error.message, fatal: false },
+        Math.max(seconds * 1000, this.#min))
     } else if (pending?.action === "subscribe") {
       this.#live()
     }

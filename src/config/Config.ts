@@ -122,6 +122,16 @@ export interface SecuritySettings {
   readonly publishRate: number
   /** `POST /api/v1/events` requests allowed in a burst. */
   readonly publishBurst: number
+  /** An upgrade request whose headers are not complete within this time is answered 408 and closed. */
+  readonly handshakeTimeout: Duration.Duration
+  /** New WebSocket connections per second from one client address (token bucket refill rate). */
+  readonly connectionRate: number
+  /** New WebSocket connections from one client address allowed in a burst. */
+  readonly connectionBurst: number
+  /** Resumes (`since`) per minute on one connection. */
+  readonly resumeRate: number
+  /** Resumes (`since`, `?since=` included) per minute from one client address. */
+  readonly resumeRatePerIp: number
 }
 
 export const defaultSecurity: SecuritySettings = {
@@ -138,7 +148,12 @@ export const defaultSecurity: SecuritySettings = {
   maxPatternWords: 16,
   firstMessageTimeout: Option.none(),
   publishRate: 1000,
-  publishBurst: 1000
+  publishBurst: 1000,
+  handshakeTimeout: Duration.seconds(5),
+  connectionRate: 10,
+  connectionBurst: 100,
+  resumeRate: 6,
+  resumeRatePerIp: 120
 }
 
 /** How long fetched JWKS keys are used before they are fetched again. */
@@ -242,7 +257,12 @@ const securitySettings: Config.Config<SecuritySettings> = Config.all({
   maxPatternWords: positiveInt("WS_MAX_PATTERN_WORDS", defaultSecurity.maxPatternWords),
   firstMessageTimeout: optionalDuration("WS_FIRST_MESSAGE_TIMEOUT"),
   publishRate: positiveInt("PUBLISH_RATE_LIMIT", defaultSecurity.publishRate),
-  publishBurst: positiveInt("PUBLISH_RATE_BURST", defaultSecurity.publishBurst)
+  publishBurst: positiveInt("PUBLISH_RATE_BURST", defaultSecurity.publishBurst),
+  handshakeTimeout: goDuration("WS_HANDSHAKE_TIMEOUT", defaultSecurity.handshakeTimeout),
+  connectionRate: positiveInt("WS_CONNECTION_RATE_LIMIT", defaultSecurity.connectionRate),
+  connectionBurst: positiveInt("WS_CONNECTION_RATE_BURST", defaultSecurity.connectionBurst),
+  resumeRate: positiveInt("WS_RESUME_RATE_LIMIT", defaultSecurity.resumeRate),
+  resumeRatePerIp: positiveInt("WS_RESUME_RATE_LIMIT_PER_IP", defaultSecurity.resumeRatePerIp)
 })
 
 // ---------------------------------------------------------------------------
@@ -289,6 +309,8 @@ export interface HubSettings {
   readonly historyMaxEvents: number
   /** Events older than this are dropped from the history. */
   readonly historyMaxAge: Duration.Duration
+  /** Most events a resume that cannot be served in full (a gap) replays: the newest ones. */
+  readonly historyReplayMax: number
   /** Most recent `event_id`s remembered to drop repeated events (publisher retries); 0: off. */
   readonly dedupMaxEvents: number
   /** An `event_id` is remembered for this long after it was first seen. */
@@ -324,6 +346,7 @@ export const defaultHubSettings: HubSettings = {
   roomKeys: defaultRoomKeys,
   historyMaxEvents: 10_000,
   historyMaxAge: Duration.minutes(10),
+  historyReplayMax: 1000,
   dedupMaxEvents: 10_000,
   dedupMaxAge: Duration.minutes(10),
   ssePath: "/api/v1/sse/events",
@@ -404,6 +427,7 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       ),
       historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", defaultHubSettings.historyMaxEvents),
       historyMaxAge: goDuration("HISTORY_MAX_AGE", defaultHubSettings.historyMaxAge),
+      historyReplayMax: positiveInt("HISTORY_REPLAY_MAX", defaultHubSettings.historyReplayMax),
       dedupMaxEvents: Config.integer("DEDUP_MAX_EVENTS").pipe(
         Config.withDefault(defaultHubSettings.dedupMaxEvents),
         Config.mapOrFail((n) =>

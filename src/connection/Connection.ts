@@ -2,17 +2,17 @@
  * One WebSocket connection, run as its own fiber for as long as the socket
  * lives. The fiber is the connection's reader: it handles the client's
  * requests one at a time, in order. Messages to the client go through its
- * bounded `Outbox`, written in corked batches (see Outbox.ts). The fiber's
- * scope registers the client with the hub and, when the fiber ends for any
- * reason, unregisters it and closes the socket with a close code that says why.
+ * bounded `Outbox`, written in corked batches (see Outbox.ts). The fiber
+ * registers the client with the hub and, when it ends for any reason, its exit
+ * handler unregisters it and closes the socket with a close code that says why.
  */
-import { Cause, Duration, Effect, Exit, Option, Scope } from "effect"
+import { Cause, Duration, Effect, Exit, FiberRef, LogLevel, Option } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { Auth, type Principal } from "../security/Auth.js"
 import { HubConfig } from "../config/Config.js"
 import { type ClientId, type Connection, HubClients } from "../hub/Hub.js"
-import { Limits, MessageRate } from "../security/Limits.js"
+import { Limits, MessageRate, TokenBucket } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { Outbox } from "../hub/Outbox.js"
 import { closeFor, CloseCode, type DisconnectReason, type ErrorData, type Outbound } from "../protocol/Protocol.js"
@@ -43,30 +43,8 @@ const statusCodeOf = (error: object): number | undefined => {
 const toBuffer = (data: WebSocket.RawData): Buffer =>
   Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data)
 
-/**
- * Serves one upgraded connection until it closes. `socket` is the connection's
- * TCP socket, to which the outbox writes pre-built frames directly.
- */
-export const serve = (ws: WebSocket, socket: Duplex, info: Handshake) =>
-  // `Effect.scoped` without putting the scope in the fiber's context: that copy of the context and of the fiber's
-  // refs (and `Effect.addFinalizer`'s snapshot of them) is most of an idle connection's memory (docs/performance.md).
-  Effect.acquireUseRelease(
-    Scope.make(),
-    (scope) => connect(ws, socket, info, scope),
-    (scope, exit) => Effect.zipRight(reportDefect(exit), Scope.close(scope, exit))
-  )
-
-/**
- * The connection is closed with 1011 by its own finalizer; the cause must not go unseen. (Logged here rather than
- * with `Effect.tapDefect` around the fiber, which would stay on every idle connection's stack.)
- */
-const reportDefect = (exit: Exit.Exit<unknown, unknown>) =>
-  Exit.isFailure(exit) && Cause.isDie(exit.cause)
-    ? Effect.logError("client connection failed", exit.cause)
-    : Effect.void
-
-/** The services a connection uses, taken once when it opens. */
-interface Services {
+/** The services a connection uses, taken once by the WebSocket server's layer (see `services`). */
+export interface Services {
   readonly hub: HubClients["Type"]
   readonly config: HubConfig["Type"]
   readonly metrics: HubMetrics["Type"]
@@ -74,9 +52,44 @@ interface Services {
   readonly limits: Limits["Type"]
   /** Optional: without a publisher (an embedding program that provides none), `publish` is refused. */
   readonly publisher: Option.Option<Publisher["Type"]>
+  /** Debug lines are logged: otherwise they are not even built (a connection's life has two). */
+  readonly debug: boolean
 }
 
+/** The services, taken once: each connection then costs no look-up of them. */
+export const services: Effect.Effect<Services, never, HubClients | HubConfig | HubMetrics | Auth | Limits> = Effect.gen(
+  function*() {
+    return {
+      hub: yield* HubClients,
+      config: yield* HubConfig,
+      metrics: yield* HubMetrics,
+      auth: yield* Auth,
+      limits: yield* Limits,
+      publisher: yield* Effect.serviceOption(Publisher),
+      debug: LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug)
+    }
+  }
+)
+
+/**
+ * Serves one upgraded connection until it closes. `socket` is the connection's
+ * TCP socket, to which the outbox writes pre-built frames directly. When the
+ * fiber ends, for any reason, the client leaves the hub and its socket is
+ * closed with a code that says why (one exit handler: a scope with two
+ * finalizers cost each connection more than its setup, docs/performance.md).
+ */
+export const serve = (services: Services, ws: WebSocket, socket: Duplex, info: Handshake): Effect.Effect<void> =>
+  Effect.flatMap(services.hub.nextId, (id) => {
+    const connection = new WsConnection(id, ws, socket, info, services)
+    connection.listen()
+    return Effect.onExit(connection.open(info.since), (exit) => connection.finish(exit))
+  })
+
 type InboxItem = Incoming | typeof ended | typeof floodClose
+
+/** The socket's own connection, for the shared listeners. */
+const owner = Symbol("connection")
+type OwnedSocket = WebSocket & { [owner]?: WsConnection }
 
 /**
  * One connection's state and behaviour. The socket's callbacks, the hub
@@ -93,9 +106,11 @@ class WsConnection implements Connection, RequestContext {
   readonly publisher: Option.Option<Publisher["Type"]>
   principal: Principal | undefined
   readonly #metrics: HubMetrics["Type"]
+  readonly #debug: boolean
   readonly #outbox: Outbox
-  readonly #requests: Requests
-  readonly #rate: MessageRate
+  #requests: Requests | undefined
+  /** Made at the first message (as `#requests`): many connections only listen. */
+  #rate: MessageRate | undefined
   readonly #openedAt: number
   readonly #firstMessageTimeout: number | undefined
   /** Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub). */
@@ -113,6 +128,8 @@ class WsConnection implements Connection, RequestContext {
   #closeCode: number | undefined = undefined
   /** The reader's reply that waits for room in the send buffer, if any (see `send`). */
   #waitingSend: (() => void) | undefined = undefined
+  /** Resumes allowed on this connection (`WS_RESUME_RATE_LIMIT`), made at the first resume: most never resume. */
+  #resumes: TokenBucket | undefined = undefined
 
   constructor(
     readonly id: ClientId,
@@ -129,11 +146,10 @@ class WsConnection implements Connection, RequestContext {
     this.publisher = services.publisher
     this.principal = info.principal
     this.#metrics = services.metrics
+    this.#debug = services.debug
     this.#outbox = new Outbox(services.hub.flusher, ws, socket, services.config.sendBuffer, services.metrics.delivered)
     this.#openedAt = this.#lastSeen = this.#lastPing = Date.now()
-    this.#rate = new MessageRate(services.limits.settings, this.#openedAt)
     this.#firstMessageTimeout = Option.getOrUndefined(Option.map(services.limits.settings.firstMessageTimeout, Duration.toMillis))
-    this.#requests = new Requests(this)
   }
 
   // --- what the hub calls (Connection) ----------------------------------------
@@ -186,39 +202,55 @@ class WsConnection implements Connection, RequestContext {
 
   // --- the socket's events ------------------------------------------------------
 
-  /** Listens to the socket: the only place its callbacks are set. */
-  listen(): void {
-    const ws = this.ws
-    ws.on("message", (data, isBinary) => this.#onMessage(data, isBinary))
-    const seen = () => {
-      this.#lastSeen = Date.now()
-    }
-    ws.on("pong", seen)
-    ws.on("ping", seen)
-    ws.on("error", (error: Error & { code?: string }) => {
+  /**
+   * The socket's listeners, shared by every connection (`this` is the socket, which knows its connection): an
+   * idle connection holds no closures of its own for them.
+   */
+  static readonly #listeners = {
+    message(this: OwnedSocket, data: WebSocket.RawData, isBinary: boolean) {
+      this[owner]!.#onMessage(data, isBinary)
+    },
+    seen(this: OwnedSocket) {
+      this[owner]!.#lastSeen = Date.now()
+    },
+    error(this: OwnedSocket, error: Error & { code?: string }) {
+      const connection = this[owner]!
       // `ws` closes the connection itself after these, with the status code it attaches (1009, 1007, 1002).
-      this.#leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
+      connection.#leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
         ? "message_too_big"
         : error.code === "WS_ERR_INVALID_UTF8"
         ? "invalid_payload"
         : error.code?.startsWith("WS_ERR_")
         ? "protocol_error"
         : "error"
-      this.#closeCode ??= statusCodeOf(error)
-    })
-    ws.on("close", (code) => {
+      connection.#closeCode ??= statusCodeOf(error)
+    },
+    close(this: OwnedSocket, code: number) {
+      const connection = this[owner]!
       // The code of the close frame that ended the connection, unless the hub sent its own first.
-      this.#closeCode ??= code
-      this.#leaving ??= "client_closed"
-      this.#end()
-    })
+      connection.#closeCode ??= code
+      connection.#leaving ??= "client_closed"
+      connection.#end()
+    }
+  }
+
+  /** Listens to the socket: the only place its callbacks are set. */
+  listen(): void {
+    const ws = this.ws as OwnedSocket
+    const listeners = WsConnection.#listeners
+    ws[owner] = this
+    ws.on("message", listeners.message)
+    ws.on("pong", listeners.seen)
+    ws.on("ping", listeners.seen)
+    ws.on("error", listeners.error)
+    ws.on("close", listeners.close)
   }
 
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
     this.#lastSeen = Date.now()
     this.#messageReceived = true
     if (this.#flooded) return
-    const verdict = this.#rate.check(this.#lastSeen)
+    const verdict = (this.#rate ??= new MessageRate(this.limits.settings, this.#openedAt)).check(this.#lastSeen)
     if (verdict === "drop") return
     if (verdict === "close") {
       // Closed after the requests already queued (and the rate_limited warning) have been answered.
@@ -271,7 +303,7 @@ class WsConnection implements Connection, RequestContext {
   readonly read: Effect.Effect<void> = Effect.flatMap(this.#nextIncoming, (incoming) => {
     if (incoming === ended || this.#leaving !== undefined) return Effect.void
     if (incoming === floodClose) return Effect.sync(() => this.kick("rate_limited"))
-    return this.#requests.handle(incoming).pipe(
+    return (this.#requests ??= new Requests(this)).handle(incoming).pipe(
       Effect.zipRight(Effect.sync(() => {
         if (--this.#unanswered <= inboxLowWater && this.ws.isPaused) this.ws.resume()
       })),
@@ -283,10 +315,10 @@ class WsConnection implements Connection, RequestContext {
    * Replies wait for room in the send buffer: a client that sends many
    * requests at once is slowed down (its socket is no longer read while the
    * reader waits), not disconnected. Only broadcasts treat a full buffer as
-   * a slow consumer. (A function field: requests take it from their context.)
+   * a slow consumer.
    */
-  readonly send = (message: Outbound): Effect.Effect<void> =>
-    Effect.async<void>((resume) => {
+  send(message: Outbound): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
       if (this.#leaving !== undefined) return resume(Effect.void)
       const outbox = this.#outbox
       let done = false
@@ -306,26 +338,76 @@ class WsConnection implements Connection, RequestContext {
       }
       outbox.whenRoom(attempt)
     })
+  }
+
+  takeResume(): ErrorData | undefined {
+    const { resumeRate, resumeRatePerIp } = this.limits.settings
+    const now = Date.now()
+    this.#resumes ??= new TokenBucket(resumeRate / 60, resumeRate, now)
+    // The connection's own allowance first: a connection over it spends nothing of its address's.
+    let limit = `${resumeRate} per minute on one connection`
+    let seconds = this.#resumes.take(now) ? 0 : this.#resumes.retryAfter(now)
+    if (seconds === 0) {
+      limit = `${resumeRatePerIp} per minute from one address`
+      seconds = this.limits.takeResume(String(this.annotations.remote_address), now)
+    }
+    if (seconds === 0) return undefined
+    this.limits.refused("resume_rate_limited")
+    return { code: "resume_rate_limited", message: `more than ${limit}: nothing replayed; retry in ${seconds} s` }
+  }
 
   /** A refusal of the handshake's `since` (a `hub.error`). */
   refuse(error: ErrorData): Effect.Effect<void> {
-    return this.#requests.refuse(error)
+    return (this.#requests ??= new Requests(this)).refuse(error)
   }
 
   // --- the end --------------------------------------------------------------------
 
+  /** Registers the client (and starts its resume, if any), then reads until the connection ends. */
+  open(since: string | undefined): Effect.Effect<void> {
+    const hub = this.hub
+    // A `?since=` over the resume rate: the client is told, and goes live instead.
+    const refusal = since === undefined ? undefined : this.takeResume()
+    const resuming = since !== undefined && refusal === undefined
+    let setup = hub.register(this, { allowed: this.principal?.eventTypes, resuming })
+    if (this.#debug) setup = Effect.zipRight(setup, Effect.logDebug("client connected").pipe(Effect.annotateLogs(this.annotations)))
+    if (refusal !== undefined) setup = Effect.zipRight(setup, this.refuse(refusal))
+    if (resuming) {
+      setup = Effect.zipRight(
+        setup,
+        hub.resume(this.id, since!).pipe(
+          Effect.matchEffect({
+            onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
+            onSuccess: (resume) => resume.start
+          })
+        )
+      )
+    }
+    return Effect.zipRight(setup, this.read)
+  }
+
+  /** The fiber's exit: leave the hub, close the socket, and report a defect (closed with 1011). */
+  finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+    const left = Effect.zipRight(this.hub.unregister(this.id), this.close(exit))
+    return Exit.isFailure(exit) && Cause.isDie(exit.cause)
+      ? Effect.zipRight(left, Effect.logError("client connection failed", exit.cause))
+      : left
+  }
+
   /** Closes the socket with a code that says why the connection ended, then logs it. */
   close(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
     const ws = this.ws
+    // The HTTP server interrupts the fiber when the peer drops the socket, so look at the socket first.
+    this.#leaving ??= ws.readyState !== WebSocket.OPEN || this.socket.destroyed
+      ? "client_closed"
+      : Exit.isInterrupted(exit)
+      ? "shutdown"
+      : "error"
+    // Most connections end with the socket already closed (the client left): nothing to wait for.
+    if (ws.readyState === WebSocket.CLOSED) return Effect.suspend(() => this.#closed())
     return Effect.gen(this, function*() {
-      // The HTTP server interrupts the fiber when the peer drops the socket, so look at the socket first.
-      this.#leaving ??= ws.readyState !== WebSocket.OPEN || this.socket.destroyed
-        ? "client_closed"
-        : Exit.isInterrupted(exit)
-        ? "shutdown"
-        : "error"
-      const leaving = this.#leaving
       if (ws.readyState === WebSocket.OPEN) {
+        const leaving = this.#leaving!
         // What is already queued for the client (replies, events) goes out before the close frame.
         this.#outbox.flush()
         const close = leaving in closeFor
@@ -339,46 +421,21 @@ class WsConnection implements Connection, RequestContext {
         ws.terminate()
         yield* waitClosed(ws, closeHandshake)
       }
-      this.#metrics.disconnected(leaving)
-      const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo
-      yield* log("client disconnected").pipe(
-        Effect.annotateLogs({ ...this.annotations, reason: leaving, code: this.#closeCode })
-      )
+      yield* this.#closed()
     })
   }
-}
 
-/** Sets the connection up in `scope` and returns its reader. */
-const connect = (ws: WebSocket, socket: Duplex, info: Handshake, scope: Scope.Scope) =>
-  Effect.gen(function*() {
-    const hub = yield* HubClients
-    const services: Services = {
-      hub,
-      config: yield* HubConfig,
-      metrics: yield* HubMetrics,
-      auth: yield* Auth,
-      limits: yield* Limits,
-      publisher: yield* Effect.serviceOption(Publisher)
-    }
-    const connection = new WsConnection(yield* hub.nextId, ws, socket, info, services)
-    connection.listen()
-    // Finalizers run in reverse: leave the hub, then close the socket.
-    yield* Scope.addFinalizerExit(scope, (exit) => connection.close(exit))
-    // Unregistering a client that is not registered does nothing, so the finalizer can come first.
-    yield* Scope.addFinalizer(scope, Effect.suspend(() => hub.unregister(connection.id)))
-    yield* hub.register(connection, { allowed: connection.principal?.eventTypes, resuming: info.since !== undefined })
-    yield* Effect.logDebug("client connected").pipe(Effect.annotateLogs(connection.annotations))
-    if (info.since !== undefined) {
-      yield* hub.resume(connection.id, info.since).pipe(
-        Effect.matchEffect({
-          onFailure: (error) => connection.refuse({ code: "invalid_request", message: error.message }),
-          onSuccess: (resume) => resume.start
-        })
-      )
-    }
-    // The reader runs after this generator has returned, so that an idle connection does not keep it alive.
-    return connection.read
-  }).pipe(Effect.flatten)
+  /** Counts and logs the end (routine ends at debug level, built only when debug is on). */
+  #closed(): Effect.Effect<void> {
+    const leaving = this.#leaving!
+    this.#metrics.disconnected(leaving)
+    const routine = leaving === "client_closed" || leaving === "shutdown"
+    if (routine && !this.#debug) return Effect.void
+    return (routine ? Effect.logDebug : Effect.logInfo)("client disconnected").pipe(
+      Effect.annotateLogs({ ...this.annotations, reason: leaving, code: this.#closeCode })
+    )
+  }
+}
 
 /**
  * Waits for the socket to close, at most `timeout`. It keeps its own timer

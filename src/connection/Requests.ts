@@ -45,9 +45,11 @@ export interface RequestContext {
   /** Absent when the embedding program provides no publisher: `publish` is then refused. */
   readonly publisher: Option.Option<Publisher["Type"]>
   /** Queues a message for the client once its send buffer has room. */
-  readonly send: (message: Outbound) => Effect.Effect<void>
+  send(message: Outbound): Effect.Effect<void>
   /** Who connected (with authentication); replaced by a token refresh. */
   principal: Principal | undefined
+  /** Spends a resume of the connection's and its address's allowance; the refusal when there is none left. */
+  readonly takeResume: () => ErrorData | undefined
 }
 
 export class Requests {
@@ -55,13 +57,13 @@ export class Requests {
 
   /** Answers one frame. */
   handle({ data, isBinary, refusal }: Incoming): Effect.Effect<void> {
-    const { hub, id, send } = this.context
+    const { hub, id } = this.context
     if (refusal !== undefined) return this.refuse(refusal)
     if (isBinary) {
       return this.refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
     }
     const text = data.toString("utf8")
-    if (text === TextPing) return send(pongMessage)
+    if (text === TextPing) return this.context.send(pongMessage)
     const request = parseRequest(text)
     if (Either.isLeft(request)) return this.refuse(request.left)
     switch (request.right.action) {
@@ -119,6 +121,9 @@ export class Requests {
    */
   private subscribeSince(patterns: ReadonlyArray<string>, since: string): Effect.Effect<void> {
     const { hub, id } = this.context
+    // Before anything changes: a refused resume leaves the subscription (and a resume under way) as it was.
+    const refusal = this.context.takeResume()
+    if (refusal !== undefined) return this.refuse(refusal)
     return Effect.matchEffect(hub.checkSubscribe(id, patterns), {
       // Refused before the resume replaces one under way: a refusal must leave that one going.
       onFailure: (error) => this.tooManySubscriptions(error),

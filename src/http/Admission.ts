@@ -1,6 +1,6 @@
 /**
  * Who may open a connection, for both endpoints (WebSocket and SSE): the
- * origin check, the connection limits (per client address and in total), the
+ * origin check, the connection rate and limits (per client address and in total), the
  * token (header, subprotocol or `?token=`) and the resume point (`since`).
  * Refusals are plain HTTP answers with a JSON reason, counted in `/metrics`
  * (`security`) and logged (never the token: the URL is not logged).
@@ -59,6 +59,17 @@ export class Admission {
         refusal: "origin_refused",
         status: 403,
         error: `origin ${JSON.stringify(origin)} is not allowed`
+      })
+    }
+    // Before the slot: a reconnect storm from one address is refused at the cost of a token bucket.
+    const wait = this.limits.takeConnection(address, Date.now())
+    if (wait > 0) {
+      return Either.left({
+        address,
+        refusal: "connection_rate_limited",
+        status: 429,
+        error: `more than ${security.connectionRate} new connections per second from your address; retry later`,
+        headers: { "retry-after": String(wait) }
       })
     }
     const slot = this.limits.acquireConnection(address)

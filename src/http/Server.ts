@@ -22,6 +22,7 @@ import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
+import * as HandshakeDeadline from "./HandshakeDeadline.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 import * as SseServer from "./SseServer.js"
 import * as WebSocketServer from "./WebSocketServer.js"
@@ -232,13 +233,16 @@ const listenBacklog = 4096
  */
 export const layerListen = Layer.unwrapEffect(
   Effect.map(HubConfig, (config) => {
-    const server = createServer()
+    const server = createServer(HandshakeDeadline.serverOptions(config.security))
     return Layer.mergeAll(
       // Node's default backlog (511) overflows when thousands of clients reconnect at once (after a deploy, a network
       // cut): the kernel drops their SYNs and they wait 1, 3, 7 s for a retry. The kernel caps it at somaxconn.
       NodeHttpServer.layer(() => server, { host: config.host, port: config.port, backlog: listenBacklog }),
       Layer.succeed(UpgradeRoutes, UpgradeRoutes.install(server)),
-      layerSecurity
+      // Handshake timeouts are counted with the other refusals.
+      Layer.effectDiscard(Effect.map(Limits, (limits) =>
+        HandshakeDeadline.guard(server, config.security.handshakeTimeout, () => limits.refused("handshake_timeout"))
+      )).pipe(Layer.provideMerge(layerSecurity))
     )
   })
 )

@@ -6,8 +6,9 @@
  * in this layer's `FiberSet`. Closing the layer interrupts every connection,
  * which then closes with 1001.
  *
- * Before the handshake, `upgrade` refuses a foreign origin (403), a client
- * over the connection limits (503) and a missing or bad token (401), each
+ * Before the handshake, `upgrade` refuses a foreign origin (403), an address
+ * opening connections too fast (429), a client over the connection limits
+ * (503) and a missing or bad token (401), each
  * with a JSON reason, then closes the socket.
  */
 import { Effect, Either, FiberSet, Layer, Option } from "effect"
@@ -83,6 +84,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     // Released before the server above: every connection is interrupted (and closed with 1001) first.
     const connections = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(connections)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
+    const services = yield* Client.services
 
     const admission = new Admission(config, yield* Limits, yield* Auth)
 
@@ -107,7 +109,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
           // A defect is logged by the connection itself (see Connection.serve).
-          run(Client.serve(ws, socket, info))
+          run(Client.serve(services, ws, socket, info))
         })
       }
       // Without authentication, no fiber before the handshake.

@@ -179,6 +179,11 @@ export class History {
     }
   }
 
+  /** Where a replay of the newest `count` entries starts: the id before them, `undefined` when all are held. */
+  beforeNewest(count: number): string | undefined {
+    return this.size > count ? this.#entries[this.#entries.length - count - 1]!.id : undefined
+  }
+
   /** Where `since` stands: malformed, not reachable (gap), or covered. */
   place(since: string): Placement {
     if (!isEventId(since)) return { _tag: "Malformed" }

@@ -266,7 +266,7 @@ const resume = ({ config, history, index }: HubState, id: ClientId, since: strin
       return Effect.fail(new InvalidSince({ since }))
     }
     if (member === undefined) return Effect.succeed({ start: Effect.void, cancel: Effect.void })
-    const replay = new Replay(member, since, index, history, config.sendBuffer)
+    const replay = new Replay(member, since, index, history, config.sendBuffer, config.historyReplayMax)
     member.replay = replay
     member.catchingUp = true
     return Effect.succeed<Resume>({

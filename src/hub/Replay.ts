@@ -6,6 +6,7 @@
  * It advances in callbacks (the client's send buffer has room again, the
  * history got a new event), so it is synchronous code with its progress as
  * fields. The replay is paced by the client's send buffer and never drops it.
+ * A resume the history cannot serve in full gets the newest events only (see `#skipTo`).
  */
 import { type GapReason, type HistoryGapData, HubMessageType, Outbound } from "../protocol/Protocol.js"
 import type { History } from "./History.js"
@@ -27,7 +28,9 @@ export class Replay {
     private readonly index: SubscriptionIndex,
     private readonly history: History,
     /** The client's send buffer (`WS_SEND_BUFFER`): a replay waits for room below it. */
-    private readonly sendBuffer: number
+    private readonly sendBuffer: number,
+    /** Most events replayed after a gap (`HISTORY_REPLAY_MAX`). */
+    private readonly replayMax: number
   ) {
     this.#cursor = since
   }
@@ -47,10 +50,14 @@ export class Replay {
     return this.member.replay === this && this.index.get(this.member.id) !== undefined
   }
 
-  /** History does not reach back to `since` (or cannot place it): a gap notice, then everything held. */
+  /**
+   * History does not reach back to `since` (or cannot place it): a gap notice, then the newest `replayMax` events
+   * held (`HISTORY_REPLAY_MAX`): such a client must reload anyway, and a whole history per resume is what made
+   * unplaceable resumes the hub's biggest cost.
+   */
   #skipTo(since: string, reason: GapReason) {
-    this.#gap = { since, oldest_available: this.history.oldest?.id ?? null, reason }
-    this.#cursor = undefined
+    this.#cursor = this.history.beforeNewest(this.replayMax)
+    this.#gap = { since, oldest_available: this.history.after(this.#cursor)?.id ?? null, reason }
   }
 
   readonly #step = (): void => {

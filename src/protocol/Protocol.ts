@@ -165,6 +165,11 @@ export const ErrorCode = Schema.Literal(
   "forbidden_event_types",
   /** More than `WS_RATE_LIMIT` messages per second (beyond the `WS_RATE_BURST` allowance): the message was dropped. */
   "rate_limited",
+  /**
+   * A resume (`since`) beyond `WS_RESUME_RATE_LIMIT` per minute on the connection or `WS_RESUME_RATE_LIMIT_PER_IP`
+   * from its address: nothing is replayed (a `subscribe` is not applied; with `?since=` the client goes live).
+   */
+  "resume_rate_limited",
   /** An `auth` request whose token was refused; the connection keeps its current token. */
   "invalid_token",
   /** An `auth` request while authentication is not enabled. */
@@ -229,7 +234,10 @@ export type GapReason = typeof GapReason.Type
 export const HistoryGapData = Schema.Struct({
   /** The id the client resumed from (or the position a slow replay had reached when history moved past it). */
   since: Schema.String,
-  /** The oldest id the hub still holds, sent next if it matches the subscription; `null` when it holds none. */
+  /**
+   * The oldest id replayed from here, sent next if it matches the subscription: the oldest the hub holds, or the
+   * oldest of its newest `HISTORY_REPLAY_MAX`; `null` when it holds none.
+   */
   oldest_available: Schema.NullOr(Schema.String),
   /** `missed`: events were lost for certain; `unknown`: the hub cannot tell (see `GapReason`). */
   reason: GapReason

@@ -8,6 +8,7 @@ import { Context, Effect, Either, Layer } from "effect"
 import type { IncomingMessage } from "node:http"
 import { HubConfig, type SecuritySettings } from "../config/Config.js"
 import { HubMetrics } from "../ops/Metrics.js"
+import { AddressBuckets } from "./AddressBuckets.js"
 
 /**
  * A token bucket: `burst` tokens, refilled at `rate` per second. Each `take`
@@ -78,6 +79,9 @@ export const refusals = [
   "unauthorized",
   "too_many_connections",
   "too_many_connections_per_ip",
+  "connection_rate_limited",
+  "handshake_timeout",
+  "resume_rate_limited",
   "first_message_timeout",
   "token_expired",
   "token_refresh_refused",
@@ -116,6 +120,10 @@ export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
    * once, when the connection ends), or why it was refused.
    */
   readonly acquireConnection: (address: string) => Either.Either<() => void, ConnectionRefusal>
+  /** Spends a token of `address`'s new-connection bucket: `0`, or the seconds to wait (`Retry-After`). */
+  readonly takeConnection: (address: string, now: number) => number
+  /** Spends a token of `address`'s resume bucket: `0`, or the seconds to wait. */
+  readonly takeResume: (address: string, now: number) => number
   /** Spends a token of the publish endpoint's bucket; the seconds to wait when there is none. */
   readonly takePublish: (now: number) => Either.Either<void, number>
   /** Counts a refusal in `/metrics` (`security.<name>`). */
@@ -130,6 +138,8 @@ export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
       let total = 0
       const perAddress = new Map<string, number>()
       const publish = new TokenBucket(settings.publishRate, settings.publishBurst, Date.now())
+      const connectionRate = new AddressBuckets(settings.connectionRate, settings.connectionBurst)
+      const resumeRate = new AddressBuckets(settings.resumeRatePerIp / 60, settings.resumeRatePerIp)
       return Limits.of({
         settings,
         acquireConnection: (address) => {
@@ -148,6 +158,8 @@ export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
             else perAddress.set(address, left)
           })
         },
+        takeConnection: (address, now) => connectionRate.take(address, now),
+        takeResume: (address, now) => resumeRate.take(address, now),
         takePublish: (now) => publish.take(now) ? Either.right(undefined) : Either.left(publish.retryAfter(now)),
         refused: (name) => metrics.count("security", name)
       })

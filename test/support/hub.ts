@@ -17,7 +17,11 @@ export const testSecurity: SecuritySettings = {
   maxConnectionsPerIp: 100_000,
   maxConnections: 100_000,
   messageRate: 100_000,
-  messageBurst: 100_000
+  messageBurst: 100_000,
+  connectionRate: 100_000,
+  connectionBurst: 100_000,
+  resumeRate: 100_000,
+  resumeRatePerIp: 100_000
 }
 
 /** Security settings for a test: `testSecurity` with `overrides`. */
