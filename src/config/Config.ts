@@ -293,6 +293,12 @@ export interface HubSettings {
   readonly dedupMaxEvents: number
   /** An `event_id` is remembered for this long after it was first seen. */
   readonly dedupMaxAge: Duration.Duration
+  /** Distinct event types labelled one by one in the metrics; the rest are counted as `other`. */
+  readonly metricsMaxEventTypes: number
+  /** On shutdown, readiness turns 503 this long before clients are told to reconnect (load balancers catch up). */
+  readonly shutdownDrainDelay: Duration.Duration
+  /** Enables the dashboard (`GET /dashboard`) when set, and protects it. */
+  readonly dashboardToken: Option.Option<Redacted.Redacted>
 }
 
 /** The FreqSearch events' identifiers, each a room a dashboard can follow (one run, one strategy, one job). */
@@ -319,7 +325,10 @@ export const defaultHubSettings: HubSettings = {
   historyMaxEvents: 10_000,
   historyMaxAge: Duration.minutes(10),
   dedupMaxEvents: 10_000,
-  dedupMaxAge: Duration.minutes(10)
+  dedupMaxAge: Duration.minutes(10),
+  metricsMaxEventTypes: 100,
+  shutdownDrainDelay: Duration.millis(500),
+  dashboardToken: Option.none()
 }
 
 /** The rules that tie settings together. */
@@ -329,6 +338,13 @@ const checkHubSettings = (settings: HubSettings): Either.Either<HubSettings, Con
       ["WS_PING_PERIOD"],
       `must be shorter than WS_PONG_TIMEOUT (${Duration.format(settings.pongTimeout)}), or every client that ` +
         `only listens is closed before it is pinged; got ${Duration.format(settings.pingPeriod)}`
+    ))
+  }
+  if (!Duration.lessThan(settings.shutdownDrainDelay, settings.shutdownTimeout)) {
+    return Either.left(ConfigError.InvalidData(
+      ["SHUTDOWN_DRAIN_DELAY"],
+      `must be shorter than SHUTDOWN_TIMEOUT (${Duration.format(settings.shutdownTimeout)}), or the process exits ` +
+        `before clients are closed; got ${Duration.format(settings.shutdownDrainDelay)}`
     ))
   }
   for (const pattern of settings.clientPublishTypes) {
@@ -403,7 +419,10 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
             : Either.left(ConfigError.InvalidData(["DEDUP_MAX_EVENTS"], `expected 0 (off) or a positive integer, got ${n}`))
         )
       ),
-      dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge)
+      dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge),
+      metricsMaxEventTypes: positiveInt("METRICS_MAX_EVENT_TYPES", defaultHubSettings.metricsMaxEventTypes),
+      shutdownDrainDelay: goDuration("SHUTDOWN_DRAIN_DELAY", defaultHubSettings.shutdownDrainDelay),
+      dashboardToken: optionalSecret("DASHBOARD_TOKEN")
     }).pipe(Config.mapOrFail(checkHubSettings))
   )
 }

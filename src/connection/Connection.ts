@@ -85,6 +85,7 @@ type InboxItem = Incoming | typeof ended | typeof floodClose
  * answered by `Requests`, with this object as their context.
  */
 class WsConnection implements Connection, RequestContext {
+  readonly transport = "ws"
   readonly annotations: Readonly<Record<string, unknown>>
   readonly hub: HubClients["Type"]
   readonly config: HubConfig["Type"]

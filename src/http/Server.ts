@@ -20,6 +20,7 @@ import { Health } from "../ops/Health.js"
 import { Hub } from "../hub/Hub.js"
 import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
+import * as Prometheus from "../ops/Prometheus.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
@@ -65,8 +66,25 @@ export const makeRouter = Effect.gen(function*() {
 
   const healthRoute = Effect.map(health.report, (report) =>
     HttpServerResponse.unsafeJson(report, { status: report.status === "unavailable" ? 503 : 200 }))
+  // Liveness: the process answers HTTP. Readiness: it accepts clients and consumes RabbitMQ where configured.
+  const liveRoute = Effect.succeed(HttpServerResponse.unsafeJson({ status: "ok" }))
+  const readyRoute = Effect.map(health.report, (report) => {
+    const notReady = Object.entries(report.checks).filter(([, check]) =>
+      check.status !== "up" && check.status !== "disabled"
+    )
+    return HttpServerResponse.unsafeJson(
+      notReady.length === 0 ? { status: "ready" } : { status: "not_ready", checks: Object.fromEntries(notReady) },
+      { status: notReady.length === 0 ? 200 : 503 }
+    )
+  })
+
+  const prometheus = yield* Prometheus.make
+  const prometheusRoute = Effect.map(prometheus.render, (text) =>
+    HttpServerResponse.text(text, { contentType: prometheus.contentType }))
 
   const metricsRoute = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    if (Prometheus.wantsPrometheus(request.headers["accept"])) return yield* prometheusRoute
     const snapshot = yield* metrics.snapshot
     const { sources, ...websocketCounters } = snapshot
     const memory = process.memoryUsage()
@@ -144,7 +162,7 @@ export const makeRouter = Effect.gen(function*() {
       }
       let recipients = 0
       // `broadcast` waits for the writes while the hub is behind: the burst is written as it goes.
-      for (const event of events) recipients += yield* hub.broadcast(event.type, event.data)
+      for (const event of events) recipients += yield* hub.broadcast(event.type, event.data, "http")
       return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
     })
 
@@ -162,7 +180,10 @@ export const makeRouter = Effect.gen(function*() {
       }))
     ),
     HttpRouter.get("/health", healthRoute),
-    HttpRouter.get("/metrics", metricsRoute)
+    HttpRouter.get("/health/live", liveRoute),
+    HttpRouter.get("/health/ready", readyRoute),
+    HttpRouter.get("/metrics", metricsRoute),
+    HttpRouter.get("/metrics/prometheus", prometheusRoute)
   )
   const withPublish = Option.match(config.publishToken, {
     onNone: () =>

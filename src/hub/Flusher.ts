@@ -43,6 +43,19 @@ export class Flusher {
   #congested = false
   /** Called once the pass under way has written everything (producers waiting for it, see `whenIdle`). */
   #idleWaiters: Array<() => void> = []
+  /** When each event queued for this pass entered the hub (`performance.now()`), for the delivery latency. */
+  #arrivals: Array<number> = []
+
+  constructor(
+    /** Called at the end of each pass with the arrivals of the events it wrote (see `arrived`). */
+    private readonly onPassEnd?: (arrivals: ReadonlyArray<number>, end: number) => void
+  ) {}
+
+  /** An event that entered at `at` was queued for the pass under way: its latency ends with the pass. */
+  arrived(at: number): void {
+    // Nothing scheduled: every offer failed (slow consumers were dropped), nothing will be written.
+    if (this.#scheduled && this.onPassEnd !== undefined) this.#arrivals.push(at)
+  }
 
   get congested(): boolean {
     return this.#congested
@@ -103,6 +116,11 @@ export class Flusher {
     this.#scheduled = false
     this.#behind = false
     this.#congested = false
+    if (this.#arrivals.length > 0) {
+      const arrivals = this.#arrivals
+      this.#arrivals = []
+      this.onPassEnd!(arrivals, performance.now())
+    }
     if (this.#idleWaiters.length === 0) return
     const waiters = this.#idleWaiters
     this.#idleWaiters = []

@@ -11,6 +11,8 @@ export type ClientId = number
 /** The hub's side of a client connection (a WebSocket, an SSE stream, or a test's fake). */
 export interface Connection {
   readonly id: ClientId
+  /** How the client is connected (`ws`, `sse`), for the metrics; `ws` when absent. */
+  readonly transport?: string
   /** Queues a message for the client; `false` when its send buffer is full. Never blocks. */
   readonly offer: (message: Outbound) => boolean
   /** Asks the client to leave for `reason`. Never blocks; later calls are ignored. */

@@ -47,8 +47,8 @@ export class Outbox implements Flushable {
     readonly ws: WebSocket,
     readonly socket: Duplex,
     readonly capacity: number,
-    /** Called with the number of messages handed to the socket. */
-    readonly onWritten: (count: number) => void
+    /** Called with the number of messages handed to the socket, and their bytes. */
+    readonly onWritten: (count: number, bytes: number) => void
   ) {
     this.#compressed = ws.extensions.includes("permessage-deflate")
     this.#behindAt = Math.max(1, Math.min(behindAtMost, Math.floor(capacity / 2)))
@@ -102,23 +102,32 @@ export class Outbox implements Flushable {
     const messages = this.#pending
     if (messages.length === 0 || this.blockedSince !== undefined || this.ws.readyState !== WebSocket.OPEN) return
     let accepted = true
+    let bytes = 0
     if (!this.#compressed) {
       if (messages.length === 1) {
         // Corking one write only costs: it goes through `writev`.
         accepted = this.socket.write(messages[0].frame)
+        bytes = messages[0].frame.length
       } else {
         this.socket.cork()
-        for (const message of messages) accepted = this.socket.write(message.frame)
+        for (const message of messages) {
+          accepted = this.socket.write(message.frame)
+          bytes += message.frame.length
+        }
         this.socket.uncork()
       }
     } else {
-      for (const message of messages) this.ws.send(message.payload, { binary: false })
+      // Before compression: what the client receives once inflated.
+      for (const message of messages) {
+        this.ws.send(message.payload, { binary: false })
+        bytes += message.payload.length
+      }
       accepted = this.socket.writableLength < this.socket.writableHighWaterMark
     }
     const written = messages.length
     // Nothing above can queue a message (writes report errors and drains asynchronously): the array is reused.
     messages.length = 0
-    this.onWritten(written)
+    this.onWritten(written, bytes)
     if (!accepted) {
       this.blockedSince = Date.now()
       this.socket.once("drain", () => {

@@ -27,7 +27,9 @@ export class Replay {
     private readonly index: SubscriptionIndex,
     private readonly history: History,
     /** The client's send buffer (`WS_SEND_BUFFER`): a replay waits for room below it. */
-    private readonly sendBuffer: number
+    private readonly sendBuffer: number,
+    /** Told of each gap notice (for the metrics). */
+    private readonly onGap?: (reason: GapReason) => void
   ) {
     this.#cursor = since
   }
@@ -50,6 +52,7 @@ export class Replay {
   /** History does not reach back to `since` (or cannot place it): a gap notice, then everything held. */
   #skipTo(since: string, reason: GapReason) {
     this.#gap = { since, oldest_available: this.history.oldest?.id ?? null, reason }
+    this.onGap?.(reason)
     this.#cursor = undefined
   }
 
