@@ -14,7 +14,7 @@
  * history in one step, so that a resume sees an event in the history or
  * receives it live, never both nor neither.
  */
-import { Clock, Context, Data, Duration, Effect, Either, HashMap, Layer, Ref, Schedule } from "effect"
+import { Clock, Context, Data, Duration, Effect, Either, FiberRef, HashMap, Layer, Ref, Schedule } from "effect"
 import { HubConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
 import { type EventSource, HubMetrics } from "../ops/Metrics.js"
@@ -238,7 +238,23 @@ const admit = (state: HubState, event: BroadcastEvent, now: number): number => {
 
 const makeHub = (state: HubState): Hub["Type"] => {
   const broadcastEvent = (event: BroadcastEvent) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => admit(state, event, now)))
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.withFiberRuntime<number>((fiber) => {
+        // Without tracing (Tracing.ts), no span to annotate: the fan-out alone.
+        if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) return Effect.succeed(admit(state, event, now))
+        const before = state.history.newest
+        const count = admit(state, event, now)
+        const entry = state.history.newest
+        return Effect.as(
+          Effect.annotateCurrentSpan({
+            "hub.event.id": entry !== before && entry !== undefined ? entry.id : "",
+            "hub.event.event_id": eventIdOf(event.data) ?? "",
+            "hub.event.duplicate": entry === before,
+            "hub.recipients": count
+          }),
+          count
+        )
+      }))
   /** Back-pressure on a producer in a loop: the pass that writes its burst so far ends first. */
   const written = Effect.async<void>((resume) => state.flusher.whenIdle(() => resume(Effect.void)))
   return Hub.of({
