@@ -13,7 +13,7 @@ import * as amqp from "amqplib"
 import { Context, Data, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import { RabbitMqConfig } from "../config/Config.js"
-import { closing } from "./Source.js"
+import { closing } from "./Session.js"
 
 export class PublishError extends Data.TaggedError("PublishError")<{
   readonly reason: "Disabled" | "Unavailable" | "Timeout"

@@ -1,0 +1,74 @@
+/** The real hub on a free port, for `layer(...)`, and HTTP requests to it. */
+import { HttpServer as PlatformHttpServer } from "@effect/platform"
+import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
+import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } from "../../src/config/Config.js"
+import * as HttpServer from "../../src/http/Server.js"
+import * as WebSocketServer from "../../src/http/WebSocketServer.js"
+import * as Hub from "../../src/hub/Hub.js"
+
+/**
+ * Security settings for tests: the defaults with the limits lifted that every
+ * test would otherwise hit (all clients come from 127.0.0.1, some tests send
+ * bursts of requests). Tests of the limits set their own (`security(...)`).
+ */
+export const testSecurity: SecuritySettings = {
+  ...defaultSecurity,
+  maxConnectionsPerIp: 100_000,
+  maxConnections: 100_000,
+  messageRate: 100_000,
+  messageBurst: 100_000
+}
+
+/** Security settings for a test: `testSecurity` with `overrides`. */
+export const security = (overrides: Partial<SecuritySettings>): SecuritySettings => ({ ...testSecurity, ...overrides })
+
+/** The hub, its HTTP server on 127.0.0.1 with a free port, and every service, for `layer(...)`. */
+export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
+  Layer.merge(HttpServer.layerServe, WebSocketServer.layer).pipe(
+    Layer.provideMerge(HttpServer.layerListen),
+    Layer.provideMerge(Hub.layerLive),
+    Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
+    // TEST_LOG_LEVEL=Debug shows the hub's logs while debugging a test.
+    Layer.provide(Logger.minimumLogLevel(
+      LogLevel.allLevels.find((level) => level.label === process.env.TEST_LOG_LEVEL?.toUpperCase()) ?? LogLevel.Warning
+    ))
+  )
+
+/** `http://127.0.0.1:PORT` of the server under test. */
+export const baseUrl = Effect.map(PlatformHttpServer.HttpServer, (server) => {
+  const address = server.address
+  if (address._tag !== "TcpAddress") throw new Error("expected a TCP address")
+  return `http://127.0.0.1:${address.port}`
+})
+
+export const wsUrl = Effect.map(baseUrl, (url) => `${url.replace("http", "ws")}/api/v1/ws/events`)
+
+/** Polls `effect` every 10 ms until `condition` holds on its result (at most 10 s). */
+export const eventually = <A, E, R>(effect: Effect.Effect<A, E, R>, condition: (a: A) => boolean) =>
+  Effect.filterOrFail(effect, condition, () => "not yet" as const).pipe(
+    Effect.retry({ schedule: Schedule.spaced("10 millis"), while: (error) => error === "not yet" }),
+    Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("condition not met within 10 s") })
+  )
+
+export const promise = <A>(thunk: () => Promise<A>) => Effect.promise(thunk)
+
+/** POSTs JSON (or a raw string) and returns status and parsed body. */
+export const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+  Effect.flatMap(baseUrl, (url) =>
+    Effect.promise(async () => {
+      const response = await fetch(`${url}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: typeof body === "string" ? body : JSON.stringify(body)
+      })
+      return { status: response.status, body: await response.json() as any }
+    }))
+
+export const get = (path: string) =>
+  Effect.flatMap(baseUrl, (url) =>
+    Effect.promise(async () => {
+      const response = await fetch(`${url}${path}`)
+      const text = await response.text()
+      return { status: response.status, body: text.startsWith("{") ? JSON.parse(text) : text }
+    }))
+
