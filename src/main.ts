@@ -18,6 +18,7 @@ import * as Logging from "./ops/Logging.js"
 import { Publisher } from "./rabbitmq/Publisher.js"
 import * as RabbitMqSource from "./rabbitmq/Source.js"
 import * as Shutdown from "./ops/Shutdown.js"
+import * as Tracing from "./ops/Tracing.js"
 
 const MainLive = Shutdown.layer.pipe(
   // Built last, so released first: the drain comes before anything stops.
@@ -27,7 +28,9 @@ const MainLive = Shutdown.layer.pipe(
   Layer.provide(Publisher.layer),
   // RabbitMqConfig reaches the hub too: in stream mode its history uses stream ids from the start.
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
-  Layer.provide(Logging.layer)
+  Layer.provide(Logging.layer),
+  // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise Effect's tracer is off. Flushed last.
+  Layer.provide(Tracing.layer)
 )
 
 /** An error with its cause, such as the server's `listen EADDRINUSE: address already in use 0.0.0.0:8080`. */

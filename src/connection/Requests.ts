@@ -14,6 +14,7 @@ import type { HubSettings } from "../config/Config.js"
 import type { ClientId, HubClients, TooManySubscriptions } from "../hub/Hub.js"
 import type { Limits } from "../security/Limits.js"
 import {
+  type ClientRequest,
   type ErrorData,
   HubMessageType,
   Outbound,
@@ -54,7 +55,7 @@ export class Requests {
 
   /** Answers one frame. */
   handle({ data, isBinary, refusal }: Incoming): Effect.Effect<void> {
-    const { hub, id, send } = this.context
+    const { id, send } = this.context
     if (refusal !== undefined) return this.refuse(refusal)
     if (isBinary) {
       return this.refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
@@ -63,22 +64,32 @@ export class Requests {
     if (text === TextPing) return send(pongMessage)
     const request = parseRequest(text)
     if (Either.isLeft(request)) return this.refuse(request.left)
-    switch (request.right.action) {
+    const action = request.right.action
+    // Spans for what a client asks (cheap no-ops while tracing is off, see Tracing.ts).
+    const name = action === "subscribe" && request.right.since !== undefined ? "resume" : action
+    return Effect.withSpan(this.dispatch(request.right), `hub.request.${name}`, {
+      attributes: { "hub.client_id": id, "hub.request.action": name }
+    })
+  }
+
+  private dispatch(request: ClientRequest): Effect.Effect<void> {
+    const { hub, id } = this.context
+    switch (request.action) {
       case "auth":
-        return this.refresh(request.right.token)
+        return this.refresh(request.token)
       case "publish":
-        return this.publish(request.right)
+        return this.publish(request)
       case "unsubscribe":
         return Effect.flatMap(
-          hub.unsubscribe(id, request.right.event_types),
+          hub.unsubscribe(id, request.event_types),
           (now) => this.reply(HubMessageType.unsubscribed, { event_types: now })
         )
       case "join":
-        return this.join(request.right.rooms)
+        return this.join(request.rooms)
       case "leave":
-        return Effect.flatMap(hub.leave(id, request.right.rooms), (now) => this.reply(HubMessageType.rooms, { rooms: now }))
+        return Effect.flatMap(hub.leave(id, request.rooms), (now) => this.reply(HubMessageType.rooms, { rooms: now }))
       case "subscribe": {
-        const { event_types, since } = request.right
+        const { event_types, since } = request
         const refused = this.checkSubscription(event_types)
         if (refused !== undefined) return this.refuse(refused)
         if (since !== undefined) return this.subscribeSince(event_types, since)

@@ -21,6 +21,7 @@ import { Hub } from "../hub/Hub.js"
 import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import * as Prometheus from "../ops/Prometheus.js"
+import * as Tracing from "../ops/Tracing.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
@@ -162,7 +163,9 @@ export const makeRouter = Effect.gen(function*() {
       }
       let recipients = 0
       // `broadcast` waits for the writes while the hub is behind: the burst is written as it goes.
-      for (const event of events) recipients += yield* hub.broadcast(event.type, event.data, "http")
+      for (const event of events) {
+        recipients += yield* hub.broadcast(event.type, event.data, "http").pipe(Tracing.eventSpan("http", event.type))
+      }
       return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
     })
 
