@@ -17,9 +17,10 @@ import { createServer } from "node:http"
 import { HubConfig } from "../config/Config.js"
 import { Auth } from "../security/Auth.js"
 import { Health } from "../ops/Health.js"
-import { Hub } from "../hub/Hub.js"
+import { Hub, HubClients } from "../hub/Hub.js"
 import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
+import * as Dashboard from "../ops/Dashboard.js"
 import * as Prometheus from "../ops/Prometheus.js"
 import * as Tracing from "../ops/Tracing.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
@@ -188,10 +189,11 @@ export const makeRouter = Effect.gen(function*() {
     HttpRouter.get("/metrics", metricsRoute),
     HttpRouter.get("/metrics/prometheus", prometheusRoute)
   )
+  const withDashboard = HttpRouter.concat(routes, yield* Dashboard.routes)
   const withPublish = Option.match(config.publishToken, {
     onNone: () =>
       HttpRouter.post(
-        routes,
+        withDashboard,
         "/api/v1/events",
         Effect.succeed(problem(
           404,
@@ -199,7 +201,7 @@ export const makeRouter = Effect.gen(function*() {
             "(then send Authorization: Bearer <PUBLISH_TOKEN>)"
         ))
       ),
-    onSome: (token) => HttpRouter.post(routes, "/api/v1/events", publishRoute(token))
+    onSome: (token) => HttpRouter.post(withDashboard, "/api/v1/events", publishRoute(token))
   })
   return Effect.catchTag(withPublish, "RouteNotFound", () => notFound)
 })
@@ -226,10 +228,12 @@ export const corsMiddleware = (config: HubConfig["Type"]) =>
 export const layerServe: Layer.Layer<
   never,
   never,
-  HttpServer.HttpServer | HubConfig | Hub | HubMetrics | Health | Limits
-> = Layer.unwrapEffect(
+  HttpServer.HttpServer | HubConfig | Hub | HubClients | HubMetrics | Health | Limits
+> = Layer.unwrapScoped(
   Effect.zipWith(makeRouter, HubConfig, (router, config) =>
     HttpServer.serve(router, corsMiddleware(config)).pipe(
+      // The dashboard's address may hold its token (?token=): never recorded in a span.
+      HttpMiddleware.withTracerDisabledWhen((request) => request.url.startsWith("/dashboard")),
       Layer.tap(() =>
         Effect.flatMap(HttpServer.HttpServer, (server) =>
           Effect.logInfo("listening").pipe(Effect.annotateLogs({
