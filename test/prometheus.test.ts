@@ -15,6 +15,7 @@ import {
   hubWithSource,
   post,
   promise,
+  tcpProxy,
   uniqueNames
 } from "./support.js"
 import { scrape, valueOf } from "./support/prometheus.js"
@@ -125,5 +126,28 @@ describe("RabbitMQ metrics", () => {
         expect(valueOf(scraped, "hub_rabbitmq_connections_total")).toBe(1)
         expect(valueOf(scraped, "hub_rabbitmq_reconnects_total")).toBe(0)
       }).pipe(Effect.provide(hubWithSource({ exchange: names.exchange, queue: names.queue })))
+    }))
+
+  it.scopedLive("while the consumer is not consuming: /health/ready is 503 and hub_rabbitmq_up is 0", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const proxy = yield* tcpProxy
+      const names = uniqueNames("ready")
+      yield* Effect.addFinalizer(() =>
+        Effect.promise(() => publisher.cleanup({ exchange: names.exchange, queues: [names.queue] }))
+      )
+      yield* Effect.gen(function*() {
+        yield* consuming
+        expect((yield* get("/health/ready")).status).toBe(200)
+        yield* promise(() => proxy.cut())
+        const notReady = yield* eventually(get("/health/ready"), (response) => response.status === 503)
+        expect(notReady.body.checks.rabbitmq.status).toBe("down")
+        expect(valueOf(yield* scrape(), "hub_rabbitmq_up")).toBe(0)
+        expect((yield* get("/health/live")).status).toBe(200)
+        yield* promise(() => proxy.restore())
+        yield* eventually(get("/health/ready"), (response) => response.status === 200)
+        const scraped = yield* eventually(scrape(), (s) => valueOf(s, "hub_rabbitmq_up") === 1)
+        expect(valueOf(scraped, "hub_rabbitmq_reconnects_total")).toBeGreaterThanOrEqual(1)
+      }).pipe(Effect.provide(hubWithSource({ ...names, url: Option.some(Redacted.make(proxy.url)) })))
     }))
 })
