@@ -24,6 +24,7 @@ import {
   TextPing
 } from "../protocol/Protocol.js"
 import type { Publisher } from "../rabbitmq/Publisher.js"
+import { whenTracing } from "../ops/Tracing.js"
 import * as Topic from "../protocol/Topic.js"
 
 /** A frame from the client, as the reader gets it. */
@@ -65,11 +66,14 @@ export class Requests {
     const request = parseRequest(text)
     if (Either.isLeft(request)) return this.refuse(request.left)
     const action = request.right.action
-    // Spans for what a client asks (cheap no-ops while tracing is off, see Tracing.ts).
+    // Spans for what a client asks (none at all while tracing is off, see Tracing.ts).
     const name = action === "subscribe" && request.right.since !== undefined ? "resume" : action
-    return Effect.withSpan(this.dispatch(request.right), `hub.request.${name}`, {
-      attributes: { "hub.client_id": id, "hub.request.action": name }
-    })
+    const answer = this.dispatch(request.right)
+    return whenTracing(answer, () =>
+      Effect.withSpan(answer, `hub.request.${name}`, {
+        attributes: { "hub.client_id": id, "hub.request.action": name },
+        captureStackTrace: false
+      }))
   }
 
   private dispatch(request: ClientRequest): Effect.Effect<void> {

@@ -111,8 +111,9 @@ export class Outbox implements Flushable {
       } else {
         this.socket.cork()
         for (const message of messages) {
-          accepted = this.socket.write(message.frame)
-          bytes += message.frame.length
+          const frame = message.frame
+          accepted = this.socket.write(frame)
+          bytes += frame.length
         }
         this.socket.uncork()
       }

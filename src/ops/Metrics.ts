@@ -61,10 +61,10 @@ export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, 
   readonly resumed: () => void
   readonly gap: (reason: GapReason) => void
   /**
-   * The flusher wrote everything pending at `end` (`performance.now()`): each of `arrivals` (when an event with
-   * recipients entered) gives one delivery latency.
+   * The flusher wrote everything pending at `end` (`performance.now()`): each of the first `count` `arrivals` (when
+   * an event with recipients entered) gives one delivery latency.
    */
-  readonly passEnded: (arrivals: ReadonlyArray<number>, end: number) => void
+  readonly passEnded: (arrivals: Float64Array, count: number, end: number) => void
   /** The raw counters, read by the Prometheus exposition when scraped. */
   readonly counters: Readonly<Counters>
   /** The Prometheus registry of this hub (one per layer, never the global one). */
@@ -133,8 +133,8 @@ const make = (maxTrackedTypes: number): HubMetrics["Type"] => {
     gap: (reason) => {
       counters.gaps[reason]++
     },
-    passEnded: (arrivals, end) => {
-      for (const arrival of arrivals) latency.observe((end - arrival) / 1000)
+    passEnded: (arrivals, count, end) => {
+      for (let i = 0; i < count; i++) latency.observe((end - arrivals[i]!) / 1000)
     },
     eventBroadcast: (type, recipients) => {
       counters.eventsBroadcast++

@@ -15,7 +15,7 @@ import * as HttpTraceContext from "@effect/platform/HttpTraceContext"
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Config, Effect, Layer, Option, type Tracer } from "effect"
+import { Config, Effect, FiberRef, Layer, Option, type Tracer } from "effect"
 
 export interface TracingSettings {
   /** Where spans are POSTed (the full URL, ending in `/v1/traces`). */
@@ -98,8 +98,20 @@ export const eventSpan = (
   headers?: Record<string, unknown>
 ) =>
 <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.withSpan(effect, "hub.event", {
-    kind: source === "rabbitmq" ? "consumer" : "internal",
-    parent: parentFrom(headers),
-    attributes: { "hub.event.type": type, "hub.event.source": source }
-  })
+  whenTracing(effect, () =>
+    Effect.withSpan(effect, "hub.event", {
+      kind: source === "rabbitmq" ? "consumer" : "internal",
+      parent: parentFrom(headers),
+      attributes: { "hub.event.type": type, "hub.event.source": source },
+      captureStackTrace: false
+    }))
+
+/**
+ * `traced()` while tracing is on, `effect` as it is otherwise: even a no-op span costs (`withSpan` captures a stack
+ * trace unless told not to, and allocates), which the fan-out benchmark measured on every event.
+ */
+export const whenTracing = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  traced: () => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime((fiber) => fiber.getFiberRef(FiberRef.currentTracerEnabled) ? traced() : effect)
