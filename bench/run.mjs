@@ -32,7 +32,7 @@ const flag = (name, fallback) => {
 const quick = argv.includes("--quick")
 const options = {
   quick,
-  scenarios: flag("scenarios", "fanout,filtered,idle,latency").split(","),
+  scenarios: flag("scenarios", "fanout,filtered,idle,latency,storm").split(","),
   clients: Number(flag("clients", quick ? 500 : 1000)),
   events: Number(flag("events", quick ? 300 : 1000)),
   size: Number(flag("size", 450)),
@@ -554,6 +554,9 @@ const main = async () => {
       ])
     }
   }
+  if (options.scenarios.includes("storm")) rows.push(await (await import("./scenarios/storm.mjs")).storm({ argv, quick, report, progress, cpuMicros, startServer, broker: options.broker }))
+
+  if (options.scenarios.includes("sse")) report.scenarios.sse = await (await import("./scenarios/sse.mjs")).run({ options, fanout, startServer, publishHttp, cpuMicros, progress, rows })
 
   report.seconds = (performance.now() - started) / 1000
   const file = join(results, `${report.date.replace(/[:.]/g, "-")}.json`)

@@ -7,7 +7,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
 import { mkdirSync } from "node:fs"
 import { baseUrl, broker, connect, consuming, get, hubLayer, hubWithSource, promise, TestClient, uniqueNames, wsUrl } from "./support.js"
-import { browser } from "./support/browser.js"
+import { browser } from "./support/chromium.js"
 
 const token = "dashboard-secret-token"
 

@@ -293,6 +293,12 @@ export interface HubSettings {
   readonly dedupMaxEvents: number
   /** An `event_id` is remembered for this long after it was first seen. */
   readonly dedupMaxAge: Duration.Duration
+  /** Path of the Server-Sent Events endpoint. */
+  readonly ssePath: `/${string}`
+  /** Interval of the `: keepalive` comment on an idle SSE stream (proxies close silent connections). */
+  readonly sseKeepAlive: Duration.Duration
+  /** The `retry:` an SSE stream starts with: how long `EventSource` waits before it reconnects. */
+  readonly sseRetry: Duration.Duration
   /** Distinct event types labelled one by one in the metrics; the rest are counted as `other`. */
   readonly metricsMaxEventTypes: number
   /** On shutdown, readiness turns 503 this long before clients are told to reconnect (load balancers catch up). */
@@ -326,6 +332,9 @@ export const defaultHubSettings: HubSettings = {
   historyMaxAge: Duration.minutes(10),
   dedupMaxEvents: 10_000,
   dedupMaxAge: Duration.minutes(10),
+  ssePath: "/api/v1/sse/events",
+  sseKeepAlive: Duration.seconds(15),
+  sseRetry: Duration.seconds(2),
   metricsMaxEventTypes: 100,
   shutdownDrainDelay: Duration.millis(500),
   dashboardToken: Option.none()
@@ -420,6 +429,9 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
         )
       ),
       dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge),
+      ssePath: Config.succeed(defaultHubSettings.ssePath),
+      sseKeepAlive: goDuration("SSE_KEEPALIVE", defaultHubSettings.sseKeepAlive),
+      sseRetry: goDuration("SSE_RETRY", defaultHubSettings.sseRetry),
       metricsMaxEventTypes: positiveInt("METRICS_MAX_EVENT_TYPES", defaultHubSettings.metricsMaxEventTypes),
       shutdownDrainDelay: goDuration("SHUTDOWN_DRAIN_DELAY", defaultHubSettings.shutdownDrainDelay),
       dashboardToken: optionalSecret("DASHBOARD_TOKEN")

@@ -9,7 +9,8 @@
  * object instead of a dozen functions.
  */
 import { Clock, Effect, Either, Option } from "effect"
-import { allows, type Auth, type Principal } from "../security/Auth.js"
+import type { Auth, Principal } from "../security/Auth.js"
+import { checkPatterns, checkRooms } from "../security/Subscription.js"
 import type { HubSettings } from "../config/Config.js"
 import type { ClientId, HubClients, TooManySubscriptions } from "../hub/Hub.js"
 import type { Limits } from "../security/Limits.js"
@@ -123,22 +124,7 @@ export class Requests {
 
   /** The pattern limits and the token's `event_types`: the reason to refuse a `subscribe`, if any. */
   private checkSubscription(patterns: ReadonlyArray<string>): ErrorData | undefined {
-    const { limits, principal } = this.context
-    for (const pattern of patterns) {
-      const checked = Topic.check(pattern, limits.settings)
-      if (Either.isLeft(checked)) {
-        limits.refused("invalid_pattern")
-        return { code: "invalid_pattern", message: checked.left }
-      }
-    }
-    const forbidden = patterns.filter((pattern) => !allows(principal, pattern))
-    if (forbidden.length === 0) return undefined
-    limits.refused("forbidden_event_types")
-    return {
-      code: "forbidden_event_types",
-      message: `not allowed by your token: ${forbidden.map((p) => JSON.stringify(p)).join(", ")}; ` +
-        `allowed: ${(principal?.eventTypes ?? []).map((p) => JSON.stringify(p)).join(", ")}`
-    }
+    return checkPatterns(this.context.limits, this.context.principal, patterns)
   }
 
   /**
@@ -176,19 +162,8 @@ export class Requests {
   /** `{"action":"join"}`: rooms named `<key>:<value>` with a key of `ROOM_KEYS`. */
   private join(rooms: ReadonlyArray<string>): Effect.Effect<void> {
     const { config, hub, id } = this.context
-    const bad = rooms.find((room) => {
-      const colon = room.indexOf(":")
-      return colon <= 0 || colon === room.length - 1 || !config.roomKeys.includes(room.slice(0, colon))
-    })
-    if (bad !== undefined) {
-      return this.refuse({
-        code: "invalid_room",
-        message: config.roomKeys.length === 0
-          ? "rooms are not enabled on this hub (ROOM_KEYS)"
-          : `${JSON.stringify(bad.slice(0, 64))} is not a room; rooms are <key>:<value> with a key among ` +
-            config.roomKeys.join(", ")
-      })
-    }
+    const refused = checkRooms(config.roomKeys, rooms)
+    if (refused !== undefined) return this.refuse(refused)
     return hub.join(id, rooms).pipe(
       Effect.matchEffect({
         onFailure: (error) => this.refuse({ code: "too_many_rooms", message: error.message }),

@@ -26,6 +26,7 @@ import * as Tracing from "../ops/Tracing.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
+import * as SseServer from "./SseServer.js"
 import * as WebSocketServer from "./WebSocketServer.js"
 
 /** One event in the body of `POST /api/v1/events`. */
@@ -91,7 +92,11 @@ export const makeRouter = Effect.gen(function*() {
     const { sources, ...websocketCounters } = snapshot
     const memory = process.memoryUsage()
     return HttpServerResponse.unsafeJson({
-      websocket: { connected_clients: yield* hub.clientCount, ...websocketCounters },
+      websocket: {
+        connected_clients: yield* hub.clientCount,
+        connected_clients_by_transport: yield* hub.clientCountByTransport,
+        ...websocketCounters
+      },
       ...sources,
       process: { rss_bytes: memory.rss, heap_used_bytes: memory.heapUsed, uptime_seconds: process.uptime() }
     })
@@ -219,7 +224,7 @@ export const corsMiddleware = (config: HubConfig["Type"]) =>
       // Called with `undefined` for requests without Origin, which get no CORS header.
       : (origin: string | undefined) => origin !== undefined && isOriginAllowed(config.security, origin),
     allowedMethods: ["GET", "POST", "OPTIONS"],
-    allowedHeaders: ["authorization", "content-type"],
+    allowedHeaders: ["authorization", "content-type", "last-event-id"],
     maxAge: 600,
     credentials: false
   })
@@ -262,9 +267,12 @@ export const layerListen = Layer.unwrapEffect(
 )
 
 /**
- * The whole HTTP side: the routes and the WebSocket endpoint on one listening
- * socket. Both are released before the socket closes, so every WebSocket
- * client is closed (1001) before the server waits for its connections. The
- * platform's `HttpServer` stays available (its address, with `PORT=0`).
+ * The whole HTTP side: the routes, the WebSocket endpoint and the SSE endpoint
+ * on one listening socket. They are released before the socket closes, so
+ * every WebSocket client is closed (1001) and every SSE stream ended before the
+ * server waits for its connections. The platform's `HttpServer` stays
+ * available (its address, with `PORT=0`).
  */
-export const layer = Layer.merge(layerServe, WebSocketServer.layer).pipe(Layer.provideMerge(layerListen))
+export const layer = Layer.mergeAll(layerServe, WebSocketServer.layer, SseServer.layer).pipe(
+  Layer.provideMerge(layerListen)
+)

@@ -3,16 +3,35 @@
  * registered path are handed to its handler instead of the platform's
  * request handling; other paths (and a path whose handler is gone, during
  * shutdown) go on as usual.
+ *
+ * Long-lived `GET` requests (Server-Sent Events) can be routed the same way
+ * (`registerStream`): their handler owns the Node response for as long as the
+ * stream lives, with no platform request fiber.
  */
 import { Context, Effect, type Scope } from "effect"
-import type { IncomingMessage, Server } from "node:http"
+import type { IncomingMessage, Server, ServerResponse } from "node:http"
 import type { Duplex } from "node:stream"
 
 export type UpgradeHandler = (request: IncomingMessage, socket: Duplex, head: Buffer) => void
+export type StreamHandler = (request: IncomingMessage, response: ServerResponse) => void
+
+/**
+ * A stream request that arrives once its handler is gone (the server is shutting down): its connection is dropped,
+ * not answered, so that a client such as `EventSource` retries (another instance) instead of giving up on an HTTP
+ * error.
+ */
+const dropStream: StreamHandler = (_request, response) => {
+  response.socket?.destroy()
+}
 
 export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<UpgradeRoutes, {
   /** Sends upgrade requests for `path` to `handler` for the lifetime of the scope. */
   readonly register: (path: string, handler: UpgradeHandler) => Effect.Effect<void, never, Scope.Scope>
+  /**
+   * Sends `GET` requests for `path` to `handler` for the lifetime of the scope; after it, they are dropped (other
+   * methods, such as a CORS preflight, go on to the platform's routes).
+   */
+  readonly registerStream: (path: string, handler: StreamHandler) => Effect.Effect<void, never, Scope.Scope>
 }>() {
   /**
    * Installs the routing on `server` (before anything listens to it) and
@@ -20,9 +39,17 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
    */
   static install(server: Server): UpgradeRoutes["Type"] {
     const handlers = new Map<string, UpgradeHandler>()
+    const streams = new Map<string, StreamHandler>()
     const emit = server.emit
     server.emit = function(this: Server, event: string | symbol, ...args: Array<any>) {
-      if (event === "upgrade") {
+      if (event === "request" && streams.size > 0) {
+        const [request, response] = args as [IncomingMessage, ServerResponse]
+        const handler = request.method === "GET" ? streams.get(pathOf(request.url)) : undefined
+        if (handler !== undefined) {
+          handler(request, response)
+          return true
+        }
+      } else if (event === "upgrade") {
         const [request, socket, head] = args as [IncomingMessage, Duplex, Buffer]
         const handler = handlers.get(pathOf(request.url))
         if (handler !== undefined) {
@@ -37,6 +64,11 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
         Effect.acquireRelease(
           Effect.sync(() => handlers.set(path, handler)),
           () => Effect.sync(() => handlers.delete(path))
+        ),
+      registerStream: (path, handler) =>
+        Effect.acquireRelease(
+          Effect.sync(() => streams.set(path, handler)),
+          () => Effect.sync(() => streams.set(path, dropStream))
         )
     }
   }

@@ -18,24 +18,18 @@ import { Auth, BearerProtocol, type Principal } from "../security/Auth.js"
 import * as Client from "../connection/Connection.js"
 import { HubConfig } from "../config/Config.js"
 import type { HubClients } from "../hub/Hub.js"
-import { clientAddress, isOriginAllowed, Limits, type Refusal } from "../security/Limits.js"
+import { Limits } from "../security/Limits.js"
 import type { HubMetrics } from "../ops/Metrics.js"
-import { SinceParameter } from "../protocol/Protocol.js"
+import { Admission, type Refused, sinceOf } from "./Admission.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 
 const ignore = () => undefined
-
-/** The `since` query parameter of a WebSocket URL (`/api/v1/ws/events?since=<id>`), if any. */
-const sinceOf = (url: string | undefined): string | undefined => {
-  const query = url?.indexOf("?") ?? -1
-  return query === -1 ? undefined : new URLSearchParams(url!.slice(query + 1)).get(SinceParameter) ?? undefined
-}
 
 /**
  * Answers a handshake with an HTTP error and a JSON reason, then closes the
  * socket (as `ws` does for the handshakes it refuses itself).
  */
-const refuseHandshake = (socket: Duplex, status: number, error: string, headers: Record<string, string> = {}) => {
+const refuseHandshake = (socket: Duplex, status: number, error: string, headers: Readonly<Record<string, string>> = {}) => {
   if (socket.destroyed) return
   const body = JSON.stringify({ error })
   const head = {
@@ -52,15 +46,10 @@ const refuseHandshake = (socket: Duplex, status: number, error: string, headers:
   )
 }
 
-/** Seconds a client refused for the connection limits is told to wait (`Retry-After`). */
-const connectionRetryAfter = 5
-
 export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetrics | UpgradeRoutes | Auth | Limits> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* HubConfig
     const routes = yield* UpgradeRoutes
-    const auth = yield* Auth
-    const limits = yield* Limits
     const wss = yield* Effect.acquireRelease(
       Effect.sync(() =>
         new WsServer({
@@ -95,39 +84,22 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     const connections = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(connections)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
 
-    /** Refuses the handshake, counts and logs the refusal (never the token: the URL is not logged). */
-    const refuse = (
-      socket: Duplex,
-      address: string,
-      refusal: Refusal,
-      status: number,
-      error: string,
-      headers?: Record<string, string>
-    ) => {
-      limits.refused(refusal)
-      refuseHandshake(socket, status, error, headers)
-      run(Effect.logInfo("connection refused").pipe(
-        Effect.annotateLogs({ remote_address: address, status, reason: refusal, detail: error })
-      ))
+    const admission = new Admission(config, yield* Limits, yield* Auth)
+
+    /** Refuses the handshake, counts and logs the refusal. */
+    const refuse = (socket: Duplex, refused: Refused) => {
+      refuseHandshake(socket, refused.status, refused.error, refused.headers)
+      run(admission.refused(refused))
     }
 
     const upgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       // A socket error before or during the handshake must not crash the process.
       socket.on("error", ignore)
-      const address = clientAddress(request, config.security.trustProxy)
-      const origin = request.headers.origin
-      if (!isOriginAllowed(config.security, origin)) {
-        return refuse(socket, address, "origin_refused", 403, `origin ${JSON.stringify(origin)} is not allowed`)
-      }
-      const slot = limits.acquireConnection(address)
-      if (Either.isLeft(slot)) {
-        const error = slot.left === "too_many_connections"
-          ? "too many connections to this hub; retry later"
-          : "too many connections from your address; retry later"
-        return refuse(socket, address, slot.left, 503, error, { "retry-after": String(connectionRetryAfter) })
-      }
+      const admitted = admission.check(request)
+      if (Either.isLeft(admitted)) return refuse(socket, admitted.left)
+      const address = admitted.right.address
       // The slot is held for as long as the socket lives, whatever ends it.
-      socket.once("close", slot.right)
+      socket.once("close", admitted.right.release)
       const accept = (principal: Principal | undefined) => {
         if (socket.destroyed) return
         // No closure below may capture `request`: the connection would keep the whole request alive.
@@ -138,17 +110,10 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
           run(Client.serve(ws, socket, info))
         })
       }
-      if (!auth.enabled) return accept(undefined)
-      run(auth.authenticate(request).pipe(
-        Effect.match({
-          onFailure: (error) =>
-            refuse(socket, address, "unauthorized", error.status, error.message, {
-              "www-authenticate": error.reason === "missing"
-                ? "Bearer"
-                : `Bearer error="invalid_token", error_description="${error.message}"`
-            }),
-          onSuccess: (principal) => accept(Option.getOrUndefined(principal))
-        })
+      // Without authentication, no fiber before the handshake.
+      if (!admission.auth.enabled) return accept(undefined)
+      run(admission.authenticate(request, address).pipe(
+        Effect.match({ onFailure: (refused) => refuse(socket, refused), onSuccess: accept })
       ))
     }
     yield* routes.register(config.wsPath, upgrade)

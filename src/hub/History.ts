@@ -45,6 +45,9 @@ export const maxIdLength = 64
  */
 const idForms = /^\d{13}[0-9a-f]{4}-\d{16}$|^\d{20}(\.\d{10})?$|^\.\d{10}$/
 
+/** Is `since` of a form the hub issues (else a resume from it is refused as malformed)? */
+export const isEventId = (since: string): boolean => since.length <= maxIdLength && idForms.test(since)
+
 const pad = (n: number, width: number) => String(n).padStart(width, "0")
 
 /** A stream offset as an event id (20 digits, so ids compare as strings). */
@@ -178,7 +181,7 @@ export class History {
 
   /** Where `since` stands: malformed, not reachable (gap), or covered. */
   place(since: string): Placement {
-    if (since.length > maxIdLength || !idForms.test(since)) return { _tag: "Malformed" }
+    if (!isEventId(since)) return { _tag: "Malformed" }
     if (this.#mode === "queue" && !since.startsWith(`${this.#run}-`)) return { _tag: "Gap", reason: "unknown" }
     if (this.#mode === "stream" && !/^\d{20}(\.\d{10})?$|^\.\d{10}$/.test(since)) return { _tag: "Gap", reason: "unknown" }
     return this.covers(since) ? { _tag: "Covered" } : { _tag: "Gap", reason: "missed" }

@@ -22,11 +22,11 @@ import { Outbound } from "../protocol/Protocol.js"
 import { eventIdOf, RecentIds } from "./Dedup.js"
 import { Flusher } from "./Flusher.js"
 import { HubHistory } from "./History.js"
-import { type ClientId, type Connection, Member } from "./Member.js"
+import { type ClientId, type Connection, Member, type Transport } from "./Member.js"
 import { Replay } from "./Replay.js"
 import { inRooms, type Subscription, SubscriptionIndex } from "./SubscriptionIndex.js"
 
-export type { ClientId, Connection } from "./Member.js"
+export type { ClientId, Connection, Transport } from "./Member.js"
 export { defaultSubscription } from "./SubscriptionIndex.js"
 
 /** A `subscribe` that would take a client over `WS_MAX_SUBSCRIPTIONS` patterns; nothing was changed. */
@@ -95,6 +95,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    */
   readonly broadcastEvent: (event: BroadcastEvent) => Effect.Effect<number>
   readonly clientCount: Effect.Effect<number>
+  /** Connected clients by transport (WebSocket, Server-Sent Events). */
+  readonly clientCountByTransport: Effect.Effect<Record<Transport, number>>
 }>() {}
 
 /** What a client connection uses: its membership, subscription, rooms and resumes. */
@@ -106,11 +108,18 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
   /**
    * Adds a client with the default subscription (`#`). `allowed` (patterns)
    * limits it: it never receives an event outside them. `resuming`: it will
-   * resume (`?since=`), so it receives no live events until `resume`.
+   * resume (`?since=`), so it receives no live events until `resume`. `patterns` and `rooms` (an SSE stream's,
+   * from its URL, checked by the caller) are its subscription from the start, as a `subscribe` and a `join` would
+   * make it, so that no event reaches it under the default.
    */
   readonly register: (
     connection: Connection,
-    options?: { readonly allowed?: ReadonlyArray<string> | undefined; readonly resuming?: boolean }
+    options?: {
+      readonly allowed?: ReadonlyArray<string> | undefined
+      readonly resuming?: boolean
+      readonly patterns?: ReadonlyArray<string> | undefined
+      readonly rooms?: ReadonlyArray<string> | undefined
+    }
   ) => Effect.Effect<void>
   readonly unregister: (id: ClientId) => Effect.Effect<void>
   /** Replaces a client's `allowed` limit (after a token refresh); `undefined` lifts it. */
@@ -169,7 +178,7 @@ const patternsOf = <E>(result: Either.Either<Subscription | undefined, E>) =>
 /** The rooms in effect after an update. */
 const roomsIn = (subscription: Subscription | undefined): ReadonlyArray<string> => [...(subscription?.rooms ?? [])]
 
-/** One tick for the whole hub instead of timers per client: pings, pongs and write deadlines. */
+/** One tick for the whole hub instead of timers per client: pings, pongs, SSE keep-alives and write deadlines. */
 const tickOf = (config: HubConfig["Type"]) =>
   Duration.millis(Math.max(
     10,
@@ -177,7 +186,8 @@ const tickOf = (config: HubConfig["Type"]) =>
       1000,
       Duration.toMillis(config.pingPeriod) / 4,
       Duration.toMillis(config.pongTimeout) / 4,
-      Duration.toMillis(config.writeTimeout) / 4
+      Duration.toMillis(config.writeTimeout) / 4,
+      Duration.toMillis(config.sseKeepAlive) / 4
     )
   ))
 
@@ -265,7 +275,12 @@ const makeHub = (state: HubState): Hub["Type"] => {
           : broadcastEvent({ type, data, source })
       ),
     broadcastEvent,
-    clientCount: Effect.map(Ref.get(state.clients), HashMap.size)
+    clientCount: Effect.map(Ref.get(state.clients), HashMap.size),
+    clientCountByTransport: Effect.map(Ref.get(state.clients), (clients) => {
+      const counts: Record<Transport, number> = { ws: 0, sse: 0, dashboard: 0 }
+      for (const member of HashMap.values(clients)) counts[member.connection.transport ?? "ws"]++
+      return counts
+    })
   })
 }
 
@@ -306,6 +321,16 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
         Effect.sync(() => {
           index.add(member, options?.allowed)
           state.metrics.clientJoined(connection.transport ?? "ws")
+          const patterns = options?.patterns
+          const rooms = options?.rooms
+          if (patterns === undefined && (rooms === undefined || rooms.length === 0)) return
+          // In the same synchronous step as `add`: no fan-out sees the client with the default subscription.
+          index.update(connection.id, (subscription) =>
+            Either.right<Subscription>({
+              ...subscription,
+              ...(patterns !== undefined && { patterns: [...new Set(patterns)], explicit: true }),
+              ...(rooms !== undefined && rooms.length > 0 && { rooms: new Set(rooms) })
+            }))
         })
       )
     },

@@ -11,8 +11,11 @@
  * drops the client. Only then: a burst that fills the outbox of a client
  * whose socket takes data is the hub's backlog, never blamed on the client. A write stuck for `WS_WRITE_TIMEOUT` is detected on the
  * hub's tick through `blockedSince`.
+ *
+ * The same outbox serves an SSE stream (no `ws`): it then writes its messages'
+ * SSE encodings (`Outbound.sse`, built once and shared), joined, in one write
+ * to the HTTP response per flush.
  */
-import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import type { Outbound } from "../protocol/Protocol.js"
 import type { Flushable, Flusher } from "./Flusher.js"
@@ -26,8 +29,30 @@ const behindAtMost = 32
  */
 const overflowFactor = 16
 
+/** What an outbox writes to: a WebSocket's TCP socket (raw frames) or an SSE stream's HTTP response. */
+export interface Sink {
+  cork(): void
+  uncork(): void
+  write(chunk: Buffer): boolean
+  once(event: "drain", listener: () => void): unknown
+  readonly writableLength: number
+  readonly writableHighWaterMark: number
+  readonly destroyed: boolean
+  readonly writableEnded: boolean
+}
+
 /** Shared by every outbox that has no waiter (nearly all of them): never written to. */
 const noWaiters: Array<() => void> = []
+
+/** The SSE encodings of `messages`, in one buffer. */
+const joinSse = (messages: ReadonlyArray<Outbound>): Buffer => {
+  let length = 0
+  for (const message of messages) length += message.sse.length
+  const joined = Buffer.allocUnsafe(length)
+  let offset = 0
+  for (const message of messages) offset += message.sse.copy(joined, offset)
+  return joined
+}
 
 export class Outbox implements Flushable {
   #pending: Array<Outbound> = []
@@ -38,19 +63,23 @@ export class Outbox implements Flushable {
    * Extensions are settled by the handshake, before the outbox exists (`ws.extensions` builds a string per call).
    */
   readonly #compressed: boolean
+  /** No WebSocket: an SSE stream, written with each message's SSE encoding. */
+  readonly #sse: boolean
   readonly #behindAt: number
   /** Since when the socket has refused more data (`Date.now()`), or `undefined`. */
   blockedSince: number | undefined
 
   constructor(
     readonly flusher: Flusher,
-    readonly ws: WebSocket,
-    readonly socket: Duplex,
+    /** `undefined`: `socket` is an SSE stream's HTTP response. */
+    readonly ws: WebSocket | undefined,
+    readonly socket: Sink,
     readonly capacity: number,
     /** Called with the number of messages handed to the socket, and their bytes. */
     readonly onWritten: (count: number, bytes: number) => void
   ) {
-    this.#compressed = ws.extensions.includes("permessage-deflate")
+    this.#compressed = ws !== undefined && ws.extensions.includes("permessage-deflate")
+    this.#sse = ws === undefined
     this.#behindAt = Math.max(1, Math.min(behindAtMost, Math.floor(capacity / 2)))
   }
 
@@ -96,14 +125,25 @@ export class Outbox implements Flushable {
     this.flusher.mark(this)
   }
 
+  #open(): boolean {
+    return this.ws !== undefined
+      ? this.ws.readyState === WebSocket.OPEN
+      : !this.socket.writableEnded && !this.socket.destroyed
+  }
+
   /** Writes everything queued, in one corked batch, unless the socket is blocked or closing. */
   flush(): void {
     this.#marked = false
     const messages = this.#pending
-    if (messages.length === 0 || this.blockedSince !== undefined || this.ws.readyState !== WebSocket.OPEN) return
+    if (messages.length === 0 || this.blockedSince !== undefined || !this.#open()) return
     let accepted = true
     let bytes = 0
-    if (!this.#compressed) {
+    if (this.#sse) {
+      // One HTTP chunk per flush: each write to a response costs a chunk of its own, and more than the copy.
+      const chunk = messages.length === 1 ? messages[0].sse : joinSse(messages)
+      accepted = this.socket.write(chunk)
+      bytes = chunk.length
+    } else if (!this.#compressed) {
       if (messages.length === 1) {
         // Corking one write only costs: it goes through `writev`.
         accepted = this.socket.write(messages[0].frame)
@@ -120,7 +160,7 @@ export class Outbox implements Flushable {
     } else {
       // Before compression: what the client receives once inflated.
       for (const message of messages) {
-        this.ws.send(message.payload, { binary: false })
+        this.ws!.send(message.payload, { binary: false })
         bytes += message.payload.length
       }
       accepted = this.socket.writableLength < this.socket.writableHighWaterMark

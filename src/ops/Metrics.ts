@@ -99,8 +99,8 @@ const make = (maxTrackedTypes: number): HubMetrics["Type"] => {
     >,
     sources: new Map(),
     received: { rabbitmq: 0, http: 0, library: 0 },
-    connected: new Map([["ws", 0]]),
-    opened: new Map([["ws", 0]]),
+    connected: new Map([["ws", 0], ["sse", 0]]),
+    opened: new Map([["ws", 0], ["sse", 0]]),
     bytesWritten: 0,
     resumes: 0,
     gaps: { missed: 0, unknown: 0 }

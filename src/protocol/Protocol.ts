@@ -319,12 +319,14 @@ export const closeFor: Record<Exclude<DisconnectReason, "client_closed" | "error
 
 /**
  * One server message, encoded. `payload` is the JSON text; `frame` is the
- * complete unmasked WebSocket text frame, built on first use and shared by
- * every client that receives the message.
+ * complete unmasked WebSocket text frame and `sse` the Server-Sent Events
+ * message (`id:` for events, then `data:`), each built on first use and
+ * shared by every client that receives the message.
  */
 export class Outbound {
   #frame: Buffer | undefined
-  constructor(readonly payload: Buffer) {}
+  #sse: Buffer | undefined
+  constructor(readonly payload: Buffer, readonly id?: string) {}
 
   get frame(): Buffer {
     if (this.#frame === undefined) {
@@ -340,8 +342,20 @@ export class Outbound {
     return this.#frame!
   }
 
-  static text(text: string): Outbound {
-    return new Outbound(Buffer.from(text, "utf8"))
+  /**
+   * An unnamed SSE event (`EventSource.onmessage` gets it). The JSON holds no raw line break and ids only
+   * `[A-Za-z0-9._-]`, so one `data:` line carries it.
+   */
+  get sse(): Buffer {
+    if (this.#sse === undefined) {
+      const head = this.id === undefined ? "data: " : `id: ${this.id}\ndata: `
+      this.#sse = Buffer.concat([Buffer.from(head), this.payload, sseEnd])
+    }
+    return this.#sse
+  }
+
+  static text(text: string, id?: string): Outbound {
+    return new Outbound(Buffer.from(text, "utf8"), id)
   }
 
   /**
@@ -349,9 +363,11 @@ export class Outbound {
    * escapes newlines, so a frame never holds a raw one.
    */
   static message(type: string, data: unknown, timestamp: Date, id?: string): Outbound {
-    return Outbound.text(JSON.stringify({ type, data, timestamp: timestamp.toISOString(), id }))
+    return Outbound.text(JSON.stringify({ type, data, timestamp: timestamp.toISOString(), id }), id)
   }
 }
+
+const sseEnd = Buffer.from("\n\n")
 
 export const pongMessage = Outbound.text(TextPong)
 

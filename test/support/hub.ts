@@ -3,6 +3,7 @@ import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
 import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } from "../../src/config/Config.js"
 import * as HttpServer from "../../src/http/Server.js"
+import * as SseServer from "../../src/http/SseServer.js"
 import * as WebSocketServer from "../../src/http/WebSocketServer.js"
 import * as Hub from "../../src/hub/Hub.js"
 
@@ -24,7 +25,7 @@ export const security = (overrides: Partial<SecuritySettings>): SecuritySettings
 
 /** The hub, its HTTP server on 127.0.0.1 with a free port, and every service, for `layer(...)`. */
 export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
-  Layer.merge(HttpServer.layerServe, WebSocketServer.layer).pipe(
+  Layer.mergeAll(HttpServer.layerServe, WebSocketServer.layer, SseServer.layer).pipe(
     Layer.provideMerge(HttpServer.layerListen),
     Layer.provideMerge(Hub.layerLive),
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
