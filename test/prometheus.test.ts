@@ -6,6 +6,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
 import { Hub } from "../src/hub/Hub.js"
 import {
+  baseUrl,
   broker,
   connect,
   consuming,
@@ -74,6 +75,20 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), metricsMaxEven
         (valueOf(after, "hub_disconnects_total", { reason: "client_closed" }) ?? 0) -
           (valueOf(before, "hub_disconnects_total", { reason: "client_closed" }) ?? 0)
       ).toBe(1)
+    }))
+
+  it.scoped("counts an SSE client under transport sse", () =>
+    Effect.gen(function*() {
+      const base = yield* baseUrl
+      const before = valueOf(yield* scrape(), "hub_clients_connected", { transport: "sse" })
+      expect(before).toBe(0)
+      const controller = new AbortController()
+      yield* Effect.addFinalizer(() => Effect.sync(() => controller.abort()))
+      const response = yield* promise(() => fetch(`${base}/api/v1/sse/events`, { signal: controller.signal }))
+      expect(response.status).toBe(200)
+      yield* eventually(scrape(), (s) => valueOf(s, "hub_clients_connected", { transport: "sse" }) === 1)
+      controller.abort()
+      yield* eventually(scrape(), (s) => valueOf(s, "hub_clients_connected", { transport: "sse" }) === 0)
     }))
 
   it.scoped("labels at most METRICS_MAX_EVENT_TYPES event types; the rest are counted as other", () =>

@@ -22,7 +22,7 @@ import { Outbound } from "../protocol/Protocol.js"
 import { eventIdOf, RecentIds } from "./Dedup.js"
 import { Flusher } from "./Flusher.js"
 import { HubHistory } from "./History.js"
-import { type ClientId, type Connection, Member, type Transport } from "./Member.js"
+import { type ClientId, type Connection, Member } from "./Member.js"
 import { Replay } from "./Replay.js"
 import { inRooms, type Subscription, SubscriptionIndex } from "./SubscriptionIndex.js"
 
@@ -95,8 +95,8 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    */
   readonly broadcastEvent: (event: BroadcastEvent) => Effect.Effect<number>
   readonly clientCount: Effect.Effect<number>
-  /** Connected clients by transport (WebSocket, Server-Sent Events). */
-  readonly clientCountByTransport: Effect.Effect<Record<Transport, number>>
+  /** Connected clients by transport (WebSocket, Server-Sent Events; open dashboards only while there are some). */
+  readonly clientCountByTransport: Effect.Effect<Record<"ws" | "sse", number> & { dashboard?: number }>
 }>() {}
 
 /** What a client connection uses: its membership, subscription, rooms and resumes. */
@@ -277,8 +277,11 @@ const makeHub = (state: HubState): Hub["Type"] => {
     broadcastEvent,
     clientCount: Effect.map(Ref.get(state.clients), HashMap.size),
     clientCountByTransport: Effect.map(Ref.get(state.clients), (clients) => {
-      const counts: Record<Transport, number> = { ws: 0, sse: 0, dashboard: 0 }
-      for (const member of HashMap.values(clients)) counts[member.connection.transport ?? "ws"]++
+      const counts: Record<"ws" | "sse", number> & { dashboard?: number } = { ws: 0, sse: 0 }
+      for (const member of HashMap.values(clients)) {
+        const transport = member.connection.transport ?? "ws"
+        counts[transport] = (counts[transport] ?? 0) + 1
+      }
       return counts
     })
   })
