@@ -3,9 +3,11 @@
  * launched until SIGTERM/SIGINT.
  *
  * Layers are released in the reverse order of their construction, so on
- * shutdown the RabbitMQ consumer stops first (deliveries not yet acknowledged
- * go back to the queue), then the HTTP server stops accepting connections and
- * closes every client with 1001, then the hub itself.
+ * shutdown readiness turns 503 first and clients are left alone for
+ * `SHUTDOWN_DRAIN_DELAY` (Shutdown.ts), then the RabbitMQ consumer stops
+ * (deliveries not yet acknowledged go back to the queue), then the HTTP server
+ * stops accepting connections and closes every client with 1001, then the hub
+ * itself.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { ConfigError, Effect, Layer, Logger } from "effect"
@@ -16,16 +18,19 @@ import * as Logging from "./ops/Logging.js"
 import { Publisher } from "./rabbitmq/Publisher.js"
 import * as RabbitMqSource from "./rabbitmq/Source.js"
 import * as Shutdown from "./ops/Shutdown.js"
+import * as Tracing from "./ops/Tracing.js"
 
-const MainLive = RabbitMqSource.layer.pipe(
-  Layer.provideMerge(HttpServer.layer),
-  Layer.merge(Shutdown.layer),
+const MainLive = Shutdown.layer.pipe(
+  // Built last, so released first: the drain comes before anything stops.
+  Layer.provideMerge(RabbitMqSource.layer.pipe(Layer.provideMerge(HttpServer.layer))),
   Layer.provide(Hub.layerLive),
   // Clients' `publish` requests and POST /api/v1/events go through the exchange; closed after the HTTP server.
   Layer.provide(Publisher.layer),
   // RabbitMqConfig reaches the hub too: in stream mode its history uses stream ids from the start.
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
-  Layer.provide(Logging.layer)
+  Layer.provide(Logging.layer),
+  // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise Effect's tracer is off. Flushed last.
+  Layer.provide(Tracing.layer)
 )
 
 /** An error with its cause, such as the server's `listen EADDRINUSE: address already in use 0.0.0.0:8080`. */

@@ -321,6 +321,12 @@ export interface HubSettings {
   readonly sseKeepAlive: Duration.Duration
   /** The `retry:` an SSE stream starts with: how long `EventSource` waits before it reconnects. */
   readonly sseRetry: Duration.Duration
+  /** Distinct event types labelled one by one in the metrics; the rest are counted as `other`. */
+  readonly metricsMaxEventTypes: number
+  /** On shutdown, readiness turns 503 this long before clients are told to reconnect (load balancers catch up). */
+  readonly shutdownDrainDelay: Duration.Duration
+  /** Enables the dashboard (`GET /dashboard`) when set, and protects it. */
+  readonly dashboardToken: Option.Option<Redacted.Redacted>
 }
 
 /** The FreqSearch events' identifiers, each a room a dashboard can follow (one run, one strategy, one job). */
@@ -351,7 +357,10 @@ export const defaultHubSettings: HubSettings = {
   dedupMaxAge: Duration.minutes(10),
   ssePath: "/api/v1/sse/events",
   sseKeepAlive: Duration.seconds(15),
-  sseRetry: Duration.seconds(2)
+  sseRetry: Duration.seconds(2),
+  metricsMaxEventTypes: 100,
+  shutdownDrainDelay: Duration.millis(500),
+  dashboardToken: Option.none()
 }
 
 /** The rules that tie settings together. */
@@ -361,6 +370,13 @@ const checkHubSettings = (settings: HubSettings): Either.Either<HubSettings, Con
       ["WS_PING_PERIOD"],
       `must be shorter than WS_PONG_TIMEOUT (${Duration.format(settings.pongTimeout)}), or every client that ` +
         `only listens is closed before it is pinged; got ${Duration.format(settings.pingPeriod)}`
+    ))
+  }
+  if (!Duration.lessThan(settings.shutdownDrainDelay, settings.shutdownTimeout)) {
+    return Either.left(ConfigError.InvalidData(
+      ["SHUTDOWN_DRAIN_DELAY"],
+      `must be shorter than SHUTDOWN_TIMEOUT (${Duration.format(settings.shutdownTimeout)}), or the process exits ` +
+        `before clients are closed; got ${Duration.format(settings.shutdownDrainDelay)}`
     ))
   }
   for (const pattern of settings.clientPublishTypes) {
@@ -439,7 +455,10 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge),
       ssePath: Config.succeed(defaultHubSettings.ssePath),
       sseKeepAlive: goDuration("SSE_KEEPALIVE", defaultHubSettings.sseKeepAlive),
-      sseRetry: goDuration("SSE_RETRY", defaultHubSettings.sseRetry)
+      sseRetry: goDuration("SSE_RETRY", defaultHubSettings.sseRetry),
+      metricsMaxEventTypes: positiveInt("METRICS_MAX_EVENT_TYPES", defaultHubSettings.metricsMaxEventTypes),
+      shutdownDrainDelay: goDuration("SHUTDOWN_DRAIN_DELAY", defaultHubSettings.shutdownDrainDelay),
+      dashboardToken: optionalSecret("DASHBOARD_TOKEN")
     }).pipe(Config.mapOrFail(checkHubSettings))
   )
 }

@@ -98,6 +98,7 @@ type OwnedSocket = WebSocket & { [owner]?: WsConnection }
  * answered by `Requests`, with this object as their context.
  */
 class WsConnection implements Connection, RequestContext {
+  readonly transport = "ws"
   readonly annotations: Readonly<Record<string, unknown>>
   readonly hub: HubClients["Type"]
   readonly config: HubConfig["Type"]

@@ -15,6 +15,7 @@ import type { HubSettings } from "../config/Config.js"
 import type { ClientId, HubClients, TooManySubscriptions } from "../hub/Hub.js"
 import type { Limits } from "../security/Limits.js"
 import {
+  type ClientRequest,
   type ErrorData,
   HubMessageType,
   Outbound,
@@ -24,6 +25,7 @@ import {
   TextPing
 } from "../protocol/Protocol.js"
 import type { Publisher } from "../rabbitmq/Publisher.js"
+import { whenTracing } from "../ops/Tracing.js"
 import * as Topic from "../protocol/Topic.js"
 
 /** A frame from the client, as the reader gets it. */
@@ -57,7 +59,7 @@ export class Requests {
 
   /** Answers one frame. */
   handle({ data, isBinary, refusal }: Incoming): Effect.Effect<void> {
-    const { hub, id } = this.context
+    const { id } = this.context
     if (refusal !== undefined) return this.refuse(refusal)
     if (isBinary) {
       return this.refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
@@ -66,22 +68,35 @@ export class Requests {
     if (text === TextPing) return this.context.send(pongMessage)
     const request = parseRequest(text)
     if (Either.isLeft(request)) return this.refuse(request.left)
-    switch (request.right.action) {
+    const action = request.right.action
+    // Spans for what a client asks (none at all while tracing is off, see Tracing.ts).
+    const name = action === "subscribe" && request.right.since !== undefined ? "resume" : action
+    const answer = this.dispatch(request.right)
+    return whenTracing(answer, () =>
+      Effect.withSpan(answer, `hub.request.${name}`, {
+        attributes: { "hub.client_id": id, "hub.request.action": name },
+        captureStackTrace: false
+      }))
+  }
+
+  private dispatch(request: ClientRequest): Effect.Effect<void> {
+    const { hub, id } = this.context
+    switch (request.action) {
       case "auth":
-        return this.refresh(request.right.token)
+        return this.refresh(request.token)
       case "publish":
-        return this.publish(request.right)
+        return this.publish(request)
       case "unsubscribe":
         return Effect.flatMap(
-          hub.unsubscribe(id, request.right.event_types),
+          hub.unsubscribe(id, request.event_types),
           (now) => this.reply(HubMessageType.unsubscribed, { event_types: now })
         )
       case "join":
-        return this.join(request.right.rooms)
+        return this.join(request.rooms)
       case "leave":
-        return Effect.flatMap(hub.leave(id, request.right.rooms), (now) => this.reply(HubMessageType.rooms, { rooms: now }))
+        return Effect.flatMap(hub.leave(id, request.rooms), (now) => this.reply(HubMessageType.rooms, { rooms: now }))
       case "subscribe": {
-        const { event_types, since } = request.right
+        const { event_types, since } = request
         const refused = this.checkSubscription(event_types)
         if (refused !== undefined) return this.refuse(refused)
         if (since !== undefined) return this.subscribeSince(event_types, since)

@@ -17,9 +17,12 @@ import { createServer } from "node:http"
 import { HubConfig } from "../config/Config.js"
 import { Auth } from "../security/Auth.js"
 import { Health } from "../ops/Health.js"
-import { Hub } from "../hub/Hub.js"
+import { Hub, HubClients } from "../hub/Hub.js"
 import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
+import * as Dashboard from "../ops/Dashboard.js"
+import * as Prometheus from "../ops/Prometheus.js"
+import * as Tracing from "../ops/Tracing.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import * as HandshakeDeadline from "./HandshakeDeadline.js"
@@ -67,8 +70,25 @@ export const makeRouter = Effect.gen(function*() {
 
   const healthRoute = Effect.map(health.report, (report) =>
     HttpServerResponse.unsafeJson(report, { status: report.status === "unavailable" ? 503 : 200 }))
+  // Liveness: the process answers HTTP. Readiness: it accepts clients and consumes RabbitMQ where configured.
+  const liveRoute = Effect.succeed(HttpServerResponse.unsafeJson({ status: "ok" }))
+  const readyRoute = Effect.map(health.report, (report) => {
+    const notReady = Object.entries(report.checks).filter(([, check]) =>
+      check.status !== "up" && check.status !== "disabled"
+    )
+    return HttpServerResponse.unsafeJson(
+      notReady.length === 0 ? { status: "ready" } : { status: "not_ready", checks: Object.fromEntries(notReady) },
+      { status: notReady.length === 0 ? 200 : 503 }
+    )
+  })
+
+  const prometheus = yield* Prometheus.make
+  const prometheusRoute = Effect.map(prometheus.render, (text) =>
+    HttpServerResponse.text(text, { contentType: prometheus.contentType }))
 
   const metricsRoute = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    if (Prometheus.wantsPrometheus(request.headers["accept"])) return yield* prometheusRoute
     const snapshot = yield* metrics.snapshot
     const { sources, ...websocketCounters } = snapshot
     const memory = process.memoryUsage()
@@ -150,7 +170,9 @@ export const makeRouter = Effect.gen(function*() {
       }
       let recipients = 0
       // `broadcast` waits for the writes while the hub is behind: the burst is written as it goes.
-      for (const event of events) recipients += yield* hub.broadcast(event.type, event.data)
+      for (const event of events) {
+        recipients += yield* hub.broadcast(event.type, event.data, "http").pipe(Tracing.eventSpan("http", event.type))
+      }
       return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
     })
 
@@ -168,12 +190,16 @@ export const makeRouter = Effect.gen(function*() {
       }))
     ),
     HttpRouter.get("/health", healthRoute),
-    HttpRouter.get("/metrics", metricsRoute)
+    HttpRouter.get("/health/live", liveRoute),
+    HttpRouter.get("/health/ready", readyRoute),
+    HttpRouter.get("/metrics", metricsRoute),
+    HttpRouter.get("/metrics/prometheus", prometheusRoute)
   )
+  const withDashboard = HttpRouter.concat(routes, yield* Dashboard.routes)
   const withPublish = Option.match(config.publishToken, {
     onNone: () =>
       HttpRouter.post(
-        routes,
+        withDashboard,
         "/api/v1/events",
         Effect.succeed(problem(
           404,
@@ -181,7 +207,7 @@ export const makeRouter = Effect.gen(function*() {
             "(then send Authorization: Bearer <PUBLISH_TOKEN>)"
         ))
       ),
-    onSome: (token) => HttpRouter.post(routes, "/api/v1/events", publishRoute(token))
+    onSome: (token) => HttpRouter.post(withDashboard, "/api/v1/events", publishRoute(token))
   })
   return Effect.catchTag(withPublish, "RouteNotFound", () => notFound)
 })
@@ -208,10 +234,12 @@ export const corsMiddleware = (config: HubConfig["Type"]) =>
 export const layerServe: Layer.Layer<
   never,
   never,
-  HttpServer.HttpServer | HubConfig | Hub | HubMetrics | Health | Limits
-> = Layer.unwrapEffect(
+  HttpServer.HttpServer | HubConfig | Hub | HubClients | HubMetrics | Health | Limits
+> = Layer.unwrapScoped(
   Effect.zipWith(makeRouter, HubConfig, (router, config) =>
     HttpServer.serve(router, corsMiddleware(config)).pipe(
+      // The dashboard's address may hold its token (?token=): never recorded in a span.
+      HttpMiddleware.withTracerDisabledWhen((request) => request.url.startsWith("/dashboard")),
       Layer.tap(() =>
         Effect.flatMap(HttpServer.HttpServer, (server) =>
           Effect.logInfo("listening").pipe(Effect.annotateLogs({

@@ -24,6 +24,9 @@ export interface Flushable {
 /** How long one slice of a flush may write before the event loop runs again. */
 const sliceMillis = 1
 
+/** Events of one pass whose delivery latency is measured; a burst beyond it is timed by its first events only. */
+const maxTimedPerPass = 4096
+
 export class Flusher {
   /** Outboxes with something to write, in the order they were marked; those before `#next` are written. */
   #dirty: Array<Flushable> = []
@@ -43,6 +46,26 @@ export class Flusher {
   #congested = false
   /** Called once the pass under way has written everything (producers waiting for it, see `whenIdle`). */
   #idleWaiters: Array<() => void> = []
+  /**
+   * When each event queued for this pass entered the hub (`performance.now()`), for the delivery latency: a fixed
+   * buffer, reused (no allocation per event or per pass); events past its size in one pass are not timed.
+   */
+  readonly #arrivals = new Float64Array(maxTimedPerPass)
+  #timed = 0
+  readonly #onPassEnd: ((arrivals: Float64Array, count: number, end: number) => void) | undefined
+
+  constructor(
+    /** Called at the end of each pass with the arrivals of the events it wrote (see `arrived`). */
+    onPassEnd?: (arrivals: Float64Array, count: number, end: number) => void
+  ) {
+    this.#onPassEnd = onPassEnd
+  }
+
+  /** An event that entered at `at` was queued for the pass under way: its latency ends with the pass. */
+  arrived(at: number): void {
+    // Nothing scheduled: every offer failed (slow consumers were dropped), nothing will be written.
+    if (this.#scheduled && this.#timed < maxTimedPerPass) this.#arrivals[this.#timed++] = at
+  }
 
   get congested(): boolean {
     return this.#congested
@@ -103,6 +126,11 @@ export class Flusher {
     this.#scheduled = false
     this.#behind = false
     this.#congested = false
+    if (this.#timed > 0) {
+      const timed = this.#timed
+      this.#timed = 0
+      this.#onPassEnd?.(this.#arrivals, timed, performance.now())
+    }
     if (this.#idleWaiters.length === 0) return
     const waiters = this.#idleWaiters
     this.#idleWaiters = []

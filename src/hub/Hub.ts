@@ -14,15 +14,15 @@
  * history in one step, so that a resume sees an event in the history or
  * receives it live, never both nor neither.
  */
-import { Clock, Context, Data, Duration, Effect, Either, HashMap, Layer, Ref, Schedule } from "effect"
+import { Clock, Context, Data, Duration, Effect, Either, FiberRef, HashMap, Layer, Ref, Schedule } from "effect"
 import { HubConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
-import { HubMetrics } from "../ops/Metrics.js"
+import { type EventSource, HubMetrics } from "../ops/Metrics.js"
 import { Outbound } from "../protocol/Protocol.js"
 import { eventIdOf, RecentIds } from "./Dedup.js"
 import { Flusher } from "./Flusher.js"
 import { HubHistory } from "./History.js"
-import { type ClientId, type Connection, Member, type Transport } from "./Member.js"
+import { type ClientId, type Connection, Member } from "./Member.js"
 import { Replay } from "./Replay.js"
 import { inRooms, type Subscription, SubscriptionIndex } from "./SubscriptionIndex.js"
 
@@ -68,6 +68,8 @@ export interface BroadcastEvent {
   readonly fromStream?: boolean
   /** `false`: only recorded in the history, sent to no client (a restarted hub refilling its history). */
   readonly live?: boolean
+  /** Where it came from, for the metrics (`library` when absent). */
+  readonly source?: EventSource
 }
 
 /** A resume under way: its replay starts with `start`; `cancel` gives up on it (the client goes live at once). */
@@ -86,15 +88,15 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    * buffer of a client that reads, it first waits for the writes: a loop of
    * broadcasts is written as it goes.
    */
-  readonly broadcast: (type: string, data: unknown) => Effect.Effect<number>
+  readonly broadcast: (type: string, data: unknown, source?: EventSource) => Effect.Effect<number>
   /**
    * `broadcast` with a source's id, or into the history only (`live: false`). Synchronous, never waits: for
    * sources that run in callbacks (the RabbitMQ source, whose backlog is bounded by its prefetch).
    */
   readonly broadcastEvent: (event: BroadcastEvent) => Effect.Effect<number>
   readonly clientCount: Effect.Effect<number>
-  /** Connected clients by transport (WebSocket, Server-Sent Events). */
-  readonly clientCountByTransport: Effect.Effect<Record<Transport, number>>
+  /** Connected clients by transport (WebSocket, Server-Sent Events; open dashboards only while there are some). */
+  readonly clientCountByTransport: Effect.Effect<Record<"ws" | "sse", number> & { dashboard?: number }>
 }>() {}
 
 /** What a client connection uses: its membership, subscription, rooms and resumes. */
@@ -206,7 +208,12 @@ interface HubState {
  * Offers the event to its recipients and appends it to the history, in one
  * synchronous step. Returns the number of recipients.
  */
-const fanOut = ({ config, history, index, metrics }: HubState, event: BroadcastEvent, now: number): number => {
+const fanOut = (
+  { config, flusher, history, index, metrics }: HubState,
+  event: BroadcastEvent,
+  now: number,
+  arrival: number
+): number => {
   const id = event.id ?? history.nextLocalId()
   const message = Outbound.message(event.type, event.data, new Date(now), id)
   const rooms = roomsOf(config.roomKeys, event.data)
@@ -220,6 +227,7 @@ const fanOut = ({ config, history, index, metrics }: HubState, event: BroadcastE
       count++
     }
     metrics.eventBroadcast(event.type, count)
+    if (count > 0) flusher.arrived(arrival)
   }
   // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
   history.append({ id, type: event.type, message, rooms, at: Date.now() }, event.fromStream === true)
@@ -228,36 +236,59 @@ const fanOut = ({ config, history, index, metrics }: HubState, event: BroadcastE
 
 /** Every event enters here: one whose `event_id` entered recently is dropped, the others are fanned out. */
 const admit = (state: HubState, event: BroadcastEvent, now: number): number => {
+  const arrival = performance.now()
+  state.metrics.received(event.source ?? "library")
   const eventId = eventIdOf(event.data)
   if (eventId !== undefined && state.recentIds.seen(eventId, now)) {
     state.metrics.deduplicated()
     return 0
   }
-  return fanOut(state, event, now)
+  return fanOut(state, event, now, arrival)
 }
 
 const makeHub = (state: HubState): Hub["Type"] => {
   const broadcastEvent = (event: BroadcastEvent) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => admit(state, event, now)))
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.withFiberRuntime<number>((fiber) => {
+        // Without tracing (Tracing.ts), no span to annotate: the fan-out alone.
+        if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) return Effect.succeed(admit(state, event, now))
+        const before = state.history.newest
+        const count = admit(state, event, now)
+        const entry = state.history.newest
+        return Effect.as(
+          Effect.annotateCurrentSpan({
+            "hub.event.id": entry !== before && entry !== undefined ? entry.id : "",
+            "hub.event.event_id": eventIdOf(event.data) ?? "",
+            "hub.event.duplicate": entry === before,
+            "hub.recipients": count
+          }),
+          count
+        )
+      }))
   /** Back-pressure on a producer in a loop: the pass that writes its burst so far ends first. */
   const written = Effect.async<void>((resume) => state.flusher.whenIdle(() => resume(Effect.void)))
   return Hub.of({
-    broadcast: (type, data) =>
+    broadcast: (type, data, source) =>
       Effect.suspend(() =>
-        state.flusher.congested ? Effect.zipRight(written, broadcastEvent({ type, data })) : broadcastEvent({ type, data })
+        state.flusher.congested
+          ? Effect.zipRight(written, broadcastEvent({ type, data, source }))
+          : broadcastEvent({ type, data, source })
       ),
     broadcastEvent,
     clientCount: Effect.map(Ref.get(state.clients), HashMap.size),
     clientCountByTransport: Effect.map(Ref.get(state.clients), (clients) => {
-      const counts: Record<Transport, number> = { ws: 0, sse: 0 }
-      for (const member of HashMap.values(clients)) counts[member.connection.transport ?? "ws"]++
+      const counts: Record<"ws" | "sse", number> & { dashboard?: number } = { ws: 0, sse: 0 }
+      for (const member of HashMap.values(clients)) {
+        const transport = member.connection.transport ?? "ws"
+        counts[transport] = (counts[transport] ?? 0) + 1
+      }
       return counts
     })
   })
 }
 
 /** Starts a resume (see `HubClients.resume`). */
-const resume = ({ config, history, index }: HubState, id: ClientId, since: string) =>
+const resume = ({ config, history, index, metrics }: HubState, id: ClientId, since: string) =>
   Effect.suspend((): Effect.Effect<Resume, InvalidSince> => {
     const member = index.get(id)?.member
     if (history.place(since)._tag === "Malformed") {
@@ -266,7 +297,8 @@ const resume = ({ config, history, index }: HubState, id: ClientId, since: strin
       return Effect.fail(new InvalidSince({ since }))
     }
     if (member === undefined) return Effect.succeed({ start: Effect.void, cancel: Effect.void })
-    const replay = new Replay(member, since, index, history, config.sendBuffer, config.historyReplayMax)
+    metrics.resumed()
+    const replay = new Replay(member, since, index, history, config.sendBuffer, config.historyReplayMax, metrics.gap)
     member.replay = replay
     member.catchingUp = true
     return Effect.succeed<Resume>({
@@ -291,6 +323,7 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
         Ref.update(clients, HashMap.set(connection.id, member)),
         Effect.sync(() => {
           index.add(member, options?.allowed)
+          state.metrics.clientJoined(connection.transport ?? "ws")
           const patterns = options?.patterns
           const rooms = options?.rooms
           if (patterns === undefined && (rooms === undefined || rooms.length === 0)) return
@@ -304,7 +337,16 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
         })
       )
     },
-    unregister: (id) => Effect.zipRight(Ref.update(clients, HashMap.remove(id)), Effect.sync(() => index.remove(id))),
+    unregister: (id) =>
+      Effect.zipRight(
+        Ref.update(clients, HashMap.remove(id)),
+        Effect.sync(() => {
+          const member = index.get(id)?.member
+          if (member === undefined) return
+          state.metrics.clientLeft(member.connection.transport ?? "ws")
+          index.remove(id)
+        })
+      ),
     authorize: (id, allowed) => Effect.asVoid(update(id, (subscription) => Either.right({ ...subscription, allowed }))),
     subscribe: (id, patterns) =>
       Effect.flatMap(
@@ -353,13 +395,14 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
 const make = Effect.gen(function*() {
   const health = yield* Health
   const config = yield* HubConfig
+  const metrics = yield* HubMetrics
   const state: HubState = {
     config,
-    metrics: yield* HubMetrics,
+    metrics,
     history: yield* HubHistory,
     clients: yield* Ref.make(HashMap.empty<ClientId, Member>()),
     index: new SubscriptionIndex(),
-    flusher: new Flusher(),
+    flusher: new Flusher(metrics.passEnded),
     recentIds: new RecentIds(config.dedupMaxEvents, Duration.toMillis(config.dedupMaxAge))
   }
   yield* Effect.gen(function*() {

@@ -8,13 +8,13 @@ import type { Replay } from "./Replay.js"
 
 export type ClientId = number
 
-/** How a client is connected: for per-transport counts (metrics). */
-export type Transport = "ws" | "sse"
+/** How a client is connected: for per-transport counts (metrics); `dashboard`: an open dashboard's tail (ops/Dashboard.ts). */
+export type Transport = "ws" | "sse" | "dashboard"
 
 /** The hub's side of a client connection (a WebSocket, an SSE stream, or a test's fake). */
 export interface Connection {
   readonly id: ClientId
-  /** `ws` when absent. */
+  /** How the client is connected, for the metrics; `ws` when absent. */
   readonly transport?: Transport
   /** Queues a message for the client; `false` when its send buffer is full. Never blocks. */
   readonly offer: (message: Outbound) => boolean

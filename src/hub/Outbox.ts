@@ -75,8 +75,8 @@ export class Outbox implements Flushable {
     readonly ws: WebSocket | undefined,
     readonly socket: Sink,
     readonly capacity: number,
-    /** Called with the number of messages handed to the socket. */
-    readonly onWritten: (count: number) => void
+    /** Called with the number of messages handed to the socket, and their bytes. */
+    readonly onWritten: (count: number, bytes: number) => void
   ) {
     this.#compressed = ws !== undefined && ws.extensions.includes("permessage-deflate")
     this.#sse = ws === undefined
@@ -137,26 +137,38 @@ export class Outbox implements Flushable {
     const messages = this.#pending
     if (messages.length === 0 || this.blockedSince !== undefined || !this.#open()) return
     let accepted = true
+    let bytes = 0
     if (this.#sse) {
       // One HTTP chunk per flush: each write to a response costs a chunk of its own, and more than the copy.
-      accepted = this.socket.write(messages.length === 1 ? messages[0].sse : joinSse(messages))
+      const chunk = messages.length === 1 ? messages[0].sse : joinSse(messages)
+      accepted = this.socket.write(chunk)
+      bytes = chunk.length
     } else if (!this.#compressed) {
       if (messages.length === 1) {
         // Corking one write only costs: it goes through `writev`.
         accepted = this.socket.write(messages[0].frame)
+        bytes = messages[0].frame.length
       } else {
         this.socket.cork()
-        for (const message of messages) accepted = this.socket.write(message.frame)
+        for (const message of messages) {
+          const frame = message.frame
+          accepted = this.socket.write(frame)
+          bytes += frame.length
+        }
         this.socket.uncork()
       }
     } else {
-      for (const message of messages) this.ws!.send(message.payload, { binary: false })
+      // Before compression: what the client receives once inflated.
+      for (const message of messages) {
+        this.ws!.send(message.payload, { binary: false })
+        bytes += message.payload.length
+      }
       accepted = this.socket.writableLength < this.socket.writableHighWaterMark
     }
     const written = messages.length
     // Nothing above can queue a message (writes report errors and drains asynchronously): the array is reused.
     messages.length = 0
-    this.onWritten(written)
+    this.onWritten(written, bytes)
     if (!accepted) {
       this.blockedSince = Date.now()
       this.socket.once("drain", () => {

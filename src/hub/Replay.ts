@@ -30,7 +30,9 @@ export class Replay {
     /** The client's send buffer (`WS_SEND_BUFFER`): a replay waits for room below it. */
     private readonly sendBuffer: number,
     /** Most events replayed after a gap (`HISTORY_REPLAY_MAX`). */
-    private readonly replayMax: number
+    private readonly replayMax: number,
+    /** Told of each gap notice (for the metrics). */
+    private readonly onGap?: (reason: GapReason) => void
   ) {
     this.#cursor = since
   }
@@ -58,6 +60,7 @@ export class Replay {
   #skipTo(since: string, reason: GapReason) {
     this.#cursor = this.history.beforeNewest(this.replayMax)
     this.#gap = { since, oldest_available: this.history.after(this.#cursor)?.id ?? null, reason }
+    this.onGap?.(reason)
   }
 
   readonly #step = (): void => {

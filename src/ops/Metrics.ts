@@ -1,13 +1,20 @@
 /**
  * The hub's counters, shown by `GET /metrics`. They are plain numbers bumped
  * on the hot path (one increment per event and per written batch), read as a
- * snapshot.
+ * snapshot; the Prometheus exposition (Prometheus.ts) reads the same numbers
+ * when scraped, so the hot path never touches a labelled metric. Only the
+ * delivery latency is a prom-client histogram, observed once per event.
  */
-import { Context, Effect, Layer } from "effect"
-import { DisconnectReason } from "../protocol/Protocol.js"
+import { Context, Effect, Layer, Option } from "effect"
+import { Histogram, Registry } from "prom-client"
+import { defaultHubSettings, HubConfig } from "../config/Config.js"
+import { DisconnectReason, type GapReason } from "../protocol/Protocol.js"
 
-/** Distinct event types counted one by one; further types are counted under `other`. */
-const maxTrackedTypes = 500
+/** Where an event entered the hub. */
+export type EventSource = "rabbitmq" | "http" | "library"
+
+/** Buckets of the delivery latency, in seconds: from half a millisecond (a small fan-out) to seconds (a backlog). */
+const latencyBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 export interface Counters {
   eventsBroadcast: number
@@ -16,6 +23,13 @@ export interface Counters {
   readonly eventsByType: Map<string, { broadcast: number; recipients: number }>
   readonly disconnects: Record<DisconnectReason, number>
   readonly sources: Map<string, Record<string, number>>
+  readonly received: Record<EventSource, number>
+  /** Connected clients and connections opened since start, by transport (`ws`, `sse`). */
+  readonly connected: Map<string, number>
+  readonly opened: Map<string, number>
+  bytesWritten: number
+  resumes: number
+  readonly gaps: Record<GapReason, number>
 }
 
 export interface MetricsSnapshot {
@@ -31,19 +45,49 @@ export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, 
   readonly eventBroadcast: (type: string, recipients: number) => void
   /** An event was dropped because its `event_id` entered the hub recently (a publisher's retry). */
   readonly deduplicated: () => void
-  /** `count` messages were written to a client. */
-  readonly delivered: (count: number) => void
+  /** `count` messages (`bytes` bytes, frames included) were written to a client. */
+  readonly delivered: (count: number, bytes?: number) => void
   readonly disconnected: (reason: DisconnectReason) => void
   /** Adds `by` to the counter `name` of a named source (e.g. `rabbitmq`). */
   readonly count: (source: string, name: string, by?: number) => void
   /** Declares a source's counters, so that they show as 0 before their first event. */
   readonly declare: (source: string, names: ReadonlyArray<string>) => void
   readonly snapshot: Effect.Effect<MetricsSnapshot & { readonly sources: Record<string, Record<string, number>> }>
+  /** An event entered from `source` (counted before deduplication). */
+  readonly received: (source: EventSource) => void
+  /** A client of `transport` joined the hub. */
+  readonly clientJoined: (transport: string) => void
+  readonly clientLeft: (transport: string) => void
+  readonly resumed: () => void
+  readonly gap: (reason: GapReason) => void
+  /**
+   * The flusher wrote everything pending at `end` (`performance.now()`): each of the first `count` `arrivals` (when
+   * an event with recipients entered) gives one delivery latency.
+   */
+  readonly passEnded: (arrivals: Float64Array, count: number, end: number) => void
+  /** The raw counters, read by the Prometheus exposition when scraped. */
+  readonly counters: Readonly<Counters>
+  /** The Prometheus registry of this hub (one per layer, never the global one). */
+  readonly registry: Registry
 }>() {
-  static readonly layer: Layer.Layer<HubMetrics> = Layer.sync(HubMetrics, () => make())
+  /** `METRICS_MAX_EVENT_TYPES` comes from `HubConfig` when provided (the default otherwise). */
+  static readonly layer: Layer.Layer<HubMetrics> = Layer.effect(
+    HubMetrics,
+    Effect.map(
+      Effect.serviceOption(HubConfig),
+      (config) => make(Option.match(config, { onNone: () => defaultHubSettings, onSome: (c) => c }).metricsMaxEventTypes)
+    )
+  )
 }
 
-const make = (): HubMetrics["Type"] => {
+const make = (maxTrackedTypes: number): HubMetrics["Type"] => {
+  const registry = new Registry()
+  const latency = new Histogram({
+    name: "hub_delivery_latency_seconds",
+    help: "Time from an event's arrival at the hub to its write on the socket of its last recipient",
+    buckets: latencyBuckets,
+    registers: [registry]
+  })
   const counters: Counters = {
     eventsBroadcast: 0,
     eventsDeduplicated: 0,
@@ -53,7 +97,13 @@ const make = (): HubMetrics["Type"] => {
       DisconnectReason,
       number
     >,
-    sources: new Map()
+    sources: new Map(),
+    received: { rabbitmq: 0, http: 0, library: 0 },
+    connected: new Map([["ws", 0], ["sse", 0]]),
+    opened: new Map([["ws", 0], ["sse", 0]]),
+    bytesWritten: 0,
+    resumes: 0,
+    gaps: { missed: 0, unknown: 0 }
   }
   const byType = (type: string) => {
     let entry = counters.eventsByType.get(type)
@@ -65,6 +115,27 @@ const make = (): HubMetrics["Type"] => {
     return entry
   }
   return {
+    counters,
+    registry,
+    received: (source) => {
+      counters.received[source]++
+    },
+    clientJoined: (transport) => {
+      counters.connected.set(transport, (counters.connected.get(transport) ?? 0) + 1)
+      counters.opened.set(transport, (counters.opened.get(transport) ?? 0) + 1)
+    },
+    clientLeft: (transport) => {
+      counters.connected.set(transport, (counters.connected.get(transport) ?? 1) - 1)
+    },
+    resumed: () => {
+      counters.resumes++
+    },
+    gap: (reason) => {
+      counters.gaps[reason]++
+    },
+    passEnded: (arrivals, count, end) => {
+      for (let i = 0; i < count; i++) latency.observe((end - arrivals[i]!) / 1000)
+    },
     eventBroadcast: (type, recipients) => {
       counters.eventsBroadcast++
       const entry = byType(type)
@@ -74,8 +145,9 @@ const make = (): HubMetrics["Type"] => {
     deduplicated: () => {
       counters.eventsDeduplicated++
     },
-    delivered: (count) => {
+    delivered: (count, bytes = 0) => {
       counters.messagesDelivered += count
+      counters.bytesWritten += bytes
     },
     disconnected: (reason) => {
       counters.disconnects[reason]++

@@ -13,6 +13,7 @@ import * as amqp from "amqplib"
 import { Context, Data, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import { RabbitMqConfig } from "../config/Config.js"
+import { headersFor } from "../ops/Tracing.js"
 import { closing } from "./Session.js"
 
 export class PublishError extends Data.TaggedError("PublishError")<{
@@ -103,7 +104,8 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
       const publishAll = (messages: ReadonlyArray<OutgoingMessage>) => {
         // A timeout before the messages went out (no connection yet) means nothing was published at all.
         let sent = false
-        return Effect.tryPromise({
+        // The consumers' spans become children of the publishing one (a POST's, a client's `publish`).
+        return Effect.flatMap(headersFor, (headers) => Effect.tryPromise({
           try: async () => {
             const confirm = await open()
             sent = true
@@ -113,13 +115,14 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
               new Promise<void>((resolve, reject) => {
                 confirm.publish(config.exchange, routingKey, body, {
                   persistent: true,
-                  contentType: "application/json"
+                  contentType: "application/json",
+                  headers
                 }, (error) => error ? reject(error) : resolve())
               })
             ))
           },
           catch: (cause) => new PublishError({ reason: "Unavailable", cause })
-        }).pipe(
+        })).pipe(
           Effect.timeoutFail({
             duration: publishTimeout,
             onTimeout: () =>

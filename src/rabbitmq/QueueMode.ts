@@ -5,6 +5,7 @@
  * cannot be placed (see docs/operations.md).
  */
 import { Duration, Effect, Either, Option } from "effect"
+import { eventSpan } from "../ops/Tracing.js"
 import { settle, toEvent } from "./Message.js"
 import { attempt, type ConsumeMode, type Delivery, type ModeContext, RabbitMqError } from "./Session.js"
 
@@ -39,7 +40,8 @@ export const queueMode = ({ config, hub, metrics, setHealth }: ModeContext): Con
     }
     // A redelivery, or a publisher's retry, of an event the hub already broadcast is dropped by the hub (Dedup.ts).
     // `broadcastEvent`, which never waits: `deliver` must stay synchronous.
-    return hub.broadcastEvent({ type: event.right.type, data: event.right.data }).pipe(
+    return hub.broadcastEvent({ type: event.right.type, data: event.right.data, source: "rabbitmq" }).pipe(
+      eventSpan("rabbitmq", event.right.type, message.properties.headers),
       Effect.zipRight(Effect.sync(() => {
         metrics.count("rabbitmq", "events_consumed")
         // The hub has the event: acknowledge.

@@ -8,6 +8,7 @@ import { Duration, Effect, Either } from "effect"
 import { hostname } from "node:os"
 import type { RabbitMqSettings } from "../config/Config.js"
 import { streamId } from "../hub/History.js"
+import { eventSpan } from "../ops/Tracing.js"
 import { settle, toEvent } from "./Message.js"
 import { attempt, type ConsumeMode, type Delivery, type ModeContext, RabbitMqError } from "./Session.js"
 
@@ -102,8 +103,10 @@ class StreamReader {
       data: event.right.data,
       id: streamId(offset),
       fromStream: true,
-      live: !this.refilling
+      live: !this.refilling,
+      source: "rabbitmq"
     }).pipe(
+      eventSpan("rabbitmq", event.right.type, message.properties.headers),
       Effect.zipRight(Effect.sync(() => {
         metrics.count("rabbitmq", "events_consumed")
         settle(channel, message, true)

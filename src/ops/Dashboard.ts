@@ -1,0 +1,196 @@
+/**
+ * The live dashboard: `GET /dashboard`, off unless `DASHBOARD_TOKEN` is set.
+ *
+ * A browser opens `/dashboard?token=<token>` (or enters the token in the
+ * form): it is answered with a redirect to `/dashboard` that drops the token
+ * from the address bar and sets an HttpOnly, SameSite=Strict cookie holding
+ * an HMAC of the token (never the token itself). The page then reads one
+ * server-sent-event stream, `/dashboard/stream`: a snapshot of the counters
+ * every second and the tail of events. For the tail the stream is a client
+ * of the hub (transport `dashboard`) subscribed to everything; when the
+ * browser falls behind, tail events are dropped rather than the stream.
+ * uPlot's files are served from node_modules.
+ */
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { Deferred, Effect, Exit, Option, Queue, Redacted, Schema, Stream } from "effect"
+import { createHash, createHmac, timingSafeEqual } from "node:crypto"
+import { readFileSync } from "node:fs"
+import { createRequire } from "node:module"
+import { HubConfig } from "../config/Config.js"
+import { Hub, HubClients } from "../hub/Hub.js"
+import { HubHistory } from "../hub/History.js"
+import type { Connection } from "../hub/Member.js"
+import { EventType, formatParseError } from "../protocol/Protocol.js"
+import { Publisher } from "../rabbitmq/Publisher.js"
+import { dashboardPage, loginPage } from "./DashboardPage.js"
+import { Health } from "./Health.js"
+import { HubMetrics } from "./Metrics.js"
+
+const cookieName = "hub_dashboard"
+/** Tail events held for a browser that reads slowly; past it, tail events are dropped (never the stream). */
+const tailBuffer = 1000
+/** A session lasts this long; then the token is asked again. */
+const sessionSeconds = 12 * 60 * 60
+
+const TestEvent = Schema.Struct({
+  type: EventType,
+  data: Schema.Record({ key: Schema.String, value: Schema.Unknown })
+})
+
+const sameSecret = (given: string, expected: string) =>
+  timingSafeEqual(createHash("sha256").update(given).digest(), createHash("sha256").update(expected).digest())
+
+/** uPlot's browser build and stylesheet, read once. */
+const assets = () => {
+  const require = createRequire(import.meta.url)
+  const read = (file: string) => readFileSync(require.resolve(`uplot/dist/${file}`), "utf8")
+  return { script: read("uPlot.iife.min.js"), style: read("uPlot.min.css") }
+}
+
+const html = (body: string, status = 200, headers: Record<string, string> = {}) =>
+  HttpServerResponse.text(body, {
+    status,
+    contentType: "text/html; charset=utf-8",
+    // The page loads nothing from elsewhere; no framing (clickjacking), no referrer (the address had the token).
+    headers: {
+      "content-security-policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; " +
+        "frame-ancestors 'none'",
+      "referrer-policy": "no-referrer",
+      "cache-control": "no-store",
+      ...headers
+    }
+  })
+
+const problem = (status: number, error: string) => HttpServerResponse.unsafeJson({ error }, { status })
+
+/** The dashboard's routes, added to the server's router (404 with a reason when DASHBOARD_TOKEN is unset). */
+export const routes = Effect.gen(function*() {
+  const config = yield* HubConfig
+  if (Option.isNone(config.dashboardToken)) {
+    const off = Effect.succeed(problem(404, "the dashboard is off: set DASHBOARD_TOKEN to enable GET /dashboard"))
+    return HttpRouter.empty.pipe(HttpRouter.get("/dashboard", off), HttpRouter.get("/dashboard/*", off))
+  }
+  const token = Redacted.value(config.dashboardToken.value)
+  // The cookie proves the token was given without holding it: an HMAC keyed by the token.
+  const session = createHmac("sha256", token).update("event-hub dashboard session").digest("base64url")
+  const setCookie = `${cookieName}=${session}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=${sessionSeconds}`
+  const hub = yield* Hub
+  const clients = yield* HubClients
+  const metrics = yield* HubMetrics
+  const health = yield* Health
+  const history = yield* Effect.serviceOption(HubHistory)
+  const publisher = Option.filter(yield* Effect.serviceOption(Publisher), (p) => p.enabled)
+  const publishing = Option.isSome(config.publishToken)
+  const { script, style } = assets()
+  // Streams end when the server's routes are released: the HTTP server waits for open responses before it closes.
+  const closing = yield* Deferred.make<void>()
+  yield* Effect.addFinalizer(() => Deferred.succeed(closing, undefined))
+
+  const signedIn = Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+    const cookie = request.cookies[cookieName]
+    return cookie !== undefined && sameSecret(cookie, session)
+  })
+  const signIn = (given: string | undefined) =>
+    given !== undefined && sameSecret(given, token)
+      ? HttpServerResponse.empty({ status: 303, headers: { location: "/dashboard", "set-cookie": setCookie } })
+      : html(loginPage(given === undefined ? undefined : "That token is not the dashboard's."), given === undefined ? 200 : 401)
+
+  const page = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const query = new URL(request.url, "http://hub").searchParams.get("token")
+    if (query !== null) return signIn(query)
+    return (yield* signedIn) ? html(dashboardPage({ publishing })) : signIn(undefined)
+  })
+
+  const login = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const form = yield* Effect.orElseSucceed(request.urlParamsBody, () => [] as ReadonlyArray<[string, string]>)
+    return signIn(form.find(([name]) => name === "token")?.[1] ?? "")
+  })
+
+  const snapshot = Effect.gen(function*() {
+    const report = yield* health.report
+    const { counters } = metrics
+    return {
+      at: Date.now(),
+      clients: Object.fromEntries(counters.connected),
+      events_received: counters.received,
+      events_by_type: Object.fromEntries(Array.from(counters.eventsByType, ([type, entry]) => [type, entry.broadcast])),
+      deliveries: counters.messagesDelivered,
+      disconnects: counters.disconnects,
+      rabbitmq: { ...(report.checks.rabbitmq ?? { status: "disabled" }), ...(counters.sources.get("rabbitmq") ?? {}) },
+      history: Option.match(history, { onNone: () => 0, onSome: (h) => h.size }),
+      status: report.status
+    }
+  })
+
+  /** The SSE stream: a snapshot every second, and every event as the hub fans it out. */
+  const stream = Stream.unwrapScoped(Effect.gen(function*() {
+    const tail = yield* Queue.dropping<string>(tailBuffer)
+    const kicked = yield* Deferred.make<void>()
+    const connection: Connection = {
+      id: yield* clients.nextId,
+      transport: "dashboard",
+      offer: (message) => {
+        tail.unsafeOffer(`event: event\ndata: ${message.payload.toString("utf8")}\n\n`)
+        return true
+      },
+      kick: () => Deferred.unsafeDone(kicked, Exit.void),
+      keepAlive: () => undefined
+    }
+    yield* Effect.acquireRelease(clients.register(connection), () => clients.unregister(connection.id))
+    const stats = Stream.concat(Stream.make(undefined), Stream.tick("1 second")).pipe(
+      Stream.mapEffect(() => snapshot),
+      Stream.map((s) => `event: stats\ndata: ${JSON.stringify(s)}\n\n`)
+    )
+    return Stream.merge(stats, Stream.fromQueue(tail)).pipe(
+      Stream.interruptWhen(Effect.race(Deferred.await(kicked), Deferred.await(closing))),
+      Stream.encodeText
+    )
+  }))
+  const streamRoute = Effect.flatMap(signedIn, (ok) =>
+    ok
+      ? Effect.succeed(HttpServerResponse.stream(stream, {
+        contentType: "text/event-stream",
+        headers: { "cache-control": "no-store", "x-accel-buffering": "no" }
+      }))
+      : Effect.succeed(problem(401, "sign in at /dashboard first")))
+
+  const publishRoute = Effect.gen(function*() {
+    if (!(yield* signedIn)) return problem(401, "sign in at /dashboard first")
+    const request = yield* HttpServerRequest.HttpServerRequest
+    // JSON only: a cross-site form cannot send it without a preflight (besides the SameSite cookie).
+    if (!(request.headers["content-type"] ?? "").startsWith("application/json")) {
+      return problem(415, "send the test event as application/json")
+    }
+    const body = yield* Effect.either(request.json)
+    if (body._tag === "Left") return problem(400, "body is not valid JSON")
+    const event = Schema.decodeUnknownEither(TestEvent)(body.right)
+    if (event._tag === "Left") return problem(400, `invalid event: ${formatParseError(event.left)}`)
+    const { data, type } = event.right
+    if (Option.isSome(publisher)) {
+      return yield* publisher.value.publishEvent(type, data).pipe(
+        Effect.as(HttpServerResponse.unsafeJson({ status: "published" }, { status: 202 })),
+        Effect.catchAll((error) => Effect.succeed(problem(503, `not published: ${error.message}`)))
+      )
+    }
+    const recipients = yield* hub.broadcast(type, data, "http")
+    return HttpServerResponse.unsafeJson({ status: "broadcast", recipients }, { status: 202 })
+  })
+
+  const asset = (body: string, contentType: string) =>
+    Effect.succeed(HttpServerResponse.text(body, { contentType, headers: { "cache-control": "public, max-age=3600" } }))
+
+  const withPages = HttpRouter.empty.pipe(
+    HttpRouter.get("/dashboard", page),
+    HttpRouter.post("/dashboard/login", login),
+    HttpRouter.get("/dashboard/stream", streamRoute),
+    HttpRouter.get("/dashboard/assets/uPlot.iife.min.js", asset(script, "text/javascript; charset=utf-8")),
+    HttpRouter.get("/dashboard/assets/uPlot.min.css", asset(style, "text/css; charset=utf-8"))
+  )
+  return publishing
+    ? HttpRouter.post(withPages, "/dashboard/publish", publishRoute)
+    : HttpRouter.post(withPages, "/dashboard/publish", Effect.succeed(problem(404, "publishing is disabled on this hub")))
+})

@@ -1,0 +1,132 @@
+/**
+ * The Prometheus exposition of the hub's metrics (`GET /metrics` with
+ * `Accept: text/plain` or OpenMetrics, and `GET /metrics/prometheus`),
+ * written by prom-client. Its collectors read the hub's plain counters
+ * (Metrics.ts) when scraped, so the fan-out never updates a labelled metric.
+ * Process metrics (CPU, memory, event-loop lag, GC) are prom-client's
+ * defaults, registered on the first scrape (each registration starts
+ * observers for the life of the process).
+ */
+import { Effect, Option } from "effect"
+import { collectDefaultMetrics, Counter, Gauge, type Registry } from "prom-client"
+import { HubHistory } from "../hub/History.js"
+import type { Refusal } from "../security/Limits.js"
+import { Health, type HealthReport } from "./Health.js"
+import { HubMetrics } from "./Metrics.js"
+
+/** The refusals that concern opening a connection (the rest refuse requests on an open one, or HTTP publishes). */
+const connectionRefusals: ReadonlyArray<string> = [
+  "origin_refused",
+  "unauthorized",
+  "too_many_connections",
+  "too_many_connections_per_ip"
+] satisfies ReadonlyArray<Refusal>
+
+type Samples = Iterable<readonly [Record<string, string>, number]>
+
+const counter = (registry: Registry, name: string, help: string, labelNames: Array<string>, read: () => Samples) =>
+  new Counter({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [labels, value] of read()) this.inc(labels, value)
+    }
+  })
+
+const gauge = (registry: Registry, name: string, help: string, labelNames: Array<string>, read: () => Samples) =>
+  new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [labels, value] of read()) this.set(labels, value)
+    }
+  })
+
+const one = (value: number): Samples => [[{}, value]]
+const by = (label: string, entries: Iterable<readonly [string, number]>): Samples =>
+  Array.from(entries, ([key, value]) => [{ [label]: key }, value] as const)
+
+/** Prometheus's own scrapes ask for OpenMetrics or `text/plain`; browsers and `curl` (`*\/*`) keep the JSON. */
+export const wantsPrometheus = (accept: string | undefined): boolean => {
+  if (accept === undefined) return false
+  const text = accept.toLowerCase()
+  const prometheus = Math.min(
+    ...["application/openmetrics-text", "text/plain"].map((type) => text.indexOf(type)).filter((i) => i >= 0),
+    Infinity
+  )
+  const json = text.indexOf("application/json")
+  return prometheus !== Infinity && (json === -1 || prometheus < json)
+}
+
+/** Registers the collectors on the hub's registry; `render` answers a scrape. */
+export const make = Effect.gen(function*() {
+  const metrics = yield* HubMetrics
+  const health = yield* Health
+  const history = yield* Effect.serviceOption(HubHistory)
+  const { counters, registry } = metrics
+  /** Read before each scrape: the collectors are synchronous. */
+  let healthReport: HealthReport = yield* health.report
+  const sources = (name: string) => counters.sources.get(name) ?? {}
+
+  gauge(registry, "hub_clients_connected", "Clients connected now, by transport", ["transport"], () =>
+    by("transport", counters.connected))
+  counter(registry, "hub_connections_opened_total", "Client connections accepted, by transport", ["transport"], () =>
+    by("transport", counters.opened))
+  counter(registry, "hub_connections_refused_total", "Connections refused before they opened, by reason", ["reason"], () =>
+    by("reason", Object.entries(sources("security")).filter(([name]) => connectionRefusals.includes(name))))
+  counter(registry, "hub_requests_refused_total", "Client requests and HTTP publishes refused, by reason", ["reason"], () =>
+    by("reason", Object.entries(sources("security")).filter(([name]) => !connectionRefusals.includes(name))))
+  counter(registry, "hub_disconnects_total", "Clients disconnected, by reason", ["reason"], () =>
+    by("reason", Object.entries(counters.disconnects)))
+  counter(registry, "hub_slow_consumer_kicks_total", "Clients dropped because their send buffer was full", [], () =>
+    one(counters.disconnects.slow_consumer))
+  counter(registry, "hub_events_received_total", "Events that entered the hub, by source", ["source"], () =>
+    by("source", Object.entries(counters.received)))
+  counter(registry, "hub_events_deduplicated_total", "Events dropped as a repeat of a recent event_id", [], () =>
+    one(counters.eventsDeduplicated))
+  counter(registry, "hub_events_broadcast_total", "Events fanned out, by event type (bounded; the rest: other)", [
+    "event_type"
+  ], () => by("event_type", Array.from(counters.eventsByType, ([type, entry]) => [type, entry.broadcast] as const)))
+  counter(registry, "hub_event_recipients_total", "Recipients of the events fanned out, by event type", [
+    "event_type"
+  ], () => by("event_type", Array.from(counters.eventsByType, ([type, entry]) => [type, entry.recipients] as const)))
+  counter(registry, "hub_deliveries_total", "Messages written to client sockets", [], () =>
+    one(counters.messagesDelivered))
+  counter(registry, "hub_written_bytes_total", "Bytes of messages written to client sockets", [], () =>
+    one(counters.bytesWritten))
+  gauge(registry, "hub_history_events", "Events held in the history for resumes", [], () =>
+    one(Option.match(history, { onNone: () => 0, onSome: (h) => h.size })))
+  counter(registry, "hub_resumes_total", "Resumes requested (?since= or subscribe with since)", [], () =>
+    one(counters.resumes))
+  counter(registry, "hub_history_gaps_total", "Resumes the history could not serve in full, by reason", ["reason"], () =>
+    by("reason", Object.entries(counters.gaps)))
+  gauge(registry, "hub_rabbitmq_up", "1 while the RabbitMQ consumer consumes; 0 otherwise (absent: no broker)", [], () =>
+    healthReport.checks.rabbitmq === undefined || healthReport.checks.rabbitmq.status === "disabled"
+      ? []
+      : one(healthReport.checks.rabbitmq.status === "up" ? 1 : 0))
+  const rabbit = (name: string, key: string, help: string) =>
+    counter(registry, name, help, [], () => (key in sources("rabbitmq") ? one(sources("rabbitmq")[key]!) : []))
+  rabbit("hub_rabbitmq_connections_total", "connections", "RabbitMQ sessions established")
+  rabbit("hub_rabbitmq_reconnects_total", "reconnects", "RabbitMQ reconnection attempts")
+  rabbit("hub_rabbitmq_messages_consumed_total", "events_consumed", "RabbitMQ messages broadcast")
+  rabbit("hub_rabbitmq_messages_rejected_total", "events_rejected", "RabbitMQ messages that were not events")
+
+  let defaults = false
+  return {
+    contentType: registry.contentType,
+    render: Effect.gen(function*() {
+      if (!defaults) {
+        defaults = true
+        collectDefaultMetrics({ register: registry })
+      }
+      healthReport = yield* health.report
+      return yield* Effect.promise(() => registry.metrics())
+    })
+  }
+})

@@ -1,0 +1,117 @@
+/**
+ * Traces over OTLP/HTTP, configured by the standard OpenTelemetry variables:
+ * with `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+ * set, spans are batched and exported (JSON over HTTP, `http/json`) with
+ * `OTEL_SERVICE_NAME` (default `effect-event-hub`) as the service. Unset (or
+ * `OTEL_SDK_DISABLED=true`), Effect's tracer is turned off: `withSpan` then
+ * costs next to nothing (no span objects at all).
+ *
+ * A W3C `traceparent` on an AMQP message or on `POST /api/v1/events` makes
+ * the hub's span a child of the publisher's span (`parentFrom`); published
+ * messages carry the current span's (`headersFor`).
+ */
+import * as Headers from "@effect/platform/Headers"
+import * as HttpTraceContext from "@effect/platform/HttpTraceContext"
+import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
+import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
+import { Config, Effect, FiberRef, Layer, Option, type Tracer } from "effect"
+
+export interface TracingSettings {
+  /** Where spans are POSTed (the full URL, ending in `/v1/traces`). */
+  readonly url: string
+  readonly serviceName: string
+  /** Longest wait before a batch of spans is sent. */
+  readonly exportDelayMillis?: number
+}
+
+/** The exporter's URL from the standard variables: the traces endpoint as is, or the base endpoint + `/v1/traces`. */
+export const settingsFromEnv: Config.Config<Option.Option<TracingSettings>> = Config.all({
+  traces: Config.option(Config.string("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+  base: Config.option(Config.string("OTEL_EXPORTER_OTLP_ENDPOINT")),
+  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("effect-event-hub")),
+  disabled: Config.boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false))
+}).pipe(Config.map(({ base, disabled, serviceName, traces }) => {
+  const nonEmpty = (value: Option.Option<string>) => Option.filter(value, (text) => text.trim() !== "")
+  const url = Option.orElse(
+    nonEmpty(traces),
+    () => Option.map(nonEmpty(base), (endpoint) => `${endpoint.replace(/\/+$/, "")}/v1/traces`)
+  )
+  return disabled ? Option.none() : Option.map(url, (url) => ({ url, serviceName }))
+}))
+
+/** Exports spans to `settings.url`; the batch is flushed when the layer is released. */
+export const layerOtlp = (settings: TracingSettings): Layer.Layer<never> =>
+  Layer.discard(NodeSdk.layer(() => ({
+    resource: { serviceName: settings.serviceName },
+    spanProcessor: new BatchSpanProcessor(
+      new OTLPTraceExporter({ url: settings.url }),
+      settings.exportDelayMillis === undefined ? undefined : { scheduledDelayMillis: settings.exportDelayMillis }
+    )
+  })))
+
+/** From the environment: OTLP export when an endpoint is set, no tracing at all otherwise. */
+export const layer: Layer.Layer<never, never> = Layer.unwrapEffect(
+  Effect.map(Effect.orDie(settingsFromEnv), (settings) =>
+    Option.match(settings, {
+      onNone: () => Layer.setTracerEnabled(false),
+      onSome: (settings) =>
+        Layer.merge(
+          layerOtlp(settings),
+          Layer.effectDiscard(Effect.logInfo("exporting traces").pipe(Effect.annotateLogs({
+            endpoint: settings.url,
+            service_name: settings.serviceName
+          })))
+        )
+    }))
+)
+
+/** AMQP header values as text (amqplib gives strings, or Buffers for byte arrays). */
+const textHeaders = (headers: Record<string, unknown> | undefined): Record<string, string> => {
+  const text: Record<string, string> = {}
+  if (headers === undefined) return text
+  for (const name of ["traceparent", "tracestate", "b3"]) {
+    const value = headers[name]
+    if (typeof value === "string") text[name] = value
+    else if (Buffer.isBuffer(value)) text[name] = value.toString("utf8")
+  }
+  return text
+}
+
+/** The publisher's span named by a W3C `traceparent` (or `b3`) header, if any. */
+export const parentFrom = (headers: Record<string, unknown> | undefined): Tracer.ExternalSpan | undefined =>
+  Option.getOrUndefined(HttpTraceContext.fromHeaders(Headers.fromInput(textHeaders(headers))))
+
+/** The headers that make the receiver's span a child of the current one (none without a span). */
+export const headersFor: Effect.Effect<Record<string, string>> = Effect.map(
+  Effect.option(Effect.currentSpan),
+  (span) => Option.match(span, { onNone: () => ({}), onSome: (span) => ({ ...HttpTraceContext.toHeaders(span) }) })
+)
+
+/**
+ * The span of one event entering the hub: a child of its publisher's span when its headers name one, with the
+ * event's type; the hub adds its id and recipients (Hub.ts).
+ */
+export const eventSpan = (
+  source: string,
+  type: string,
+  headers?: Record<string, unknown>
+) =>
+<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  whenTracing(effect, () =>
+    Effect.withSpan(effect, "hub.event", {
+      kind: source === "rabbitmq" ? "consumer" : "internal",
+      parent: parentFrom(headers),
+      attributes: { "hub.event.type": type, "hub.event.source": source },
+      captureStackTrace: false
+    }))
+
+/**
+ * `traced()` while tracing is on, `effect` as it is otherwise: even a no-op span costs (`withSpan` captures a stack
+ * trace unless told not to, and allocates), which the fan-out benchmark measured on every event.
+ */
+export const whenTracing = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  traced: () => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime((fiber) => fiber.getFiberRef(FiberRef.currentTracerEnabled) ? traced() : effect)
