@@ -14,7 +14,7 @@ import * as RabbitMqSource from "./rabbitmq/Source.js"
 
 /** The hub with its history, metrics and health services; needs `HubConfig` (and `RabbitMqConfig` in stream mode). */
 export const HubLive = Hub.layerLive
-/** The HTTP server on `HOST:PORT`: the WebSocket endpoint, `/health`, `/metrics`, `POST /api/v1/events`. */
+/** The HTTP server on `HOST:PORT`: the WebSocket and SSE endpoints, `/health` (and `/live`, `/ready`), `/metrics`, `POST /api/v1/events`, `/dashboard`. */
 export const HttpServerLive = HttpServer.layer
 /** The RabbitMQ source: consumes the exchange and broadcasts through the hub (nothing when `RABBITMQ_URL` is empty). */
 export const RabbitMqSourceLive = RabbitMqSource.layer
@@ -57,3 +57,18 @@ export {
 
 /** The schemas and types of the messages between the hub and its clients (see docs/protocol.md). */
 export * as Protocol from "./protocol/public.js"
+
+// --- The client library -----------------------------------------------------
+
+/**
+ * The hub's own client, for Effect programs that consume another hub: its events as a `Stream`, reconnection by
+ * `Schedule`, exactly once across reconnects (also `effect-event-hub/client/effect`). Browsers and plain Node use
+ * `effect-event-hub/client` (no Effect inside, see docs/clients.md) and React `effect-event-hub/react`.
+ */
+export {
+  defaultSchedule as clientReconnectSchedule,
+  type EffectClientOptions,
+  HubConnection,
+  type HubConnectionService,
+  HubRequestError
+} from "./client/effect.js"

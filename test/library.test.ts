@@ -4,8 +4,18 @@
  */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, LogLevel, Option, Schema } from "effect"
-import { HttpServerLive, Hub, HubConfig, HubLive, Protocol, RabbitMqConfig, RabbitMqSourceLive } from "../src/index.js"
+import { Chunk, Effect, Fiber, Layer, Logger, LogLevel, Option, Schema, Stream } from "effect"
+import { WebSocket } from "ws"
+import {
+  HttpServerLive,
+  Hub,
+  HubConfig,
+  HubConnection,
+  HubLive,
+  Protocol,
+  RabbitMqConfig,
+  RabbitMqSourceLive
+} from "../src/index.js"
 import { promise, TestClient } from "./support.js"
 
 const Embedded = Layer.mergeAll(HttpServerLive, RabbitMqSourceLive).pipe(
@@ -29,4 +39,25 @@ it.scopedLive("an embedding program broadcasts through the hub's layers", () =>
     expect(recipients).toBe(1)
     yield* promise(() => client.until(() => client.events.length === 1))
     expect(client.events[0]).toMatchObject({ type: "custom.event", data: { message: "Something happened", value: 42 } })
+  }).pipe(Effect.provide(Embedded)))
+
+it.scopedLive("another Effect service consumes the hub through the client's Layer (HubConnection)", () =>
+  Effect.gen(function*() {
+    const hub = yield* Hub
+    const server = yield* PlatformHttpServer.HttpServer
+    const port = server.address._tag === "TcpAddress" ? server.address.port : 0
+    const url = `ws://127.0.0.1:${port}/api/v1/ws/events`
+    const received = yield* Effect.gen(function*() {
+      const connection = yield* HubConnection
+      const events = yield* Stream.runCollect(Stream.take(connection.events("custom.#"), 2)).pipe(Effect.fork)
+      yield* Stream.runDrain(Stream.takeUntil(connection.states, (state) => state === "connected"))
+      yield* hub.broadcast("other.event", { n: 0 })
+      yield* hub.broadcast("custom.one", { n: 1 })
+      yield* hub.broadcast("custom.two", { n: 2 })
+      return yield* Fiber.join(events)
+    }).pipe(Effect.provide(HubConnection.layer(url, { eventTypes: ["custom.#"], WebSocket: WebSocket as never })))
+    expect(Chunk.toArray(received).map((event) => [event.type, event.data])).toEqual([
+      ["custom.one", { n: 1 }],
+      ["custom.two", { n: 2 }]
+    ])
   }).pipe(Effect.provide(Embedded)))
