@@ -23,6 +23,7 @@ import { Hub, HubClients } from "../hub/Hub.js"
 import { HubHistory } from "../hub/History.js"
 import type { Connection } from "../hub/Member.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
+import { problem } from "../http/Problem.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { dashboardPage, loginPage } from "./DashboardPage.js"
 import { Health } from "./Health.js"
@@ -63,7 +64,6 @@ const html = (body: string, status = 200, headers: Record<string, string> = {}) 
     }
   })
 
-const problem = (status: number, error: string) => HttpServerResponse.unsafeJson({ error }, { status })
 
 /** The dashboard's routes, added to the server's router (404 with a reason when DASHBOARD_TOKEN is unset). */
 export const routes = Effect.gen(function*() {

@@ -1,0 +1,144 @@
+/**
+ * `POST /api/v1/events` (when `PUBLISH_TOKEN` is set): publishes to the
+ * RabbitMQ exchange when a broker is configured, so that every instance
+ * delivers the events, and broadcasts to this instance's clients otherwise.
+ */
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { Effect, Either, Option, Redacted, Schema } from "effect"
+import { createHash, timingSafeEqual } from "node:crypto"
+import { HubConfig } from "../config/Config.js"
+import { Hub } from "../hub/Hub.js"
+import * as Tracing from "../ops/Tracing.js"
+import { EventType, formatParseError } from "../protocol/Protocol.js"
+import { Publisher } from "../rabbitmq/Publisher.js"
+import { Limits } from "../security/Limits.js"
+import { problem } from "./Problem.js"
+
+/** One event in the body of `POST /api/v1/events`. */
+export const PublishedEvent = Schema.Struct({
+  type: EventType,
+  data: Schema.Record({ key: Schema.String, value: Schema.Unknown })
+})
+
+/** Most events in one `POST /api/v1/events`. */
+export const maxEventsPerPublish = 1000
+
+/** Body of `POST /api/v1/events`: one event, or an array of events broadcast in order. */
+export const PublishRequest = Schema.Union(
+  PublishedEvent,
+  Schema.Array(PublishedEvent).pipe(Schema.minItems(1), Schema.maxItems(maxEventsPerPublish))
+)
+
+type Events = ReadonlyArray<typeof PublishedEvent.Type>
+
+/** Decodes one event or an array of them; each shape is decoded on its own, so errors name the field at fault. */
+const decodePublish = (json: unknown) =>
+  Array.isArray(json)
+    ? Schema.decodeUnknownEither(PublishRequest.members[1])(json)
+    : Either.map(Schema.decodeUnknownEither(PublishedEvent)(json), (event) => [event])
+
+/** Compares two secrets in constant time (hashing first, so lengths do not leak either). */
+const sameSecret = (given: string, expected: string) =>
+  timingSafeEqual(createHash("sha256").update(given).digest(), createHash("sha256").update(expected).digest())
+
+/** The answer to a publish request when publishing is off: what is off and how to enable it. */
+export const publishDisabled = Effect.succeed(problem(
+  404,
+  "publishing is disabled on this hub: set PUBLISH_TOKEN to enable POST /api/v1/events " +
+    "(then send Authorization: Bearer <PUBLISH_TOKEN>)"
+))
+
+/** The route, built from the services it uses. */
+export const make = (token: Redacted.Redacted) =>
+  Effect.gen(function*() {
+    const config = yield* HubConfig
+    const hub = yield* Hub
+    const limits = yield* Limits
+    // With a broker (RABBITMQ_URL), published events go through the exchange so that every instance delivers them.
+    const publisher = Option.filter(yield* Effect.serviceOption(Publisher), (publisher) => publisher.enabled)
+
+    /** The bearer token, then the rate: a refusal, or nothing. */
+    const admit = (request: HttpServerRequest.HttpServerRequest) => {
+      const bearer = /^Bearer (.+)$/i.exec(request.headers["authorization"] ?? "")?.[1]
+      if (bearer === undefined) {
+        limits.refused("publish_unauthorized")
+        return Option.some(problem(401, "missing bearer token (Authorization: Bearer <PUBLISH_TOKEN>)", {
+          "www-authenticate": "Bearer"
+        }))
+      }
+      if (!sameSecret(bearer, Redacted.value(token))) {
+        limits.refused("publish_unauthorized")
+        return Option.some(problem(401, "invalid token", { "www-authenticate": "Bearer error=\"invalid_token\"" }))
+      }
+      // After the token check (cheap, constant time): requests without the token cannot starve publishers.
+      const allowed = limits.takePublish(Date.now())
+      if (Either.isLeft(allowed)) {
+        limits.refused("publish_rate_limited")
+        return Option.some(problem(429, `more than ${config.security.publishRate} requests per second; retry later`, {
+          "retry-after": String(allowed.left)
+        }))
+      }
+      return Option.none()
+    }
+
+    /** The events of the body, or the 400/413 answer. */
+    const readEvents = (request: HttpServerRequest.HttpServerRequest) =>
+      Effect.gen(function*() {
+        const tooLarge = () => {
+          limits.refused("publish_too_large")
+          return Either.left(problem(413, `body larger than ${config.publishMaxBody} bytes`))
+        }
+        if (Number(request.headers["content-length"] ?? 0) > config.publishMaxBody) return tooLarge()
+        const text = yield* request.text.pipe(
+          HttpServerRequest.withMaxBodySize(Option.some(config.publishMaxBody)),
+          Effect.option
+        )
+        if (Option.isNone(text)) return tooLarge()
+        let json: unknown
+        try {
+          json = JSON.parse(text.value)
+        } catch {
+          return Either.left(problem(400, "body is not valid JSON; expected {\"type\": \"...\", \"data\": {...}}"))
+        }
+        return Either.mapLeft(decodePublish(json), (error) => problem(400, `invalid event: ${formatParseError(error)}`))
+      })
+
+    /** Through the exchange: 202 once the broker confirmed every event, 503 with the reason otherwise. */
+    const publish = (publisher: Publisher["Type"], events: Events) =>
+      publisher.publishAll(
+        events.map((event) => ({ routingKey: event.type, body: Buffer.from(JSON.stringify(event.data)) }))
+      ).pipe(
+        Effect.as(HttpServerResponse.unsafeJson({ status: "accepted", events: events.length }, { status: 202 })),
+        // Never a silent fallback to this instance's clients only: the publisher is told, and retries.
+        Effect.catchAll((error) =>
+          Effect.as(
+            Effect.logWarning("POST /api/v1/events: not published").pipe(
+              Effect.annotateLogs({ reason: error.message, events: events.length })
+            ),
+            problem(503, `not published: ${error.message}; retry later (an event with an event_id is never ` +
+              "delivered twice)", { "retry-after": "5" })
+          )
+        )
+      )
+
+    /** Without a broker: to this instance's clients. */
+    const broadcast = (events: Events) =>
+      Effect.gen(function*() {
+        let recipients = 0
+        // `broadcast` waits for the writes while the hub is behind: the burst is written as it goes.
+        for (const event of events) {
+          recipients += yield* hub.broadcast(event.type, event.data, "http").pipe(Tracing.eventSpan("http", event.type))
+        }
+        return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
+      })
+
+    return Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const refused = admit(request)
+      if (Option.isSome(refused)) return refused.value
+      const events = yield* readEvents(request)
+      if (Either.isLeft(events)) return events.left
+      return Option.isSome(publisher) ? yield* publish(publisher.value, events.right) : yield* broadcast(events.right)
+    })
+  })
