@@ -49,7 +49,7 @@ export const publishDisabled = Effect.succeed(problem(
     "(then send Authorization: Bearer <PUBLISH_TOKEN>)"
 ))
 
-/** The route, built from the services it uses. */
+/** The route, built from the services it uses: one closure over them, with each step a small named function. */
 export const make = (token: Redacted.Redacted) =>
   Effect.gen(function*() {
     const config = yield* HubConfig

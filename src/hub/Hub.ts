@@ -309,6 +309,7 @@ const resume = ({ config, history, index, metrics }: HubState, id: ClientId, sin
     })
   })
 
+// The service object: one short method per request a connection makes, over the state the layer created.
 const makeHubClients = (state: HubState): HubClients["Type"] => {
   const { clients, config, index } = state
   let lastId = 0

@@ -65,7 +65,11 @@ const html = (body: string, status = 200, headers: Record<string, string> = {}) 
   })
 
 
-/** The dashboard's routes, added to the server's router (404 with a reason when DASHBOARD_TOKEN is unset). */
+/**
+ * The dashboard's routes, added to the server's router (404 with a reason when DASHBOARD_TOKEN is unset).
+ * Longer than our usual functions: one closure over the services and the session key its routes share, each
+ * route a small named value inside.
+ */
 export const routes = Effect.gen(function*() {
   const config = yield* HubConfig
   if (Option.isNone(config.dashboardToken)) {

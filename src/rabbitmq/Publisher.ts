@@ -55,6 +55,8 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
   /** True when a broker is configured (`RABBITMQ_URL`): `publish` can succeed. */
   readonly enabled: boolean
 }>() {
+  // One closure over the publishing connection it opens on first use and closes with the layer; its steps are
+  // small named functions inside.
   static readonly layer: Layer.Layer<Publisher, never, RabbitMqConfig> = Layer.scoped(
     Publisher,
     Effect.gen(function*() {
