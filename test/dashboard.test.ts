@@ -34,8 +34,11 @@ describe("the dashboard in Chromium", () => {
         yield* promise(() => page.locator("#status.live").waitFor())
 
         // An event published to RabbitMQ appears in the tail.
+        const published = Date.now()
         yield* promise(() => publisher.publish(exchange, "dashboard.probe", { run_id: 7, note: "from rabbitmq" }))
         yield* promise(() => page.locator("#tail li[data-type='dashboard.probe']").waitFor())
+        // A figure for people, not an assertion (the issue asks for within a second; timing belongs to benchmarks).
+        process.stderr.write(`dashboard: RabbitMQ event in the tail ${Date.now() - published} ms after publishing\n`)
         expect(yield* promise(() => page.locator("#tail li").first().textContent())).toContain("from rabbitmq")
         // The filter hides what does not match; pause holds new events back until resumed.
         yield* promise(() => page.fill("#filter-pattern", "other.#"))
