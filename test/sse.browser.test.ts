@@ -9,17 +9,9 @@
 import { expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { createServer, type Server } from "node:http"
-import { chromium } from "playwright-core"
 import { broker, brokerUrl, freePort, promise, range, ServiceProcess, uniqueNames } from "./support.js"
+import { launchChromium } from "./support/chromium.js"
 
-const chromiumArgs = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync"
-]
 
 /** A page on its own origin whose script reads the hub's stream and records what arrives. */
 const pageServer = Effect.acquireRelease(
@@ -36,7 +28,7 @@ const pageServer = Effect.acquireRelease(
 )
 
 const browser = Effect.acquireRelease(
-  promise(() => chromium.launch({ executablePath: "/usr/bin/chromium", args: chromiumArgs })),
+  promise(() => launchChromium()),
   (browser) => promise(() => browser.close())
 )
 

@@ -4,18 +4,11 @@
  */
 import { build } from "esbuild"
 import { createServer, type Server } from "node:http"
-import { chromium, type Browser, type Page } from "playwright-core"
+import type { Browser, Page } from "playwright-core"
+import { launchChromium } from "./chromium.js"
 import { freePort } from "../support.js"
 
-export const chromiumPath = "/usr/bin/chromium"
-const chromiumArgs = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync"
-]
+export { chromiumPath } from "./chromium.js"
 
 const bundle = async (entry: string): Promise<string> => {
   const result = await build({
@@ -51,7 +44,7 @@ export class BrowserHarness {
     })
     const port = await freePort()
     await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve))
-    const browser = await chromium.launch({ executablePath: chromiumPath, args: chromiumArgs })
+    const browser = await launchChromium()
     return new BrowserHarness(browser, server, `http://127.0.0.1:${port}`)
   }
 

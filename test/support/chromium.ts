@@ -4,19 +4,21 @@ import { chromium, type Browser } from "playwright-core"
 
 export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium"
 
+/** Launches it headless, with nothing running in the background (the flags this machine's Chromium needs). */
+export const launchChromium = (): Promise<Browser> =>
+  chromium.launch({
+    executablePath: chromiumPath,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync"
+    ]
+  })
+
 export const browser = Effect.acquireRelease(
-  Effect.promise((): Promise<Browser> =>
-    chromium.launch({
-      executablePath: chromiumPath,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync"
-      ]
-    })
-  ),
+  Effect.promise(launchChromium),
   (browser) => Effect.promise(() => browser.close())
 )
