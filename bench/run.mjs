@@ -16,6 +16,7 @@ import { cpus } from "node:os"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
+import { startWorker } from "./worker.mjs"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 const results = join(root, "bench", "results")
@@ -175,33 +176,7 @@ const startServer = async (kind, extraEnv = {}, attempt = 1) => {
   }
 }
 
-const startLoadgen = async () => {
-  const child = fork(join(root, "bench", "loadgen.mjs"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] })
-  await new Promise((resolve) => child.once("message", resolve))
-  let id = 0
-  const pending = new Map()
-  child.on("message", (message) => {
-    const done = pending.get(message.id)
-    pending.delete(message.id)
-    if (message.error) done.reject(new Error(message.error))
-    else done.resolve(message.ok)
-  })
-  return {
-    call: (cmd, args = {}) =>
-      new Promise((resolve, reject) => {
-        pending.set(++id, { resolve, reject })
-        child.send({ id, cmd, ...args })
-      }),
-    pid: child.pid,
-    /** Kills the load generator and waits until it is gone (and its sockets closed), so the server stops at once. */
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve()
-        child.once("exit", resolve)
-        child.kill("SIGKILL")
-      })
-  }
-}
+const startLoadgen = () => startWorker(join(root, "bench", "loadgen.mjs"))
 
 // ---------------------------------------------------------------------------
 // Events
@@ -255,26 +230,31 @@ const fanout = async (kind) => {
   const [server, loadgen] = await Promise.all([startServer(kind), startLoadgen()])
   try {
     await loadgen.call("connect", { url: server.url, count: options.clients, types: seedTypes, perClient: 0, hub: kind === "hub" })
-    // Warm up (JIT), then measure.
-    await publishHttp(server, 100, () => "backtest.completed")
-    await loadgen.call("expect", { total: 100 * options.clients, timeoutMs: 60_000 })
-    await loadgen.call("reset")
-    const total = options.events * options.clients
-    const cpu0 = cpuMicros(server.pid)
-    const t0 = performance.now()
-    await publishHttp(server, options.events, () => "backtest.completed")
-    const got = await loadgen.call("expect", { total, timeoutMs: 120_000 })
-    const seconds = (performance.now() - t0) / 1000
-    const cpu = cpuMicros(server.pid) - cpu0
-    return {
-      deliveries: got.received,
-      complete: got.received >= total,
-      cpu_us_per_delivery: cpu / got.received,
-      deliveries_per_second: got.received / seconds
-    }
+    return await measureFanout(server, loadgen)
   } finally {
     await loadgen.stop()
     await server.stop()
+  }
+}
+
+/** With `loadgen`'s clients connected to `server`: CPU per delivery of `options.events` events to every client. */
+const measureFanout = async (server, loadgen) => {
+  // Warm up (JIT), then measure.
+  await publishHttp(server, 100, () => "backtest.completed")
+  await loadgen.call("expect", { total: 100 * options.clients, timeoutMs: 60_000 })
+  await loadgen.call("reset")
+  const total = options.events * options.clients
+  const cpu0 = cpuMicros(server.pid)
+  const t0 = performance.now()
+  await publishHttp(server, options.events, () => "backtest.completed")
+  const got = await loadgen.call("expect", { total, timeoutMs: 120_000 })
+  const seconds = (performance.now() - t0) / 1000
+  const cpu = cpuMicros(server.pid) - cpu0
+  return {
+    deliveries: got.received,
+    complete: got.received >= total,
+    cpu_us_per_delivery: cpu / got.received,
+    deliveries_per_second: got.received / seconds
   }
 }
 
@@ -562,7 +542,7 @@ const main = async () => {
   }
   if (options.scenarios.includes("storm")) rows.push(await (await import("./scenarios/storm.mjs")).storm({ argv, quick, report, progress, cpuMicros, startServer, broker: options.broker }))
 
-  if (options.scenarios.includes("sse")) report.scenarios.sse = await (await import("./scenarios/sse.mjs")).run({ options, fanout, startServer, publishHttp, cpuMicros, progress, rows })
+  if (options.scenarios.includes("sse")) report.scenarios.sse = await (await import("./scenarios/sse.mjs")).run({ options, fanout, measureFanout, startServer, publishHttp, cpuMicros, progress, rows })
 
   if (options.scenarios.includes("churn")) await (await import("./scenarios/churn.mjs")).run({ options, progress, report, rows, fmt, startServer, startLoadgen, cpuMicros, seedTypes, eventData })
 

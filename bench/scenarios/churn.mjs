@@ -7,39 +7,14 @@
 // steady clients alone cost it per second in the quiet window), the cycles per second the loops achieve (they run
 // as fast as the server lets them: saturation, with the server's share of a core shown), and the steady clients'
 // p99 from publish to receipt in both windows.
-import { fork } from "node:child_process"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
+import { startWorker } from "../worker.mjs"
 
 const here = dirname(fileURLToPath(import.meta.url))
 
-const startChurner = async () => {
-  const child = fork(join(here, "churn-loops.mjs"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] })
-  await new Promise((resolve) => child.once("message", resolve))
-  let id = 0
-  const pending = new Map()
-  child.on("message", (message) => {
-    const done = pending.get(message.id)
-    pending.delete(message.id)
-    if (message.error) done.reject(new Error(message.error))
-    else done.resolve(message.ok)
-  })
-  return {
-    pid: child.pid,
-    call: (cmd, args = {}) =>
-      new Promise((resolve, reject) => {
-        pending.set(++id, { resolve, reject })
-        child.send({ id, cmd, ...args })
-      }),
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve()
-        child.once("exit", resolve)
-        child.kill("SIGKILL")
-      })
-  }
-}
+const startChurner = () => startWorker(join(here, "churn-loops.mjs"))
 
 /** Publishes one event every 1/rate s over HTTP (with its publish time in `t`) until `stop` is called. */
 const startPublisher = (server, rate, eventData) => {

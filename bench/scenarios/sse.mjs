@@ -6,10 +6,9 @@
 //
 // Run as `node bench/scenarios/sse.mjs loadgen` (forked by the scenario), this file is the SSE load generator:
 // plain HTTP clients that count the `data:` lines they receive, without parsing them.
-import { fork } from "node:child_process"
 import { request } from "node:http"
 import { fileURLToPath } from "node:url"
-import { performance } from "node:perf_hooks"
+import { startWorker } from "../worker.mjs"
 
 const self = fileURLToPath(import.meta.url)
 const dataLine = Buffer.from("\ndata: ")
@@ -84,57 +83,18 @@ const loadgen = () => {
   process.send({ ready: true })
 }
 
-const startLoadgen = async () => {
-  const child = fork(self, ["loadgen"], { stdio: ["ignore", "inherit", "inherit", "ipc"] })
-  await new Promise((resolve) => child.once("message", resolve))
-  let id = 0
-  const pending = new Map()
-  child.on("message", (message) => {
-    const done = pending.get(message.id)
-    pending.delete(message.id)
-    if (message.error) done.reject(new Error(message.error))
-    else done.resolve(message.ok)
-  })
-  return {
-    call: (cmd, args = {}) =>
-      new Promise((resolve, reject) => {
-        pending.set(++id, { resolve, reject })
-        child.send({ id, cmd, ...args })
-      }),
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve()
-        child.once("exit", resolve)
-        child.kill("SIGKILL")
-      })
-  }
-}
+const startLoadgen = () => startWorker(self, ["loadgen"])
 
 // ---------------------------------------------------------------------------
 // The scenario (called by bench/run.mjs with its helpers)
 // ---------------------------------------------------------------------------
 
-const sseFanout = async ({ options, startServer, publishHttp, cpuMicros, progress }) => {
+const sseFanout = async ({ options, startServer, measureFanout, progress }) => {
   progress(`fan-out: hub over SSE, ${options.clients} streams, ${options.events} events of ~${options.size} B`)
   const [server, generator] = await Promise.all([startServer("hub"), startLoadgen()])
   try {
     await generator.call("connect", { url: `${server.base}/api/v1/sse/events`, count: options.clients })
-    await publishHttp(server, 100, () => "backtest.completed")
-    await generator.call("expect", { total: 100 * options.clients, timeoutMs: 60_000 })
-    await generator.call("reset")
-    const total = options.events * options.clients
-    const cpu0 = cpuMicros(server.pid)
-    const t0 = performance.now()
-    await publishHttp(server, options.events, () => "backtest.completed")
-    const got = await generator.call("expect", { total, timeoutMs: 120_000 })
-    const seconds = (performance.now() - t0) / 1000
-    const cpu = cpuMicros(server.pid) - cpu0
-    return {
-      deliveries: got.received,
-      complete: got.received >= total,
-      cpu_us_per_delivery: cpu / got.received,
-      deliveries_per_second: got.received / seconds
-    }
+    return await measureFanout(server, generator)
   } finally {
     await generator.stop()
     await server.stop()

@@ -3,10 +3,10 @@
 // (node dist/main.js, stream mode, in its own process). Measures the delivery ratio (every event to every client
 // exactly once), the time from each reconnect to caught up (`hub.live`), and the hub's CPU with and without cuts.
 import amqp from "amqplib"
-import { fork } from "node:child_process"
 import { performance } from "node:perf_hooks"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { startWorker } from "../worker.mjs"
 
 const here = dirname(fileURLToPath(import.meta.url))
 
@@ -15,34 +15,7 @@ const flag = (argv, name, fallback) => {
   return i >= 0 && argv[i + 1] !== undefined ? Number(argv[i + 1]) : fallback
 }
 
-const generator = async () => {
-  const child = fork(join(here, "storm-clients.mjs"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] })
-  await new Promise((resolve) => child.once("message", resolve))
-  let id = 0
-  const pending = new Map()
-  // A generator that dies fails its pending calls instead of leaving the run waiting.
-  child.once("exit", (code) => {
-    for (const done of pending.values()) done.reject(new Error(`storm load generator exited (${code})`))
-    pending.clear()
-  })
-  child.on("message", (message) => {
-    const done = pending.get(message.id)
-    pending.delete(message.id)
-    if (message.error) done.reject(new Error(message.error))
-    else done.resolve(message.ok)
-  })
-  return {
-    call: (cmd, args = {}) => new Promise((resolve, reject) => {
-      pending.set(++id, { resolve, reject })
-      child.send({ id, cmd, ...args })
-    }),
-    stop: () => new Promise((resolve) => {
-      if (child.exitCode !== null) return resolve()
-      child.once("exit", resolve)
-      child.kill("SIGKILL")
-    })
-  }
-}
+const generator = () => startWorker(join(here, "storm-clients.mjs"))
 
 const percentile = (values, p) => {
   if (values.length === 0) return NaN
