@@ -8,13 +8,14 @@ import { Effect } from "effect"
 import { type ClientRequest, type IncomingMessage, request as httpRequest } from "node:http"
 import { baseUrl } from "./hub.js"
 import type { Received } from "./wsClient.js"
+import { Waitable } from "./waitable.js"
 
 export interface SseMessage extends Received {
   /** The `id:` field of the SSE event, if it had one. */
   readonly sseId?: string | undefined
 }
 
-export class SseClient {
+export class SseClient extends Waitable {
   readonly messages: Array<SseMessage> = []
   readonly comments: Array<string> = []
   retry: number | undefined
@@ -22,9 +23,9 @@ export class SseClient {
   body: any
   ended = false
   private buffer = ""
-  private readonly listeners = new Set<() => void>()
 
   private constructor(readonly request: ClientRequest, readonly response: IncomingMessage) {
+    super()
     response.setEncoding("utf8")
     response.on("data", (chunk: string) => {
       if (response.statusCode === 200) this.parse(chunk)
@@ -84,26 +85,8 @@ export class SseClient {
     }
   }
 
-  private notify() {
-    for (const listener of this.listeners) listener()
-  }
-
-  /** Resolves once `condition` holds (checked on every chunk and at the end); rejects after `timeoutMs`. */
-  until(condition: () => boolean, what = "condition", timeoutMs = 10_000): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (!condition()) return
-        this.listeners.delete(check)
-        clearTimeout(timer)
-        resolve()
-      }
-      const timer = setTimeout(() => {
-        this.listeners.delete(check)
-        reject(new Error(`timed out waiting for ${what}; last messages: ${JSON.stringify(this.messages.slice(-3))}`))
-      }, timeoutMs)
-      this.listeners.add(check)
-      check()
-    })
+  protected lastReceived(): string {
+    return `last messages: ${JSON.stringify(this.messages.slice(-3))}`
   }
 
   /** Stops reading the socket: its receive window fills, then the hub's send buffer. */

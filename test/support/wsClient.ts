@@ -2,6 +2,7 @@
 import { Effect } from "effect"
 import { WebSocket, type ClientOptions } from "ws"
 import { wsUrl } from "./hub.js"
+import { Waitable } from "./waitable.js"
 
 export interface Received {
   readonly type: string
@@ -11,14 +12,14 @@ export interface Received {
 }
 
 /** A real WebSocket client that records every frame it receives. */
-export class TestClient {
+export class TestClient extends Waitable {
   readonly frames: Array<string> = []
   readonly messages: Array<Received> = []
   pings = 0
   closed: Promise<{ code: number; reason: string }>
-  private readonly listeners = new Set<() => void>()
 
   private constructor(readonly ws: WebSocket) {
+    super()
     this.closed = new Promise((resolve) => {
       ws.on("close", (code, reason) => {
         resolve({ code, reason: reason.toString() })
@@ -57,26 +58,8 @@ export class TestClient {
     return this.ws.readyState === WebSocket.OPEN
   }
 
-  private notify() {
-    for (const listener of this.listeners) listener()
-  }
-
-  /** Resolves once `condition` holds (checked on every frame, ping and close); rejects after `timeoutMs`. */
-  until(condition: () => boolean, what = "condition", timeoutMs = 10_000): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (!condition()) return
-        this.listeners.delete(check)
-        clearTimeout(timer)
-        resolve()
-      }
-      const timer = setTimeout(() => {
-        this.listeners.delete(check)
-        reject(new Error(`timed out waiting for ${what}; last frames: ${JSON.stringify(this.frames.slice(-3).map((f) => f.slice(0, 200)))}`))
-      }, timeoutMs)
-      this.listeners.add(check)
-      check()
-    })
+  protected lastReceived(): string {
+    return `last frames: ${JSON.stringify(this.frames.slice(-3).map((f) => f.slice(0, 200)))}`
   }
 
   /** Waits for a message of `type` and returns it. */
