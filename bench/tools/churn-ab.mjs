@@ -14,7 +14,7 @@ const port = 30000 + Math.floor(Math.random() * 2000)
 const env = { ...process.env, PORT: String(port), HOST: "127.0.0.1", RABBITMQ_URL: "", LOG_LEVEL: "warn",
   WS_MAX_CONNECTIONS: "1000000", WS_MAX_CONNECTIONS_PER_IP: "1000000", WS_CONNECTION_RATE_LIMIT: "1000000", WS_CONNECTION_RATE_BURST: "1000000", MODE: "send" }
 const bare = target === "baseline"
-const child = bare ? fork(join(root, "bench", "servers", "baseline.mjs"), [], { env, stdio: "inherit" })
+const child = bare ? fork(join(root, "bench", "servers", "baseline.mjs"), [], { env, stdio: "inherit", execArgv: process.env.PROF ? ["--cpu-prof", "--cpu-prof-dir=" + process.env.PROF] : [] })
   : spawn(process.execPath, [...(process.env.PROF ? ["--cpu-prof", "--cpu-prof-dir=" + process.env.PROF] : []), target], { env, stdio: "inherit" })
 const cpu = () => { let n = 0; for (const t of readdirSync(`/proc/${child.pid}/task`)) { try { n += Number(readFileSync(`/proc/${child.pid}/task/${t}/schedstat`, "utf8").split(" ")[0]) } catch {} } return n / 1000 }
 for (;;) { try { if ((await fetch(`http://127.0.0.1:${port}/metrics`)).ok) break } catch {} await new Promise((r) => setTimeout(r, 50)) }

@@ -1,12 +1,18 @@
 /**
- * One WebSocket connection, run as its own fiber for as long as the socket
- * lives. The fiber is the connection's reader: it handles the client's
- * requests one at a time, in order. Messages to the client go through its
- * bounded `Outbox`, written in corked batches (see Outbox.ts). The fiber
- * registers the client with the hub and, when it ends for any reason, its exit
- * handler unregisters it and closes the socket with a close code that says why.
+ * One WebSocket connection: an actor whose mailbox is its inbox of frames
+ * from the client. It has a fiber only while it has work: a frame arriving at
+ * an idle connection starts one (in the WebSocket server's `FiberSet`, which
+ * supervises it), which handles the waiting frames one at a time, in order,
+ * and ends when the inbox is empty. An idle connection is a plain object
+ * (docs/design.md, "Where the code departs from the shape": a suspended fiber
+ * per idle connection was the largest part of its memory and of its setup).
+ * Messages to the client go through its bounded `Outbox`, written in corked
+ * batches (see Outbox.ts). The first fiber registers the client with the hub;
+ * the last one, or the exit of one that failed or was interrupted, unregisters
+ * it and closes the socket with a close code that says why.
  */
-import { Cause, Duration, Effect, Exit, FiberRef, LogLevel, Option } from "effect"
+import { Cause, Duration, Effect, Exit, FiberId, FiberRef, LogLevel, Option } from "effect"
+import type { RuntimeFiber } from "effect/Fiber"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import { Auth, type Principal } from "../security/Auth.js"
@@ -56,6 +62,12 @@ export interface Services {
   readonly debug: boolean
 }
 
+/**
+ * Starts a connection's fiber under the server's supervision (a `FiberSet`'s runtime, see WebSocketServer.ts),
+ * at once unless `immediate` is false.
+ */
+export type RunFiber = (effect: Effect.Effect<void>, options?: { readonly immediate?: boolean }) => RuntimeFiber<void>
+
 /** The services, taken once: each connection then costs no look-up of them. */
 export const services: Effect.Effect<Services, never, HubClients | HubConfig | HubMetrics | Auth | Limits> = Effect.gen(
   function*() {
@@ -73,17 +85,21 @@ export const services: Effect.Effect<Services, never, HubClients | HubConfig | H
 
 /**
  * Serves one upgraded connection until it closes. `socket` is the connection's
- * TCP socket, to which the outbox writes pre-built frames directly. When the
- * fiber ends, for any reason, the client leaves the hub and its socket is
- * closed with a code that says why (one exit handler: a scope with two
- * finalizers cost each connection more than its setup, docs/performance.md).
+ * TCP socket, to which the outbox writes pre-built frames directly. Its first
+ * fiber registers the client; whatever ends the connection, the client leaves
+ * the hub and its socket is closed with a code that says why.
  */
-export const serve = (services: Services, ws: WebSocket, socket: Duplex, info: Handshake): Effect.Effect<void> =>
-  Effect.flatMap(services.hub.nextId, (id) => {
-    const connection = new WsConnection(id, ws, socket, info, services)
-    connection.listen()
-    return Effect.onExit(connection.open(info.since), (exit) => connection.finish(exit))
-  })
+export const serve = (
+  services: Services,
+  run: RunFiber,
+  ws: WebSocket,
+  socket: Duplex,
+  info: Handshake
+): void => {
+  const connection = new WsConnection(ws, socket, info, services, run)
+  connection.listen()
+  connection.start(info.since)
+}
 
 type InboxItem = Incoming | typeof ended | typeof floodClose
 
@@ -91,15 +107,20 @@ type InboxItem = Incoming | typeof ended | typeof floodClose
 const owner = Symbol("connection")
 type OwnedSocket = WebSocket & { [owner]?: WsConnection }
 
+/** The connection a socket serves, if `serve` has been given it: the server's shutdown closes each one. */
+export const connectionOf = (ws: WebSocket): { readonly shutdown: () => void } | undefined => (ws as OwnedSocket)[owner]
+
 /**
  * One connection's state and behaviour. The socket's callbacks, the hub
- * (through `Connection`) and the reader fiber all act on it; they run one at a
+ * (through `Connection`) and its fiber, when it has one, all act on it; they run one at a
  * time on the event loop, so its fields need no lock. Its requests are
  * answered by `Requests`, with this object as their context.
  */
 class WsConnection implements Connection, RequestContext {
   readonly transport = "ws"
-  readonly annotations: Readonly<Record<string, unknown>>
+  /** Given by the hub in `start` (as `annotations`), before anything uses them. */
+  id!: ClientId
+  annotations!: Readonly<Record<string, unknown>>
   readonly hub: HubClients["Type"]
   readonly config: HubConfig["Type"]
   readonly auth: Auth["Type"]
@@ -108,6 +129,8 @@ class WsConnection implements Connection, RequestContext {
   principal: Principal | undefined
   readonly #metrics: HubMetrics["Type"]
   readonly #debug: boolean
+  readonly #run: RunFiber
+  readonly #remoteAddress: string
   readonly #outbox: Outbox
   #requests: Requests | undefined
   /** Made at the first message (as `#requests`): many connections only listen. */
@@ -116,7 +139,12 @@ class WsConnection implements Connection, RequestContext {
   readonly #firstMessageTimeout: number | undefined
   /** Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub). */
   readonly #inbox: Array<InboxItem> = []
-  #wakeReader: (() => void) | undefined = undefined
+  /** A fiber is handling the inbox (from `start` until the inbox is empty): arriving frames wait for it. */
+  #active = true
+  /** That fiber, once `run` has returned it: shutdown interrupts it. */
+  #fiber: RuntimeFiber<void> | undefined = undefined
+  /** The end has begun (unregister, close): nothing more is started. */
+  #finishing = false
   /** Frames received and not yet answered: past `inboxHighWater` the socket is no longer read. */
   #unanswered = 0
   #lastSeen: number
@@ -133,13 +161,14 @@ class WsConnection implements Connection, RequestContext {
   #resumes: TokenBucket | undefined = undefined
 
   constructor(
-    readonly id: ClientId,
     readonly ws: WebSocket,
     readonly socket: Duplex,
     info: Handshake,
-    services: Services
+    services: Services,
+    run: RunFiber
   ) {
-    this.annotations = { client_id: id, remote_address: info.remoteAddress ?? "unknown" }
+    this.#remoteAddress = info.remoteAddress ?? "unknown"
+    this.#run = run
     this.hub = services.hub
     this.config = services.config
     this.auth = services.auth
@@ -162,7 +191,7 @@ class WsConnection implements Connection, RequestContext {
   kick(reason: DisconnectReason): void {
     if (this.#leaving !== undefined) return
     this.#leaving = reason
-    this.#end()
+    this.#end(true)
   }
 
   whenBelow(size: number, ready: () => void): void {
@@ -277,40 +306,79 @@ class WsConnection implements Connection, RequestContext {
 
   #deliver(item: InboxItem): void {
     this.#inbox.push(item)
-    const wake = this.#wakeReader
-    this.#wakeReader = undefined
-    wake?.()
+    if (!this.#active && !this.#finishing) this.#activate(this.#drain)
   }
 
-  /** The connection is over: the reader finishes, even from inside a reply that waits for room. */
-  #end(): void {
-    this.#deliver(ended)
-    const release = this.#waitingSend
-    this.#waitingSend = undefined
-    release?.()
+  /**
+   * The connection is over: its fiber, if it has one, ends it (even from inside a reply that waits for room);
+   * otherwise the end starts here. `deferred`: the hub is calling (a kick from its fan-out or tick), so the
+   * fiber that closes the socket starts after that call rather than inside it.
+   */
+  #end(deferred = false): void {
+    if (this.#finishing) return
+    if (this.#active) {
+      this.#inbox.push(ended)
+      const release = this.#waitingSend
+      this.#waitingSend = undefined
+      return release?.()
+    }
+    // The common end, the client closed its socket: nothing to wait for and no line to log, so no fiber.
+    if (this.ws.readyState === WebSocket.CLOSED && this.#leaving === "client_closed" && !this.#debug) {
+      this.#finishing = true
+      this.hub.unsafeUnregister(this.id)
+      this.#metrics.disconnected(this.#leaving)
+      return
+    }
+    this.#activate(this.#finishNow, deferred)
   }
 
-  // --- the reader fiber -----------------------------------------------------------
+  // --- the connection's fibers ------------------------------------------------------
 
-  // No canceler: an interrupted reader never reads again, and its fiber ignores a late wake-up (Effect calls an
-  // async's resume at most once, interruption included). A canceler would keep an `onInterrupt` frame on the stack
-  // of every idle connection.
-  readonly #nextIncoming = Effect.async<InboxItem>((resume) => {
-    if (this.#inbox.length > 0) return resume(Effect.succeed(this.#inbox.shift()!))
-    this.#wakeReader = () => resume(Effect.succeed(this.#inbox.shift()!))
+  /** Runs `work` as the connection's fiber; a fiber that fails or is interrupted ends the connection. */
+  #activate(work: Effect.Effect<void>, deferred = false): void {
+    this.#active = true
+    const fiber = this.#run(Effect.onExit(work, this.#afterFiber), deferred ? { immediate: false } : undefined)
+    // A fiber that ran to its end inside `run` is already gone.
+    if (this.#active) this.#fiber = fiber
+  }
+
+  readonly #afterFiber = (exit: Exit.Exit<void>): Effect.Effect<void> =>
+    Exit.isSuccess(exit) || this.#finishing ? Effect.void : this.finish(exit)
+
+  /** Handles the client's frames, one at a time and in order, until none is left (the fiber then ends). */
+  readonly #drain: Effect.Effect<void> = Effect.suspend(() => {
+    const incoming = this.#inbox.shift()
+    if (incoming === undefined) {
+      this.#active = false
+      this.#fiber = undefined
+      return Effect.void
+    }
+    if (incoming === ended || this.#leaving !== undefined) return this.#finishNow
+    if (incoming === floodClose) {
+      this.kick("rate_limited")
+      return this.#finishNow
+    }
+    return Effect.zipRight((this.#requests ??= new Requests(this)).handle(incoming), this.#answered)
   })
 
-  /** Handles the client's frames, one at a time and in order, until the connection ends. */
-  readonly read: Effect.Effect<void> = Effect.flatMap(this.#nextIncoming, (incoming) => {
-    if (incoming === ended || this.#leaving !== undefined) return Effect.void
-    if (incoming === floodClose) return Effect.sync(() => this.kick("rate_limited"))
-    return (this.#requests ??= new Requests(this)).handle(incoming).pipe(
-      Effect.zipRight(Effect.sync(() => {
-        if (--this.#unanswered <= inboxLowWater && this.ws.isPaused) this.ws.resume()
-      })),
-      Effect.zipRight(Effect.suspend(() => this.read))
-    )
+  readonly #answered: Effect.Effect<void> = Effect.suspend(() => {
+    if (--this.#unanswered <= inboxLowWater && this.ws.isPaused) this.ws.resume()
+    return this.#drain
   })
+
+  /** The end, from a fiber that is not failing: not interruptible, so that it runs once and whole. */
+  get #finishNow(): Effect.Effect<void> {
+    return Effect.uninterruptible(this.finish(Exit.void))
+  }
+
+  /** Closes the connection for a shutdown (1001): what its fiber is doing, if any, is interrupted. */
+  shutdown(): void {
+    if (this.#finishing) return
+    this.#leaving ??= "shutdown"
+    const fiber = this.#fiber
+    this.#end()
+    fiber?.unsafeInterruptAsFork(FiberId.none)
+  }
 
   /**
    * Replies wait for room in the send buffer: a client that sends many
@@ -350,7 +418,7 @@ class WsConnection implements Connection, RequestContext {
     let seconds = this.#resumes.take(now) ? 0 : this.#resumes.retryAfter(now)
     if (seconds === 0) {
       limit = `${resumeRatePerIp} per minute from one address`
-      seconds = this.limits.takeResume(String(this.annotations.remote_address), now)
+      seconds = this.limits.takeResume(this.#remoteAddress, now)
     }
     if (seconds === 0) return undefined
     this.limits.refused("resume_rate_limited")
@@ -364,41 +432,50 @@ class WsConnection implements Connection, RequestContext {
 
   // --- the end --------------------------------------------------------------------
 
-  /** Registers the client (and starts its resume, if any), then reads until the connection ends. */
-  open(since: string | undefined): Effect.Effect<void> {
+  /**
+   * Registers the client. A fiber starts only for what the registration may have to say or do (a resume, a
+   * refused `since`, a debug line): a client that just connects has none until its first frame.
+   */
+  start(since: string | undefined): void {
     const hub = this.hub
+    this.id = hub.unsafeNextId()
+    this.annotations = { client_id: this.id, remote_address: this.#remoteAddress }
     // A `?since=` over the resume rate: the client is told, and goes live instead.
     const refusal = since === undefined ? undefined : this.takeResume()
     const resuming = since !== undefined && refusal === undefined
-    let setup = hub.register(this, { allowed: this.principal?.eventTypes, resuming })
-    if (this.#debug) setup = Effect.zipRight(setup, Effect.logDebug("client connected").pipe(Effect.annotateLogs(this.annotations)))
-    if (refusal !== undefined) setup = Effect.zipRight(setup, this.refuse(refusal))
+    hub.unsafeRegister(this, { allowed: this.principal?.eventTypes, resuming })
+    let setup: Effect.Effect<void> | undefined = undefined
+    const then = (next: Effect.Effect<void>) => setup = setup === undefined ? next : Effect.zipRight(setup, next)
+    if (this.#debug) then(Effect.logDebug("client connected").pipe(Effect.annotateLogs(this.annotations)))
+    if (refusal !== undefined) then(this.refuse(refusal))
     if (resuming) {
-      setup = Effect.zipRight(
-        setup,
-        hub.resume(this.id, since!).pipe(
-          Effect.matchEffect({
-            onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
-            onSuccess: (resume) => resume.start
-          })
-        )
-      )
+      then(hub.resume(this.id, since!).pipe(
+        Effect.matchEffect({
+          onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
+          onSuccess: (resume) => resume.start
+        })
+      ))
     }
-    return Effect.zipRight(setup, this.read)
+    if (setup === undefined) this.#active = false
+    else this.#activate(Effect.zipRight(setup, this.#drain))
   }
 
-  /** The fiber's exit: leave the hub, close the socket, and report a defect (closed with 1011). */
+  /** The end: leave the hub, close the socket, and report a defect (closed with 1011). */
   finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
-    const left = Effect.zipRight(this.hub.unregister(this.id), this.close(exit))
-    return Exit.isFailure(exit) && Cause.isDie(exit.cause)
-      ? Effect.zipRight(left, Effect.logError("client connection failed", exit.cause))
-      : left
+    return Effect.suspend(() => {
+      this.#finishing = true
+      this.hub.unsafeUnregister(this.id)
+      const left = this.close(exit)
+      return Exit.isFailure(exit) && Cause.isDie(exit.cause)
+        ? Effect.zipRight(left, Effect.logError("client connection failed", exit.cause))
+        : left
+    })
   }
 
   /** Closes the socket with a code that says why the connection ended, then logs it. */
   close(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
     const ws = this.ws
-    // The HTTP server interrupts the fiber when the peer drops the socket, so look at the socket first.
+    // A socket the peer dropped may not have told its connection yet: look at the socket first.
     this.#leaving ??= ws.readyState !== WebSocket.OPEN || this.socket.destroyed
       ? "client_closed"
       : Exit.isInterrupted(exit)
@@ -440,8 +517,8 @@ class WsConnection implements Connection, RequestContext {
 
 /**
  * Waits for the socket to close, at most `timeout`. It keeps its own timer
- * rather than relying on interruption: it runs in a finalizer, which is
- * uninterruptible, and the HTTP server may already be interrupting this fiber.
+ * rather than relying on interruption: the end of a connection runs
+ * uninterruptibly, and a shutdown may already be interrupting its fiber.
  */
 const waitClosed = (ws: WebSocket, timeout: Duration.Duration) =>
   Effect.async<boolean>((resume) => {

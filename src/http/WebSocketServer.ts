@@ -2,9 +2,9 @@
  * The WebSocket endpoint: a `ws` server that owns no port. The HTTP server
  * hands it the upgrade requests for `wsPath` (see `UpgradeRoutes` in
  * Server.ts) before the platform's own request handling, so a connection
- * costs no HTTP request fiber: each one runs as its own fiber (`Connection.serve`)
- * in this layer's `FiberSet`. Closing the layer interrupts every connection,
- * which then closes with 1001.
+ * costs no HTTP request fiber: a connection's fibers (`Connection.serve`, one
+ * while it has work) run in this layer's `FiberSet`. Closing the layer closes
+ * every connection with 1001 and waits for them, then refuses new ones (503).
  *
  * Before the handshake, `upgrade` refuses a foreign origin (403), an address
  * opening connections too fast (429), a client over the connection limits
@@ -81,10 +81,19 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
           wss.close(() => resume(Effect.void))
         })
     )
-    // Released before the server above: every connection is interrupted (and closed with 1001) first.
-    const connections = yield* FiberSet.make()
-    const run = yield* FiberSet.runtime(connections)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
+    // Released before the server above: every connection is closed with 1001 first.
+    const fibers = yield* FiberSet.make()
+    const run = yield* FiberSet.runtime(fibers)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
     const services = yield* Client.services
+    // An idle connection has no fiber to interrupt: each one is told, then their closes are awaited.
+    let closing = false
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        closing = true
+        for (const ws of wss.clients) Client.connectionOf(ws)?.shutdown()
+        return FiberSet.awaitEmpty(fibers)
+      })
+    )
 
     const admission = new Admission(config, yield* Limits, yield* Auth)
 
@@ -97,6 +106,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     const upgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       // A socket error before or during the handshake must not crash the process.
       socket.on("error", ignore)
+      if (closing) return refuseHandshake(socket, 503, "the hub is shutting down")
       const admitted = admission.check(request)
       if (Either.isLeft(admitted)) return refuse(socket, admitted.left)
       const address = admitted.right.address
@@ -109,7 +119,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
           // A defect is logged by the connection itself (see Connection.serve).
-          run(Client.serve(services, ws, socket, info))
+          Client.serve(services, run, ws, socket, info)
         })
       }
       // Without authentication, no fiber before the handshake.

@@ -1,11 +1,12 @@
 /**
- * The hub: the set of connected clients, held in a `Ref`, and the broadcast
- * that fans an event out to the clients whose subscriptions match it.
+ * The hub: the set of connected clients, held in its subscription index, and
+ * the broadcast that fans an event out to the clients whose subscriptions
+ * match it.
  *
  * Two services come from one layer: `Hub`, what sources and embedding
  * programs use (broadcast), and `HubClients`, what a client connection uses
  * (register, subscribe, resume, ...). The layer creates and owns every piece:
- * the clients `Ref`, the subscription index, the history (a service of its
+ * the subscription index (the set of clients), the history (a service of its
  * own, see History.ts), each resuming client's `Replay`, the `Flusher` that
  * writes every outbox, and the tick that keeps connections alive.
  *
@@ -14,7 +15,7 @@
  * history in one step, so that a resume sees an event in the history or
  * receives it live, never both nor neither.
  */
-import { Clock, Context, Data, Duration, Effect, Either, FiberRef, HashMap, Layer, Ref, Schedule } from "effect"
+import { Clock, Context, Data, Duration, Effect, Either, FiberRef, Layer, Schedule } from "effect"
 import { HubConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
 import { type EventSource, HubMetrics } from "../ops/Metrics.js"
@@ -99,10 +100,25 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
   readonly clientCountByTransport: Effect.Effect<Record<"ws" | "sse", number> & { dashboard?: number }>
 }>() {}
 
+/** How a client starts (see `HubClients.register`). */
+export interface RegisterOptions {
+  readonly allowed?: ReadonlyArray<string> | undefined
+  readonly resuming?: boolean
+  readonly patterns?: ReadonlyArray<string> | undefined
+  readonly rooms?: ReadonlyArray<string> | undefined
+}
+
 /** What a client connection uses: its membership, subscription, rooms and resumes. */
 export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, {
   /** A fresh client id. */
   readonly nextId: Effect.Effect<ClientId>
+  /**
+   * `nextId`, `register` and `unregister` as plain calls, for a connection's socket callbacks: a WebSocket
+   * connection that only listens then never needs a fiber (docs/design.md).
+   */
+  readonly unsafeNextId: () => ClientId
+  readonly unsafeRegister: (connection: Connection, options?: RegisterOptions) => void
+  readonly unsafeUnregister: (id: ClientId) => void
   /** Writes every client's outbox (see Flusher.ts). */
   readonly flusher: Flusher
   /**
@@ -112,15 +128,7 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
    * from its URL, checked by the caller) are its subscription from the start, as a `subscribe` and a `join` would
    * make it, so that no event reaches it under the default.
    */
-  readonly register: (
-    connection: Connection,
-    options?: {
-      readonly allowed?: ReadonlyArray<string> | undefined
-      readonly resuming?: boolean
-      readonly patterns?: ReadonlyArray<string> | undefined
-      readonly rooms?: ReadonlyArray<string> | undefined
-    }
-  ) => Effect.Effect<void>
+  readonly register: (connection: Connection, options?: RegisterOptions) => Effect.Effect<void>
   readonly unregister: (id: ClientId) => Effect.Effect<void>
   /** Replaces a client's `allowed` limit (after a token refresh); `undefined` lifts it. */
   readonly authorize: (id: ClientId, allowed: ReadonlyArray<string> | undefined) => Effect.Effect<void>
@@ -196,8 +204,7 @@ interface HubState {
   readonly config: HubConfig["Type"]
   readonly metrics: HubMetrics["Type"]
   readonly history: HubHistory["Type"]
-  /** The connected clients, for the tick and the count. */
-  readonly clients: Ref.Ref<HashMap.HashMap<ClientId, Member>>
+  /** Every connected client, with its subscription: what the fan-out, the tick and the counts read. */
   readonly index: SubscriptionIndex
   readonly flusher: Flusher
   /** The `event_id`s that entered recently: a repeated one (a publisher's retry) is dropped (see Dedup.ts). */
@@ -275,10 +282,10 @@ const makeHub = (state: HubState): Hub["Type"] => {
           : broadcastEvent({ type, data, source })
       ),
     broadcastEvent,
-    clientCount: Effect.map(Ref.get(state.clients), HashMap.size),
-    clientCountByTransport: Effect.map(Ref.get(state.clients), (clients) => {
+    clientCount: Effect.sync(() => state.index.size),
+    clientCountByTransport: Effect.sync(() => {
       const counts: Record<"ws" | "sse", number> & { dashboard?: number } = { ws: 0, sse: 0 }
-      for (const member of HashMap.values(clients)) {
+      for (const member of state.index.members()) {
         const transport = member.connection.transport ?? "ws"
         counts[transport] = (counts[transport] ?? 0) + 1
       }
@@ -311,43 +318,40 @@ const resume = ({ config, history, index, metrics }: HubState, id: ClientId, sin
 
 // The service object: one short method per request a connection makes, over the state the layer created.
 const makeHubClients = (state: HubState): HubClients["Type"] => {
-  const { clients, config, index } = state
+  const { config, index } = state
   let lastId = 0
   const update = <E>(id: ClientId, change: (subscription: Subscription) => Either.Either<Subscription, E>) =>
     Effect.sync(() => index.update(id, change))
+  const unsafeNextId = () => ++lastId
+  const unsafeRegister = (connection: Connection, options?: RegisterOptions) => {
+    const member = new Member(connection, options?.resuming === true)
+    index.add(member, options?.allowed)
+    state.metrics.clientJoined(connection.transport ?? "ws")
+    const patterns = options?.patterns
+    const rooms = options?.rooms
+    if (patterns === undefined && (rooms === undefined || rooms.length === 0)) return
+    // In the same synchronous step as `add`: no fan-out sees the client with the default subscription.
+    index.update(connection.id, (subscription) =>
+      Either.right<Subscription>({
+        ...subscription,
+        ...(patterns !== undefined && { patterns: [...new Set(patterns)], explicit: true }),
+        ...(rooms !== undefined && rooms.length > 0 && { rooms: new Set(rooms) })
+      }))
+  }
+  const unsafeUnregister = (id: ClientId) => {
+    const member = index.get(id)?.member
+    if (member === undefined) return
+    state.metrics.clientLeft(member.connection.transport ?? "ws")
+    index.remove(id)
+  }
   return HubClients.of({
-    nextId: Effect.sync(() => ++lastId),
+    nextId: Effect.sync(unsafeNextId),
+    unsafeNextId,
+    unsafeRegister,
+    unsafeUnregister,
     flusher: state.flusher,
-    register: (connection, options) => {
-      const member = new Member(connection, options?.resuming === true)
-      return Effect.zipRight(
-        Ref.update(clients, HashMap.set(connection.id, member)),
-        Effect.sync(() => {
-          index.add(member, options?.allowed)
-          state.metrics.clientJoined(connection.transport ?? "ws")
-          const patterns = options?.patterns
-          const rooms = options?.rooms
-          if (patterns === undefined && (rooms === undefined || rooms.length === 0)) return
-          // In the same synchronous step as `add`: no fan-out sees the client with the default subscription.
-          index.update(connection.id, (subscription) =>
-            Either.right<Subscription>({
-              ...subscription,
-              ...(patterns !== undefined && { patterns: [...new Set(patterns)], explicit: true }),
-              ...(rooms !== undefined && rooms.length > 0 && { rooms: new Set(rooms) })
-            }))
-        })
-      )
-    },
-    unregister: (id) =>
-      Effect.zipRight(
-        Ref.update(clients, HashMap.remove(id)),
-        Effect.sync(() => {
-          const member = index.get(id)?.member
-          if (member === undefined) return
-          state.metrics.clientLeft(member.connection.transport ?? "ws")
-          index.remove(id)
-        })
-      ),
+    register: (connection, options) => Effect.sync(() => unsafeRegister(connection, options)),
+    unregister: (id) => Effect.sync(() => unsafeUnregister(id)),
     authorize: (id, allowed) => Effect.asVoid(update(id, (subscription) => Either.right({ ...subscription, allowed }))),
     subscribe: (id, patterns) =>
       Effect.flatMap(
@@ -401,14 +405,13 @@ const make = Effect.gen(function*() {
     config,
     metrics,
     history: yield* HubHistory,
-    clients: yield* Ref.make(HashMap.empty<ClientId, Member>()),
     index: new SubscriptionIndex(),
     flusher: new Flusher(metrics.passEnded),
     recentIds: new RecentIds(config.dedupMaxEvents, Duration.toMillis(config.dedupMaxAge))
   }
   yield* Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
-    for (const member of HashMap.values(yield* Ref.get(state.clients))) member.connection.keepAlive(now)
+    for (const member of state.index.members()) member.connection.keepAlive(now)
   }).pipe(Effect.repeat(Schedule.spaced(tickOf(state.config))), Effect.forkScoped)
 
   yield* health.set("hub", { status: "up", critical: true })

@@ -69,6 +69,16 @@ export class SubscriptionIndex {
     return this.#subscriptions.get(id)
   }
 
+  /** How many clients are indexed: every connected client is. */
+  get size(): number {
+    return this.#subscriptions.size
+  }
+
+  /** Every indexed client. */
+  *members(): IterableIterator<Member> {
+    for (const subscription of this.#subscriptions.values()) yield subscription.member
+  }
+
   /** The subscriptions that receive events of `type` (rooms not yet checked). */
   recipients(type: string): ReadonlySet<Subscription> {
     let found = this.#memo.get(type)
