@@ -2,11 +2,11 @@
  * The WebSocket endpoint, with real `ws` clients against the real server on a
  * free port.
  */
-import { expect, layer } from "@effect/vitest"
-import { Duration, Effect, Option } from "effect"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
-import { connect, eventually, hubLayer, promise, type TestClient } from "./support.js"
+import { connect, eventually, hubLayer, promise, TestClient, wsUrl } from "./support.js"
 
 const rfc3339Utc = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/
 
@@ -397,5 +397,40 @@ layer(hubLayer({ maxSubscriptions: 3 }), { excludeTestServices: true })("rooms",
       yield* promise(() => back.request({ action: "subscribe", event_types: ["#"], since }, "hub.subscribed"))
       yield* promise(() => back.until(() => back.messages.some((message) => message.type === "hub.live"), "hub.live"))
       expect(back.events.map((event) => event.data.n)).toEqual([1, 3])
+    }))
+})
+
+describe("shutdown", () => {
+  // An idle connection has no fiber for the server to interrupt: the server's layer must close each one itself.
+  it.live("closing the server closes idle, subscribed and busy connections with 1001 and refuses upgrades meanwhile", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(60) }),
+        scope
+      )
+      const url = yield* Effect.provide(wsUrl, context)
+      const hub = Context.get(context, Hub)
+      const idle = yield* promise(() => TestClient.connect(url))
+      const subscribed = yield* promise(() => TestClient.connect(url))
+      yield* promise(() => subscribed.request({ action: "subscribe", event_types: ["task.#"] }, "hub.subscribed"))
+      // A client that stops reading while its requests wait for room in its send buffer: its fiber is busy.
+      const stuck = yield* promise(() => TestClient.connect(url))
+      ;(stuck.ws as any)._socket.pause()
+      const payload = "x".repeat(900 * 1024)
+      for (let i = 0; i < 7; i++) yield* hub.broadcast("backtest.completed", { payload })
+      for (let i = 0; i < 12; i++) stuck.ws.send("ping")
+
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      expect(yield* promise(() => idle.closed)).toEqual({ code: 1001, reason: "server shutting down" })
+      expect(yield* promise(() => subscribed.closed)).toEqual({ code: 1001, reason: "server shutting down" })
+      // The stuck client does not answer the close frame: the server waits for it (at most 2 s) and meanwhile
+      // refuses new connections.
+      const refused = yield* promise(() => TestClient.connect(url).then(() => "open", (error: Error) => error.message))
+      expect(refused).toBe("HTTP 503")
+      yield* Fiber.join(closing)
+      expect(yield* hub.clientCount).toBe(0)
+      ;(stuck.ws as any)._socket.resume()
+      yield* promise(() => stuck.closed)
     }))
 })

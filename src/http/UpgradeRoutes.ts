@@ -59,6 +59,14 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
       }
       return (emit as (this: Server, event: string | symbol, ...args: Array<any>) => boolean).call(this, event, ...args)
     } as Server["emit"]
+    // Node hands an upgrade to `request` handling when nothing listens to `upgrade`, as after the platform's own
+    // listener is gone (shutdown), and nothing would answer it: this listener keeps upgrades upgrades, and answers
+    // those nobody else takes.
+    server.on("upgrade", (_request: IncomingMessage, socket: Duplex) => {
+      if (server.listenerCount("upgrade") > 1) return
+      socket.on("error", () => undefined)
+      socket.end("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    })
     return {
       register: (path, handler) =>
         Effect.acquireRelease(

@@ -85,15 +85,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     const fibers = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(fibers)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
     const services = yield* Client.services
-    // An idle connection has no fiber to interrupt: each one is told, then their closes are awaited.
     let closing = false
-    yield* Effect.addFinalizer(() =>
-      Effect.suspend(() => {
-        closing = true
-        for (const ws of wss.clients) Client.connectionOf(ws)?.shutdown()
-        return FiberSet.awaitEmpty(fibers)
-      })
-    )
 
     const admission = new Admission(config, yield* Limits, yield* Auth)
 
@@ -129,5 +121,14 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
       ))
     }
     yield* routes.register(config.wsPath, upgrade)
+    // Released first, while the route still answers (503): an idle connection has no fiber to interrupt, so each one
+    // is told, then their closes are awaited.
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        closing = true
+        for (const ws of wss.clients) Client.connectionOf(ws)?.shutdown()
+        return FiberSet.awaitEmpty(fibers)
+      })
+    )
   })
 )
