@@ -387,6 +387,15 @@ class WsConnection implements Connection, RequestContext {
    * a slow consumer.
    */
   send(message: Outbound): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.#leaving !== undefined) return Effect.void
+      // Room now, the usual case: queued without waiting.
+      const outbox = this.#outbox
+      return outbox.size < outbox.capacity && outbox.offer(message) ? Effect.void : this.#sendWhenRoom(message)
+    })
+  }
+
+  #sendWhenRoom(message: Outbound): Effect.Effect<void> {
     return Effect.async<void>((resume) => {
       if (this.#leaving !== undefined) return resume(Effect.void)
       const outbox = this.#outbox
