@@ -28,7 +28,7 @@ export const PublisherLive = Publisher.layer
 // --- Services ---------------------------------------------------------------
 
 /** `Hub`: broadcast an event to the subscribed clients; `HubClients`: what a custom transport registers with. */
-export { type BroadcastEvent, type ClientId, type Connection, Hub, HubClients, InvalidSince } from "./hub/Hub.js"
+export { type BroadcastEvent, type ClientId, type Connection, Hub, HubClients, InvalidSince, type RegisterOptions } from "./hub/Hub.js"
 /** The events kept for resumes (read-only use: `size`, `oldest`, `newest`). */
 export { type History, type HistoryEntry, HubHistory } from "./hub/History.js"
 /** Publishes to the exchange with publisher confirms (clients' `publish`). */
