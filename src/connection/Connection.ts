@@ -4,12 +4,13 @@
  * an idle connection starts one (in the WebSocket server's `FiberSet`, which
  * supervises it), which handles the waiting frames one at a time, in order,
  * and ends when the inbox is empty. An idle connection is a plain object
- * (docs/design.md, "Where the code departs from the shape": a suspended fiber
- * per idle connection was the largest part of its memory and of its setup).
- * Messages to the client go through its bounded `Outbox`, written in corked
- * batches (see Outbox.ts). The first fiber registers the client with the hub;
- * the last one, or the exit of one that failed or was interrupted, unregisters
- * it and closes the socket with a close code that says why.
+ * (docs/design.md, "The shape we chose, and where the code departs from it":
+ * a suspended fiber per idle connection was the largest part of its memory and
+ * of its setup). Messages to the client go through its bounded `Outbox`,
+ * written in corked batches (see Outbox.ts). The client is registered with the
+ * hub when the upgrade completes; whatever ends the connection, it leaves the
+ * hub at once and its socket is closed with a code that says why (in a fiber,
+ * unless the client closed it itself).
  */
 import { Cause, Duration, Effect, Exit, FiberId, FiberRef, LogLevel, Option } from "effect"
 import type { RuntimeFiber } from "effect/Fiber"
@@ -85,9 +86,7 @@ export const services: Effect.Effect<Services, never, HubClients | HubConfig | H
 
 /**
  * Serves one upgraded connection until it closes. `socket` is the connection's
- * TCP socket, to which the outbox writes pre-built frames directly. Its first
- * fiber registers the client; whatever ends the connection, the client leaves
- * the hub and its socket is closed with a code that says why.
+ * TCP socket, to which the outbox writes pre-built frames directly.
  */
 export const serve = (
   services: Services,
@@ -118,7 +117,7 @@ export const connectionOf = (ws: WebSocket): { readonly shutdown: () => void } |
  */
 class WsConnection implements Connection, RequestContext {
   readonly transport = "ws"
-  /** Given by the hub in `start` (as `annotations`), before anything uses them. */
+  /** Set by `start` (with `annotations`), before anything uses them: the hub gives the id. */
   id!: ClientId
   annotations!: Readonly<Record<string, unknown>>
   readonly hub: HubClients["Type"]
@@ -137,13 +136,16 @@ class WsConnection implements Connection, RequestContext {
   #rate: MessageRate | undefined
   readonly #openedAt: number
   readonly #firstMessageTimeout: number | undefined
-  /** Frames from the client, then `ended` once the connection is over (closed, or kicked by the hub). */
+  /** Frames from the client; `ended` when the connection ends while a fiber is handling them. */
   readonly #inbox: Array<InboxItem> = []
-  /** A fiber is handling the inbox (from `start` until the inbox is empty): arriving frames wait for it. */
+  /**
+   * A fiber is running: handling the inbox (arriving frames wait for it; false again once it is empty, or after a
+   * `start` with nothing to do) or closing the socket (then it stays true).
+   */
   #active = true
-  /** That fiber, once `run` has returned it: shutdown interrupts it. */
+  /** The fiber handling the inbox, once `run` has returned it: shutdown interrupts it. */
   #fiber: RuntimeFiber<void> | undefined = undefined
-  /** The end has begun (unregister, close): nothing more is started. */
+  /** The end has begun: the client has left the hub, and nothing more is read or started. */
   #finishing = false
   /** Frames received and not yet answered: past `inboxHighWater` the socket is no longer read. */
   #unanswered = 0
@@ -155,7 +157,7 @@ class WsConnection implements Connection, RequestContext {
   /** Why the connection ends, once it does. */
   #leaving: DisconnectReason | undefined = undefined
   #closeCode: number | undefined = undefined
-  /** The reader's reply that waits for room in the send buffer, if any (see `send`). */
+  /** The reply that waits for room in the send buffer, if any (see `send`). */
   #waitingSend: (() => void) | undefined = undefined
   /** Resumes allowed on this connection (`WS_RESUME_RATE_LIMIT`), made at the first resume: most never resume. */
   #resumes: TokenBucket | undefined = undefined
@@ -279,7 +281,7 @@ class WsConnection implements Connection, RequestContext {
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
     this.#lastSeen = Date.now()
     this.#messageReceived = true
-    if (this.#flooded) return
+    if (this.#flooded || this.#finishing) return
     const verdict = (this.#rate ??= new MessageRate(this.limits.settings, this.#openedAt)).check(this.#lastSeen)
     if (verdict === "drop") return
     if (verdict === "close") {
@@ -288,6 +290,8 @@ class WsConnection implements Connection, RequestContext {
       this.limits.refused("rate_limit_closed")
       return this.#deliver(floodClose)
     }
+    // Counted before it is delivered: an idle connection's fiber may answer it at once.
+    if (++this.#unanswered >= inboxHighWater && !this.ws.isPaused) this.ws.pause()
     if (verdict === "accept") this.#deliver({ data: toBuffer(data), isBinary })
     else {
       this.limits.refused("rate_limited")
@@ -301,7 +305,6 @@ class WsConnection implements Connection, RequestContext {
         }
       })
     }
-    if (++this.#unanswered >= inboxHighWater && !this.ws.isPaused) this.ws.pause()
   }
 
   #deliver(item: InboxItem): void {
@@ -322,28 +325,42 @@ class WsConnection implements Connection, RequestContext {
       this.#waitingSend = undefined
       return release?.()
     }
+    this.#leave()
     // The common end, the client closed its socket: nothing to wait for and no line to log, so no fiber.
     if (this.ws.readyState === WebSocket.CLOSED && this.#leaving === "client_closed" && !this.#debug) {
-      this.#finishing = true
-      this.hub.unsafeUnregister(this.id)
       this.#metrics.disconnected(this.#leaving)
       return
     }
-    this.#activate(this.#finishNow, deferred)
+    // Not the inbox's fiber, so a shutdown does not interrupt it: the close is bounded by its own timers.
+    this.#active = true
+    const close = Effect.onExit(Effect.uninterruptible(this.close(Exit.void)), this.#afterFiber)
+    this.#run(close, deferred ? { immediate: false } : undefined)
+  }
+
+  /** The client leaves the hub: at once, so that no event is counted for a connection that is ending. */
+  #leave(): void {
+    this.#finishing = true
+    this.hub.unsafeUnregister(this.id)
   }
 
   // --- the connection's fibers ------------------------------------------------------
 
   /** Runs `work` as the connection's fiber; a fiber that fails or is interrupted ends the connection. */
-  #activate(work: Effect.Effect<void>, deferred = false): void {
+  #activate(work: Effect.Effect<void>): void {
     this.#active = true
-    const fiber = this.#run(Effect.onExit(work, this.#afterFiber), deferred ? { immediate: false } : undefined)
+    const fiber = this.#run(Effect.onExit(work, this.#afterFiber))
     // A fiber that ran to its end inside `run` is already gone.
     if (this.#active) this.#fiber = fiber
   }
 
   readonly #afterFiber = (exit: Exit.Exit<void>): Effect.Effect<void> =>
-    Exit.isSuccess(exit) || this.#finishing ? Effect.void : this.finish(exit)
+    Exit.isSuccess(exit)
+      ? Effect.void
+      : !this.#finishing
+      ? this.finish(exit)
+      : Cause.isInterruptedOnly(exit.cause)
+      ? Effect.void
+      : Effect.logError("client connection failed while closing", exit.cause)
 
   /** Handles the client's frames, one at a time and in order, until none is left (the fiber then ends). */
   readonly #drain: Effect.Effect<void> = Effect.suspend(() => {
@@ -383,7 +400,7 @@ class WsConnection implements Connection, RequestContext {
   /**
    * Replies wait for room in the send buffer: a client that sends many
    * requests at once is slowed down (its socket is no longer read while the
-   * reader waits), not disconnected. Only broadcasts treat a full buffer as
+   * reply waits), not disconnected. Only broadcasts treat a full buffer as
    * a slow consumer.
    */
   send(message: Outbound): Effect.Effect<void> {
@@ -406,7 +423,7 @@ class WsConnection implements Connection, RequestContext {
         this.#waitingSend = undefined
         resume(Effect.void)
       }
-      // A buffer that never drains (the client stopped reading) must not hold the reader: `end` releases it.
+      // A buffer that never drains (the client stopped reading) must not hold the fiber: `end` releases it.
       this.#waitingSend = finish
       // Another writer (a replay) may take the room first: then wait again.
       const attempt = () => {
@@ -472,8 +489,7 @@ class WsConnection implements Connection, RequestContext {
   /** The end: leave the hub, close the socket, and report a defect (closed with 1011). */
   finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
     return Effect.suspend(() => {
-      this.#finishing = true
-      this.hub.unsafeUnregister(this.id)
+      this.#leave()
       const left = this.close(exit)
       return Exit.isFailure(exit) && Cause.isDie(exit.cause)
         ? Effect.zipRight(left, Effect.logError("client connection failed", exit.cause))
@@ -497,6 +513,8 @@ class WsConnection implements Connection, RequestContext {
         const leaving = this.#leaving!
         // What is already queued for the client (replies, events) goes out before the close frame.
         this.#outbox.flush()
+        // A socket paused at the inbox's high water must be read again, or the peer's close frame never arrives.
+        if (ws.isPaused) ws.resume()
         const close = leaving in closeFor
           ? closeFor[leaving as keyof typeof closeFor]
           : { code: CloseCode.internalError, reason: "internal error" }

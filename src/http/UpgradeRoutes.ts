@@ -64,8 +64,13 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
     // those nobody else takes.
     server.on("upgrade", (_request: IncomingMessage, socket: Duplex) => {
       if (server.listenerCount("upgrade") > 1) return
+      const body = JSON.stringify({ error: "the hub is shutting down" })
       socket.on("error", () => undefined)
-      socket.end("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+      socket.once("finish", () => socket.destroy())
+      socket.end(
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\n" +
+          `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+      )
     })
     return {
       register: (path, handler) =>

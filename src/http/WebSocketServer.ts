@@ -11,7 +11,7 @@
  * (503) and a missing or bad token (401), each
  * with a JSON reason, then closes the socket.
  */
-import { Effect, Either, FiberSet, Layer, Option } from "effect"
+import { Cause, Effect, Either, FiberSet, Layer, Option } from "effect"
 import { type IncomingMessage, STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer as WsServer } from "ws"
@@ -81,7 +81,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
           wss.close(() => resume(Effect.void))
         })
     )
-    // Released before the server above: every connection is closed with 1001 first.
+    // The connections' fibers; released (any left interrupted) after the shutdown below, before the server above.
     const fibers = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(fibers)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
     const services = yield* Client.services
@@ -106,12 +106,19 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
       socket.once("close", admitted.right.release)
       const accept = (principal: Principal | undefined) => {
         if (socket.destroyed) return
+        // Authenticated after the shutdown began: past the connections the shutdown closes.
+        if (closing) return refuseHandshake(socket, 503, "the hub is shutting down")
         // No closure below may capture `request`: the connection would keep the whole request alive.
         const info: Client.Handshake = { remoteAddress: address, principal, since: sinceOf(request.url) }
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
-          // A defect is logged by the connection itself (see Connection.serve).
-          Client.serve(services, run, ws, socket, info)
+          try {
+            Client.serve(services, run, ws, socket, info)
+          } catch (error) {
+            // A defect in a connection's setup (it runs in the socket's callback, not in a fiber) ends only it.
+            ws.terminate()
+            run(Effect.logError("client connection failed", Cause.die(error)))
+          }
         })
       }
       // Without authentication, no fiber before the handshake.
