@@ -333,12 +333,12 @@ class WsConnection implements Connection, RequestContext {
     }
     // Not the inbox's fiber, so a shutdown does not interrupt it: the close is bounded by its own timers.
     this.#active = true
-    const close = Effect.onExit(Effect.uninterruptible(this.close(Exit.void)), this.#afterFiber)
-    this.#run(close, deferred ? { immediate: false } : undefined)
+    this.#run(Effect.onExit(this.#finishNow, this.#afterFiber), deferred ? { immediate: false } : undefined)
   }
 
-  /** The client leaves the hub: at once, so that no event is counted for a connection that is ending. */
+  /** The client leaves the hub (once): at once, so that no event is counted for a connection that is ending. */
   #leave(): void {
+    if (this.#finishing) return
     this.#finishing = true
     this.hub.unsafeUnregister(this.id)
   }

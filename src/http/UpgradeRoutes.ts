@@ -9,8 +9,29 @@
  * stream lives, with no platform request fiber.
  */
 import { Context, Effect, type Scope } from "effect"
-import type { IncomingMessage, Server, ServerResponse } from "node:http"
+import { type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
+
+/**
+ * Answers a handshake with an HTTP error and a JSON reason, then closes the
+ * socket (as `ws` does for the handshakes it refuses itself).
+ */
+export const refuseHandshake = (socket: Duplex, status: number, error: string, headers: Readonly<Record<string, string>> = {}) => {
+  if (socket.destroyed) return
+  const body = JSON.stringify({ error })
+  const head = {
+    connection: "close",
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(body)),
+    ...headers
+  }
+  socket.once("finish", () => socket.destroy())
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n` +
+      Object.entries(head).map(([name, value]) => `${name}: ${value}`).join("\r\n") +
+      `\r\n\r\n${body}`
+  )
+}
 
 export type UpgradeHandler = (request: IncomingMessage, socket: Duplex, head: Buffer) => void
 export type StreamHandler = (request: IncomingMessage, response: ServerResponse) => void
@@ -64,13 +85,8 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
     // those nobody else takes.
     server.on("upgrade", (_request: IncomingMessage, socket: Duplex) => {
       if (server.listenerCount("upgrade") > 1) return
-      const body = JSON.stringify({ error: "the hub is shutting down" })
       socket.on("error", () => undefined)
-      socket.once("finish", () => socket.destroy())
-      socket.end(
-        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\n" +
-          `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
-      )
+      refuseHandshake(socket, 503, "the hub is shutting down")
     })
     return {
       register: (path, handler) =>

@@ -12,7 +12,7 @@
  * with a JSON reason, then closes the socket.
  */
 import { Cause, Effect, Either, FiberSet, Layer, Option } from "effect"
-import { type IncomingMessage, STATUS_CODES } from "node:http"
+import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer as WsServer } from "ws"
 import { Auth, BearerProtocol, type Principal } from "../security/Auth.js"
@@ -22,30 +22,9 @@ import type { HubClients } from "../hub/Hub.js"
 import { Limits } from "../security/Limits.js"
 import type { HubMetrics } from "../ops/Metrics.js"
 import { Admission, type Refused, sinceOf } from "./Admission.js"
-import { UpgradeRoutes } from "./UpgradeRoutes.js"
+import { refuseHandshake, UpgradeRoutes } from "./UpgradeRoutes.js"
 
 const ignore = () => undefined
-
-/**
- * Answers a handshake with an HTTP error and a JSON reason, then closes the
- * socket (as `ws` does for the handshakes it refuses itself).
- */
-const refuseHandshake = (socket: Duplex, status: number, error: string, headers: Readonly<Record<string, string>> = {}) => {
-  if (socket.destroyed) return
-  const body = JSON.stringify({ error })
-  const head = {
-    connection: "close",
-    "content-type": "application/json",
-    "content-length": String(Buffer.byteLength(body)),
-    ...headers
-  }
-  socket.once("finish", () => socket.destroy())
-  socket.end(
-    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n` +
-      Object.entries(head).map(([name, value]) => `${name}: ${value}`).join("\r\n") +
-      `\r\n\r\n${body}`
-  )
-}
 
 export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetrics | UpgradeRoutes | Auth | Limits> = Layer.scopedDiscard(
   Effect.gen(function*() {
@@ -98,7 +77,6 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     const upgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
       // A socket error before or during the handshake must not crash the process.
       socket.on("error", ignore)
-      if (closing) return refuseHandshake(socket, 503, "the hub is shutting down")
       const admitted = admission.check(request)
       if (Either.isLeft(admitted)) return refuse(socket, admitted.left)
       const address = admitted.right.address
@@ -106,7 +84,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
       socket.once("close", admitted.right.release)
       const accept = (principal: Principal | undefined) => {
         if (socket.destroyed) return
-        // Authenticated after the shutdown began: past the connections the shutdown closes.
+        // After the shutdown began (authenticated or not): past the connections the shutdown closes.
         if (closing) return refuseHandshake(socket, 503, "the hub is shutting down")
         // No closure below may capture `request`: the connection would keep the whole request alive.
         const info: Client.Handshake = { remoteAddress: address, principal, since: sinceOf(request.url) }
