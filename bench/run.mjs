@@ -128,14 +128,17 @@ const benchLimits = {
   WS_RESUME_RATE_LIMIT_PER_IP: "1000000"
 }
 
-/** Starts a server: `hub` (node dist/main.js), `ws-send`, `ws-frame` or `ws-corked` (bench/servers/baseline.mjs). */
+/**
+ * Starts a server: `hub` (node dist/main.js, or the build named by `BENCH_HUB`, to compare two builds back to back),
+ * `ws-send`, `ws-frame` or `ws-corked` (bench/servers/baseline.mjs).
+ */
 const startServer = async (kind, extraEnv = {}, attempt = 1) => {
   const port = nextPort++
   const env = { ...process.env, PORT: String(port), HOST: "127.0.0.1" }
   let child
   const profileArgs = options.profile ? ["--cpu-prof", `--cpu-prof-dir=${join(results, "profiles", kind)}`] : []
   if (kind === "hub") {
-    child = spawn(process.execPath, [...profileArgs, join(root, "dist", "main.js")], {
+    child = spawn(process.execPath, [...profileArgs, process.env.BENCH_HUB ?? join(root, "dist", "main.js")], {
       // Every load-generator client connects from 127.0.0.1: lift the per-address and publish limits.
       env: { ...env, PUBLISH_TOKEN: "bench", RABBITMQ_URL: "", LOG_LEVEL: "warn", ...benchLimits, ...extraEnv },
       stdio: ["ignore", "inherit", "inherit"]

@@ -116,11 +116,13 @@ export const run = async (ctx) => {
     rate: 100,
     seconds: flag("churn-seconds", options.quick ? 2 : 5),
     warmupMs: options.quick ? 1000 : 2000,
-    repeat: flag("churn-repeat", options.quick ? 1 : 3)
+    repeat: flag("churn-repeat", options.quick ? 1 : 3),
+    // `--churn-servers hub`: the hub alone (to compare two builds, see BENCH_HUB in run.mjs).
+    servers: (process.argv.includes("--churn-servers") ? process.argv[process.argv.indexOf("--churn-servers") + 1] : "ws-send,hub").split(",")
   }
   const runs = []
   for (let round = 1; round <= settings.repeat; round++) {
-    for (const kind of ["ws-send", "hub"]) {
+    for (const kind of settings.servers) {
       progress(`churn: ${kind}, ${settings.steady} steady clients at ${settings.rate} events/s, ${settings.loops} churn loops, round ${round} of ${settings.repeat}`)
       runs.push(await churnRun(kind, ctx, settings))
     }
@@ -137,12 +139,12 @@ export const run = async (ctx) => {
     }
   }
   const hub = summary("hub")
-  const bare = summary("ws-send")
+  const bare = settings.servers.includes("ws-send") ? summary("ws-send") : undefined
   report.scenarios.churn = { settings, hub, bare, runs }
-  for (const s of [hub, bare]) {
+  for (const s of bare === undefined ? [hub] : [hub, bare]) {
     rows.push([
       `churn ${s.server === "hub" ? "hub" : "bare ws"} (${settings.loops} loops)`,
-      `${fmt(s.cpu_us_per_cycle, 0)} us CPU/cycle` + (s === hub ? ` (${fmt(hub.cpu_us_per_cycle / bare.cpu_us_per_cycle)}x bare ws)` : ""),
+      `${fmt(s.cpu_us_per_cycle, 0)} us CPU/cycle` + (s === hub && bare !== undefined ? ` (${fmt(hub.cpu_us_per_cycle / bare.cpu_us_per_cycle)}x bare ws)` : ""),
       `${fmt(s.cycles_per_second, 0)} cycles/s, server ${fmt(s.server_cores_churn)} core`,
       `steady p99 ${fmt(s.steady_p99_quiet_ms)} -> ${fmt(s.steady_p99_churn_ms)} ms (${fmt(s.p99_ratio)}x)` +
         (s.failed_cycles > 0 ? `, ${s.failed_cycles} failed cycles` : "")

@@ -1,6 +1,7 @@
 // A churn-only A/B harness: server CPU per connect+subscribe+close cycle, no steady clients, no events (the hub's
 // cycle ends at its hub.subscribed reply, the bare server's right after the open). For comparing two builds back to
-// back (copy dist/ aside before a change); `PROF=<dir>` adds --cpu-prof to the hub.
+// back (copy dist/ aside before a change); `PROF=<dir>` adds --cpu-prof to the server; `RATE=<n>` runs n cycles per
+// second instead of loops at saturation (a steadier figure: the servers' cost per cycle depends on how loaded they are).
 //   node bench/tools/churn-ab.mjs <path to a build's main.js | baseline> [seconds] [loops]
 import { fork, spawn } from "node:child_process"
 import { readdirSync, readFileSync } from "node:fs"
@@ -28,7 +29,19 @@ const cycle = () => new Promise((resolve) => {
 })
 const loop = async () => { while (running) await cycle() }
 const loops = []
-for (let i = 0; i < Number(loopsArg); i++) loops.push(loop())
+// RATE=<cycles/s>: cycles started at a fixed rate (open loop) instead of `loops` closed loops at saturation.
+const rate = Number(process.env.RATE ?? 0)
+if (rate > 0) {
+  const start = performance.now()
+  let started = 0
+  loops.push((async () => {
+    while (running) {
+      const due = Math.floor(((performance.now() - start) / 1000) * rate)
+      for (; started < due; started++) loops.push(cycle())
+      await new Promise((r) => setTimeout(r, 1))
+    }
+  })())
+} else for (let i = 0; i < Number(loopsArg); i++) loops.push(loop())
 await new Promise((r) => setTimeout(r, 1500)) // warm-up
 const c0 = cycles, cpu0 = cpu(), t0 = Date.now()
 await new Promise((r) => setTimeout(r, Number(seconds) * 1000))

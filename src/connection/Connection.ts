@@ -1,12 +1,13 @@
 /**
  * One WebSocket connection: an actor whose mailbox is its inbox of frames
- * from the client. It has a fiber only while it has work: a frame arriving at
- * an idle connection starts one (in the WebSocket server's `FiberSet`, which
- * supervises it), which handles the waiting frames one at a time, in order,
- * and ends when the inbox is empty. An idle connection is a plain object
- * (docs/design.md, "The shape we chose, and where the code departs from it":
- * a suspended fiber per idle connection was the largest part of its memory and
- * of its setup). Messages to the client go through its bounded `Outbox`,
+ * from the client. It has a fiber only while it has work that waits: a frame
+ * arriving at an idle connection is answered at once if its answer needs no
+ * waiting (most requests, see Requests.ts); otherwise it starts a fiber (in
+ * the WebSocket server's `FiberSet`, which supervises it), which handles the
+ * waiting frames one at a time, in order, and ends when the inbox is empty.
+ * An idle connection is a plain object (docs/design.md, "The shape we chose,
+ * and where the code departs from it": a suspended fiber per idle connection
+ * was the largest part of its memory and of its setup). Messages to the client go through its bounded `Outbox`,
  * written in corked batches (see Outbox.ts). The client is registered with the
  * hub when the upgrade completes; whatever ends the connection, it leaves the
  * hub at once and its socket is closed with a code that says why (in a fiber,
@@ -24,7 +25,7 @@ import { HubMetrics } from "../ops/Metrics.js"
 import { Outbox } from "../hub/Outbox.js"
 import { closeFor, CloseCode, type DisconnectReason, type ErrorData, type Outbound } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
-import { type Incoming, type RequestContext, Requests } from "./Requests.js"
+import { type Answer, type Incoming, type RequestContext, Requests } from "./Requests.js"
 
 /** Inbound frames waiting to be handled before the socket stops being read. */
 const inboxHighWater = 16
@@ -61,6 +62,8 @@ export interface Services {
   readonly publisher: Option.Option<Publisher["Type"]>
   /** Debug lines are logged: otherwise they are not even built (a connection's life has two). */
   readonly debug: boolean
+  /** Spans are recorded (Tracing.ts): requests are then answered in the fiber, each inside its span. */
+  readonly tracing: boolean
 }
 
 /**
@@ -79,7 +82,8 @@ export const services: Effect.Effect<Services, never, HubClients | HubConfig | H
       auth: yield* Auth,
       limits: yield* Limits,
       publisher: yield* Effect.serviceOption(Publisher),
-      debug: LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug)
+      debug: LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug),
+      tracing: yield* FiberRef.get(FiberRef.currentTracerEnabled)
     }
   }
 )
@@ -125,6 +129,7 @@ class WsConnection implements Connection, RequestContext {
   readonly auth: Auth["Type"]
   readonly limits: Limits["Type"]
   readonly publisher: Option.Option<Publisher["Type"]>
+  readonly tracing: boolean
   principal: Principal | undefined
   readonly #metrics: HubMetrics["Type"]
   readonly #debug: boolean
@@ -176,6 +181,7 @@ class WsConnection implements Connection, RequestContext {
     this.auth = services.auth
     this.limits = services.limits
     this.publisher = services.publisher
+    this.tracing = services.tracing
     this.principal = info.principal
     this.#metrics = services.metrics
     this.#debug = services.debug
@@ -308,8 +314,29 @@ class WsConnection implements Connection, RequestContext {
   }
 
   #deliver(item: InboxItem): void {
-    this.#inbox.push(item)
-    if (!this.#active && !this.#finishing) this.#activate(this.#drain)
+    if (this.#active || this.#finishing || typeof item === "symbol") {
+      this.#inbox.push(item)
+      if (!this.#active && !this.#finishing) this.#activate(this.#drain)
+      return
+    }
+    // Idle: answered here if nothing in the answer waits, else by a fiber that then handles what follows.
+    let rest: Answer
+    try {
+      rest = this.#requestsOf().handle(item)
+    } catch (error) {
+      // A defect in a request's answer ends only this connection, as it would in a fiber (1011, logged).
+      rest = Effect.die(error)
+    }
+    if (rest === undefined) this.#countAnswered()
+    else this.#activate(Effect.zipRight(rest, this.#answered))
+  }
+
+  #requestsOf(): Requests {
+    return this.#requests ??= new Requests(this)
+  }
+
+  #countAnswered(): void {
+    if (--this.#unanswered <= inboxLowWater && this.ws.isPaused) this.ws.resume()
   }
 
   /**
@@ -375,11 +402,12 @@ class WsConnection implements Connection, RequestContext {
       this.kick("rate_limited")
       return this.#finishNow
     }
-    return Effect.zipRight((this.#requests ??= new Requests(this)).handle(incoming), this.#answered)
+    const rest = this.#requestsOf().handle(incoming)
+    return rest === undefined ? this.#answered : Effect.zipRight(rest, this.#answered)
   })
 
   readonly #answered: Effect.Effect<void> = Effect.suspend(() => {
-    if (--this.#unanswered <= inboxLowWater && this.ws.isPaused) this.ws.resume()
+    this.#countAnswered()
     return this.#drain
   })
 
@@ -404,12 +432,13 @@ class WsConnection implements Connection, RequestContext {
    * a slow consumer.
    */
   send(message: Outbound): Effect.Effect<void> {
-    return Effect.suspend(() => {
-      if (this.#leaving !== undefined) return Effect.void
-      // Room now, the usual case: queued without waiting.
-      const outbox = this.#outbox
-      return outbox.size < outbox.capacity && outbox.offer(message) ? Effect.void : this.#sendWhenRoom(message)
-    })
+    return Effect.suspend(() => this.sendNow(message) ? Effect.void : this.#sendWhenRoom(message))
+  }
+
+  /** Room now, the usual case: queued without waiting (a connection that is ending takes nothing more). */
+  sendNow(message: Outbound): boolean {
+    const outbox = this.#outbox
+    return this.#leaving !== undefined || (outbox.size < outbox.capacity && outbox.offer(message))
   }
 
   #sendWhenRoom(message: Outbound): Effect.Effect<void> {
@@ -453,7 +482,7 @@ class WsConnection implements Connection, RequestContext {
 
   /** A refusal of the handshake's `since` (a `hub.error`). */
   refuse(error: ErrorData): Effect.Effect<void> {
-    return (this.#requests ??= new Requests(this)).refuse(error)
+    return this.#requestsOf().refuse(error)
   }
 
   // --- the end --------------------------------------------------------------------

@@ -1,14 +1,19 @@
 /**
- * A client's requests: what the hub does with each frame a connection's
- * reader takes from its inbox (see Client.ts), one at a time, in order.
- * Every reply goes through the connection's `send`, which waits for room in
- * its bounded send buffer.
+ * A client's requests: what the hub does with each frame a connection takes
+ * from its inbox, one at a time, in order.
+ *
+ * Most requests need no waiting (a `subscribe`, `unsubscribe`, `join`,
+ * `leave` or ping whose reply finds room in the send buffer): they are
+ * answered at once, in the socket's callback, and a connection that only
+ * makes those never starts a fiber. The others (a resume, a token refresh, a
+ * publish awaiting the broker, a reply waiting for room, a refusal, which is
+ * logged) return the effect that answers them, for the connection's fiber.
  *
  * The handlers are methods of one object per connection rather than closures
  * made for each connection: thousands of idle connections each keep one small
  * object instead of a dozen functions.
  */
-import { Clock, Effect, Either, Option } from "effect"
+import { Effect, Either, Option } from "effect"
 import type { Auth, Principal } from "../security/Auth.js"
 import { checkPatterns, checkRooms } from "../security/Subscription.js"
 import type { HubSettings } from "../config/Config.js"
@@ -25,7 +30,6 @@ import {
   TextPing
 } from "../protocol/Protocol.js"
 import type { Publisher } from "../rabbitmq/Publisher.js"
-import { whenTracing } from "../ops/Tracing.js"
 import * as Topic from "../protocol/Topic.js"
 
 /** A frame from the client, as the reader gets it. */
@@ -35,6 +39,9 @@ export interface Incoming {
   /** Set when the frame was dropped before being read (rate limit): only this answer is sent. */
   readonly refusal?: ErrorData
 }
+
+/** What is left of answering a request: nothing (`undefined`: answered already), or an effect for the fiber. */
+export type Answer = Effect.Effect<void> | undefined
 
 /** What a connection's requests act on. */
 export interface RequestContext {
@@ -46,6 +53,10 @@ export interface RequestContext {
   readonly limits: Limits["Type"]
   /** Absent when the embedding program provides no publisher: `publish` is then refused. */
   readonly publisher: Option.Option<Publisher["Type"]>
+  /** Requests are traced (Tracing.ts): each is then answered inside its span, in the fiber. */
+  readonly tracing: boolean
+  /** Queues a message for the client if its send buffer has room now; false otherwise (nothing queued). */
+  sendNow(message: Outbound): boolean
   /** Queues a message for the client once its send buffer has room. */
   send(message: Outbound): Effect.Effect<void>
   /** Who connected (with authentication); replaced by a token refresh. */
@@ -57,29 +68,28 @@ export interface RequestContext {
 export class Requests {
   constructor(readonly context: RequestContext) {}
 
-  /** Answers one frame. */
-  handle({ data, isBinary, refusal }: Incoming): Effect.Effect<void> {
+  /** Answers one frame, at once if nothing in it waits (see above). */
+  handle({ data, isBinary, refusal }: Incoming): Answer {
     const { id } = this.context
     if (refusal !== undefined) return this.refuse(refusal)
     if (isBinary) {
       return this.refuse({ code: "binary_not_supported", message: "binary frames are not supported; send JSON text" })
     }
     const text = data.toString("utf8")
-    if (text === TextPing) return this.context.send(pongMessage)
+    if (text === TextPing) return this.answer(pongMessage)
     const request = parseRequest(text)
     if (Either.isLeft(request)) return this.refuse(request.left)
-    const action = request.right.action
-    // Spans for what a client asks (none at all while tracing is off, see Tracing.ts).
-    const name = action === "subscribe" && request.right.since !== undefined ? "resume" : action
-    const answer = this.dispatch(request.right)
-    return whenTracing(answer, () =>
-      Effect.withSpan(answer, `hub.request.${name}`, {
-        attributes: { "hub.client_id": id, "hub.request.action": name },
-        captureStackTrace: false
-      }))
+    const right = request.right
+    if (!this.context.tracing) return this.dispatch(right)
+    // A span for what the client asks, with the whole answer inside it.
+    const name = right.action === "subscribe" && right.since !== undefined ? "resume" : right.action
+    return Effect.withSpan(Effect.suspend(() => this.dispatch(right) ?? Effect.void), `hub.request.${name}`, {
+      attributes: { "hub.client_id": id, "hub.request.action": name },
+      captureStackTrace: false
+    })
   }
 
-  private dispatch(request: ClientRequest): Effect.Effect<void> {
+  private dispatch(request: ClientRequest): Answer {
     const { hub, id } = this.context
     switch (request.action) {
       case "auth":
@@ -87,31 +97,35 @@ export class Requests {
       case "publish":
         return this.publish(request)
       case "unsubscribe":
-        return Effect.flatMap(
-          hub.unsubscribe(id, request.event_types),
-          (now) => this.reply(HubMessageType.unsubscribed, { event_types: now })
-        )
+        return this.replyNow(HubMessageType.unsubscribed, { event_types: hub.unsafeUnsubscribe(id, request.event_types) })
       case "join":
         return this.join(request.rooms)
       case "leave":
-        return Effect.flatMap(hub.leave(id, request.rooms), (now) => this.reply(HubMessageType.rooms, { rooms: now }))
+        return this.replyNow(HubMessageType.rooms, { rooms: hub.unsafeLeave(id, request.rooms) })
       case "subscribe": {
         const { event_types, since } = request
         const refused = this.checkSubscription(event_types)
         if (refused !== undefined) return this.refuse(refused)
         if (since !== undefined) return this.subscribeSince(event_types, since)
-        return hub.subscribe(id, event_types).pipe(
-          Effect.matchEffect({
-            onFailure: (error) => this.tooManySubscriptions(error),
-            onSuccess: (now) => this.reply(HubMessageType.subscribed, { event_types: now })
-          })
-        )
+        return Either.match(hub.unsafeSubscribe(id, event_types), {
+          onLeft: (error) => this.tooManySubscriptions(error),
+          onRight: (now) => this.replyNow(HubMessageType.subscribed, { event_types: now })
+        })
       }
     }
   }
 
+  /** Queues `message` at once if the send buffer has room (the usual case); otherwise the effect that waits. */
+  private answer(message: Outbound): Answer {
+    return this.context.sendNow(message) ? undefined : this.context.send(message)
+  }
+
+  private replyNow(type: string, data: unknown): Answer {
+    return this.answer(Outbound.message(type, data, new Date()))
+  }
+
   reply(type: string, data: unknown): Effect.Effect<void> {
-    return Effect.flatMap(Clock.currentTimeMillis, (now) => this.context.send(Outbound.message(type, data, new Date(now))))
+    return Effect.suspend(() => this.replyNow(type, data) ?? Effect.void)
   }
 
   /** A `hub.error`, with a debug-level log line. */
@@ -165,16 +179,14 @@ export class Requests {
   }
 
   /** `{"action":"join"}`: rooms named `<key>:<value>` with a key of `ROOM_KEYS`. */
-  private join(rooms: ReadonlyArray<string>): Effect.Effect<void> {
+  private join(rooms: ReadonlyArray<string>): Answer {
     const { config, hub, id } = this.context
     const refused = checkRooms(config.roomKeys, rooms)
     if (refused !== undefined) return this.refuse(refused)
-    return hub.join(id, rooms).pipe(
-      Effect.matchEffect({
-        onFailure: (error) => this.refuse({ code: "too_many_rooms", message: error.message }),
-        onSuccess: (now) => this.reply(HubMessageType.rooms, { rooms: now })
-      })
-    )
+    return Either.match(hub.unsafeJoin(id, rooms), {
+      onLeft: (error) => this.refuse({ code: "too_many_rooms", message: error.message }),
+      onRight: (now) => this.replyNow(HubMessageType.rooms, { rooms: now })
+    })
   }
 
   /** `{"action":"auth"}`: a new token for this connection, with the same subject. */

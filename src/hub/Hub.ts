@@ -119,6 +119,17 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
   readonly unsafeNextId: () => ClientId
   readonly unsafeRegister: (connection: Connection, options?: RegisterOptions) => void
   readonly unsafeUnregister: (id: ClientId) => void
+  /**
+   * `subscribe`, `unsubscribe`, `join` and `leave` as plain calls, for the same reason: a connection answers these
+   * requests in its socket's callback, without starting a fiber.
+   */
+  readonly unsafeSubscribe: (
+    id: ClientId,
+    patterns: ReadonlyArray<string>
+  ) => Either.Either<ReadonlyArray<string>, TooManySubscriptions>
+  readonly unsafeUnsubscribe: (id: ClientId, patterns: ReadonlyArray<string>) => ReadonlyArray<string>
+  readonly unsafeJoin: (id: ClientId, rooms: ReadonlyArray<string>) => Either.Either<ReadonlyArray<string>, TooManyRooms>
+  readonly unsafeLeave: (id: ClientId, rooms: ReadonlyArray<string>) => ReadonlyArray<string>
   /** Writes every client's outbox (see Flusher.ts). */
   readonly flusher: Flusher
   /**
@@ -320,8 +331,6 @@ const resume = ({ config, history, index, metrics }: HubState, id: ClientId, sin
 const makeHubClients = (state: HubState): HubClients["Type"] => {
   const { config, index } = state
   let lastId = 0
-  const update = <E>(id: ClientId, change: (subscription: Subscription) => Either.Either<Subscription, E>) =>
-    Effect.sync(() => index.update(id, change))
   const unsafeNextId = () => ++lastId
   const unsafeRegister = (connection: Connection, options?: RegisterOptions) => {
     const member = new Member(connection, options?.resuming === true)
@@ -344,20 +353,49 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
     state.metrics.clientLeft(member.connection.transport ?? "ws")
     index.remove(id)
   }
+  const unsafeSubscribe = (id: ClientId, patterns: ReadonlyArray<string>) =>
+    patternsOf(index.update(id, (subscription) => subscribed(config.maxSubscriptions, subscription, patterns)))
+  const unsafeUnsubscribe = (id: ClientId, patterns: ReadonlyArray<string>) =>
+    Either.getOrElse(
+      patternsOf(index.update(id, (subscription) =>
+        Either.right({ ...subscription, patterns: subscription.patterns.filter((p) => !patterns.includes(p)) }))),
+      () => []
+    )
+  const unsafeJoin = (id: ClientId, rooms: ReadonlyArray<string>) =>
+    Either.map(
+      index.update(id, (subscription) => {
+        const next = new Set([...(subscription.rooms ?? []), ...rooms])
+        if (next.size > config.maxSubscriptions) {
+          return Either.left(new TooManyRooms({ limit: config.maxSubscriptions, requested: next.size }))
+        }
+        // In no room (an empty `join`), the client has no room filter: it receives the events of every room.
+        return Either.right({ ...subscription, rooms: next.size > 0 ? next : undefined })
+      }),
+      roomsIn
+    )
+  const unsafeLeave = (id: ClientId, rooms: ReadonlyArray<string>) =>
+    Either.match(
+      index.update(id, (subscription) => {
+        const next = new Set([...(subscription.rooms ?? [])].filter((room) => !rooms.includes(room)))
+        return Either.right({ ...subscription, rooms: next.size > 0 ? next : undefined })
+      }),
+      { onLeft: () => [], onRight: roomsIn }
+    )
   return HubClients.of({
     nextId: Effect.sync(unsafeNextId),
     unsafeNextId,
     unsafeRegister,
     unsafeUnregister,
+    unsafeSubscribe,
+    unsafeUnsubscribe,
+    unsafeJoin,
+    unsafeLeave,
     flusher: state.flusher,
     register: (connection, options) => Effect.sync(() => unsafeRegister(connection, options)),
     unregister: (id) => Effect.sync(() => unsafeUnregister(id)),
-    authorize: (id, allowed) => Effect.asVoid(update(id, (subscription) => Either.right({ ...subscription, allowed }))),
-    subscribe: (id, patterns) =>
-      Effect.flatMap(
-        update(id, (subscription) => subscribed(config.maxSubscriptions, subscription, patterns)),
-        (result) => patternsOf(result)
-      ),
+    authorize: (id, allowed) =>
+      Effect.sync(() => void index.update(id, (subscription) => Either.right({ ...subscription, allowed }))),
+    subscribe: (id, patterns) => Effect.suspend(() => unsafeSubscribe(id, patterns)),
     checkSubscribe: (id, patterns) =>
       Effect.suspend(() => {
         const subscription = index.get(id)
@@ -367,32 +405,9 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
           onRight: () => Effect.void
         })
       }),
-    unsubscribe: (id, patterns) =>
-      Effect.map(
-        update(id, (subscription) =>
-          Either.right({ ...subscription, patterns: subscription.patterns.filter((p) => !patterns.includes(p)) })),
-        (result) => Either.getOrElse(patternsOf(result), () => [])
-      ),
-    join: (id, rooms) =>
-      Effect.flatMap(
-        update(id, (subscription) => {
-          const next = new Set([...(subscription.rooms ?? []), ...rooms])
-          if (next.size > config.maxSubscriptions) {
-            return Either.left(new TooManyRooms({ limit: config.maxSubscriptions, requested: next.size }))
-          }
-          // In no room (an empty `join`), the client has no room filter: it receives the events of every room.
-          return Either.right({ ...subscription, rooms: next.size > 0 ? next : undefined })
-        }),
-        (result) => Either.map(result, roomsIn)
-      ),
-    leave: (id, rooms) =>
-      Effect.map(
-        update(id, (subscription) => {
-          const next = new Set([...(subscription.rooms ?? [])].filter((room) => !rooms.includes(room)))
-          return Either.right({ ...subscription, rooms: next.size > 0 ? next : undefined })
-        }),
-        (result) => Either.match(result, { onLeft: () => [], onRight: roomsIn })
-      ),
+    unsubscribe: (id, patterns) => Effect.sync(() => unsafeUnsubscribe(id, patterns)),
+    join: (id, rooms) => Effect.suspend(() => unsafeJoin(id, rooms)),
+    leave: (id, rooms) => Effect.sync(() => unsafeLeave(id, rooms)),
     resume: (id, since) => resume(state, id, since)
   })
 }
