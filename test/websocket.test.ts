@@ -191,6 +191,28 @@ layer(hubLayer({ sendBuffer: 8, maxSubscriptions: 3 }), { excludeTestServices: t
       expect(client.isOpen).toBe(true)
     }))
 
+  it.scoped("answers requests in the order they were sent, whether answered at once or after waiting", () =>
+    Effect.gen(function*() {
+      const client = yield* connect()
+      // A ping and an unsubscribe are answered in the socket's callback while the send buffer (8) has room; an
+      // unknown action is refused (logged) by the connection's fiber, and so is everything sent after it until the
+      // fiber is done.
+      const expected: Array<string> = []
+      for (let i = 0; i < 100; i++) {
+        client.ws.send("ping")
+        client.ws.send(JSON.stringify({ action: "unsubscribe", event_types: [`t.${i}`] }))
+        client.ws.send(JSON.stringify({ action: `nope-${i}` }))
+        expected.push("pong", "hub.unsubscribed", `nope-${i}`)
+      }
+      yield* promise(() => client.until(() => client.frames.length >= expected.length, `${expected.length} replies`))
+      const answered = client.frames.map((frame) => {
+        if (frame === "pong") return frame
+        const message = JSON.parse(frame)
+        return message.type === "hub.error" ? /nope-\d+/.exec(message.data.message)?.[0] : message.type
+      })
+      expect(answered).toEqual(expected)
+    }))
+
   it.scoped("refuses a subscription beyond WS_MAX_SUBSCRIPTIONS and leaves the subscription as it was", () =>
     Effect.gen(function*() {
       const client = yield* connect()

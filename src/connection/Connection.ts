@@ -7,11 +7,12 @@
  * waiting frames one at a time, in order, and ends when the inbox is empty.
  * An idle connection is a plain object (docs/design.md, "The shape we chose,
  * and where the code departs from it": a suspended fiber per idle connection
- * was the largest part of its memory and of its setup). Messages to the client go through its bounded `Outbox`,
- * written in corked batches (see Outbox.ts). The client is registered with the
- * hub when the upgrade completes; whatever ends the connection, it leaves the
- * hub at once and its socket is closed with a code that says why (in a fiber,
- * unless the client closed it itself).
+ * was the largest part of its memory and of its setup). Messages to the
+ * client go through its bounded `Outbox`, written in corked batches (see
+ * Outbox.ts). The client is registered with the hub when the upgrade
+ * completes; whatever ends the connection, it leaves the hub at once and its
+ * socket is closed with a code that says why (in a fiber, unless the client
+ * closed it itself).
  */
 import { Cause, Duration, Effect, Exit, FiberId, FiberRef, LogLevel, Option } from "effect"
 import type { RuntimeFiber } from "effect/Fiber"
@@ -296,7 +297,7 @@ class WsConnection implements Connection, RequestContext {
       this.limits.refused("rate_limit_closed")
       return this.#deliver(floodClose)
     }
-    // Counted before it is delivered: an idle connection's fiber may answer it at once.
+    // Counted before it is delivered: an idle connection answers it at once.
     if (++this.#unanswered >= inboxHighWater && !this.ws.isPaused) this.ws.pause()
     if (verdict === "accept") this.#deliver({ data: toBuffer(data), isBinary })
     else {
@@ -314,7 +315,7 @@ class WsConnection implements Connection, RequestContext {
   }
 
   #deliver(item: InboxItem): void {
-    if (this.#active || this.#finishing || typeof item === "symbol") {
+    if (this.#active || this.#finishing || this.#leaving !== undefined || typeof item === "symbol") {
       this.#inbox.push(item)
       if (!this.#active && !this.#finishing) this.#activate(this.#drain)
       return

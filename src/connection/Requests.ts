@@ -1,6 +1,6 @@
 /**
- * A client's requests: what the hub does with each frame a connection takes
- * from its inbox, one at a time, in order.
+ * A client's requests: what the hub does with each frame from a client, one
+ * at a time, in order.
  *
  * Most requests need no waiting (a `subscribe`, `unsubscribe`, `join`,
  * `leave` or ping whose reply finds room in the send buffer): they are
@@ -32,7 +32,7 @@ import {
 import type { Publisher } from "../rabbitmq/Publisher.js"
 import * as Topic from "../protocol/Topic.js"
 
-/** A frame from the client, as the reader gets it. */
+/** A frame from the client, as its connection received it. */
 export interface Incoming {
   readonly data: Buffer
   readonly isBinary: boolean
@@ -120,6 +120,7 @@ export class Requests {
     return this.context.sendNow(message) ? undefined : this.context.send(message)
   }
 
+  /** A reply, stamped with the wall clock (as the replay's markers are; events take the hub's `Clock`). */
   private replyNow(type: string, data: unknown): Answer {
     return this.answer(Outbound.message(type, data, new Date()))
   }
@@ -146,7 +147,7 @@ export class Requests {
   /**
    * `subscribe` with `since`: no live events from here on, then the
    * subscription, its reply, and the replay (which runs on its own, paced
-   * by the send buffer, while the reader goes on).
+   * by the send buffer, while the connection goes on with the next frames).
    */
   private subscribeSince(patterns: ReadonlyArray<string>, since: string): Effect.Effect<void> {
     const { hub, id } = this.context
@@ -219,7 +220,7 @@ export class Requests {
 
   /**
    * `{"action":"publish"}`: to the exchange, with the type as routing key, if `WS_PUBLISH_TYPES` allows
-   * it. The reader waits for the broker's confirmation, so a client's publishes stay in order.
+   * it. The connection waits for the broker's confirmation, so a client's publishes stay in order.
    */
   private publish({ data, type }: Publish): Effect.Effect<void> {
     const { annotations, config, limits, publisher } = this.context

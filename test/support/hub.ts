@@ -33,6 +33,8 @@ export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
     Layer.provideMerge(HttpServer.layerListen),
     Layer.provideMerge(Hub.layerLive),
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
+    // As the service runs without OTEL_EXPORTER_OTLP_ENDPOINT (Tracing.ts): requests take the path without spans.
+    Layer.provide(Layer.setTracerEnabled(false)),
     // TEST_LOG_LEVEL=Debug shows the hub's logs while debugging a test.
     Layer.provide(Logger.minimumLogLevel(
       LogLevel.allLevels.find((level) => level.label === process.env.TEST_LOG_LEVEL?.toUpperCase()) ?? LogLevel.Warning
