@@ -105,10 +105,11 @@ const median = (values) => {
 /** The scenario: hub and bare ws in turn, `repeat` times; adds its rows and `report.scenarios.churn`. */
 export const run = async (ctx) => {
   const { options, progress, report, rows, fmt } = ctx
-  const flag = (name, fallback) => {
+  const arg = (name) => {
     const i = process.argv.indexOf(`--${name}`)
-    return i >= 0 && process.argv[i + 1] !== undefined ? Number(process.argv[i + 1]) : fallback
+    return i >= 0 ? process.argv[i + 1] : undefined
   }
+  const flag = (name, fallback) => arg(name) === undefined ? fallback : Number(arg(name))
   const settings = {
     steady: flag("churn-steady", options.quick ? 100 : 200),
     loops: flag("churn-loops", options.quick ? 50 : 200),
@@ -118,7 +119,7 @@ export const run = async (ctx) => {
     warmupMs: options.quick ? 1000 : 2000,
     repeat: flag("churn-repeat", options.quick ? 1 : 3),
     // `--churn-servers hub`: the hub alone (to compare two builds, see BENCH_HUB in run.mjs).
-    servers: (process.argv.includes("--churn-servers") ? process.argv[process.argv.indexOf("--churn-servers") + 1] : "ws-send,hub").split(",")
+    servers: (arg("churn-servers") ?? "ws-send,hub").split(",")
   }
   const runs = []
   for (let round = 1; round <= settings.repeat; round++) {

@@ -426,23 +426,19 @@ class WsConnection implements Connection, RequestContext {
     fiber?.unsafeInterruptAsFork(FiberId.none)
   }
 
+  sendNow(message: Outbound): boolean {
+    const outbox = this.#outbox
+    // Room now, the usual case: queued without waiting (a connection that is ending takes nothing more).
+    return this.#leaving !== undefined || (outbox.size < outbox.capacity && outbox.offer(message))
+  }
+
   /**
    * Replies wait for room in the send buffer: a client that sends many
    * requests at once is slowed down (its socket is no longer read while the
    * reply waits), not disconnected. Only broadcasts treat a full buffer as
    * a slow consumer.
    */
-  send(message: Outbound): Effect.Effect<void> {
-    return Effect.suspend(() => this.sendNow(message) ? Effect.void : this.#sendWhenRoom(message))
-  }
-
-  /** Room now, the usual case: queued without waiting (a connection that is ending takes nothing more). */
-  sendNow(message: Outbound): boolean {
-    const outbox = this.#outbox
-    return this.#leaving !== undefined || (outbox.size < outbox.capacity && outbox.offer(message))
-  }
-
-  #sendWhenRoom(message: Outbound): Effect.Effect<void> {
+  sendWhenRoom(message: Outbound): Effect.Effect<void> {
     return Effect.async<void>((resume) => {
       if (this.#leaving !== undefined) return resume(Effect.void)
       const outbox = this.#outbox

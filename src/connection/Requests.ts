@@ -57,8 +57,8 @@ export interface RequestContext {
   readonly tracing: boolean
   /** Queues a message for the client if its send buffer has room now; false otherwise (nothing queued). */
   sendNow(message: Outbound): boolean
-  /** Queues a message for the client once its send buffer has room. */
-  send(message: Outbound): Effect.Effect<void>
+  /** Queues a message for the client once its send buffer has room (after `sendNow` found none). */
+  sendWhenRoom(message: Outbound): Effect.Effect<void>
   /** Who connected (with authentication); replaced by a token refresh. */
   principal: Principal | undefined
   /** Spends a resume of the connection's and its address's allowance; the refusal when there is none left. */
@@ -117,7 +117,7 @@ export class Requests {
 
   /** Queues `message` at once if the send buffer has room (the usual case); otherwise the effect that waits. */
   private answer(message: Outbound): Answer {
-    return this.context.sendNow(message) ? undefined : this.context.send(message)
+    return this.context.sendNow(message) ? undefined : this.context.sendWhenRoom(message)
   }
 
   /** A reply, stamped with the wall clock (as the replay's markers are; events take the hub's `Clock`). */
