@@ -6,12 +6,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { HubConfig } from "../src/config/Config.js"
-import { type Connection, layerLive } from "../src/hub/Hub.js"
+import { type Connection, layerLocal } from "../src/hub/Hub.js"
 import { wholeHub } from "./inMemoryHub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import type { DisconnectReason, Outbound } from "../src/protocol/Protocol.js"
 
-const TestHub = layerLive.pipe(Layer.provide(HubConfig.layer()))
+const TestHub = layerLocal.pipe(Layer.provide(HubConfig.layer()))
 
 const fakeConnection = (id: number, capacity = Infinity) => {
   const received: Array<Outbound> = []

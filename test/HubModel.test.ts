@@ -11,7 +11,7 @@ import { it } from "vitest"
 import * as fc from "fast-check"
 import { Effect, Layer } from "effect"
 import { HubConfig } from "../src/config/Config.js"
-import { type Connection, layerLive } from "../src/hub/Hub.js"
+import { type Connection, layerLocal } from "../src/hub/Hub.js"
 import { wholeHub } from "./inMemoryHub.js"
 import * as Topic from "../src/protocol/Topic.js"
 
@@ -198,6 +198,6 @@ const run = (ops: ReadonlyArray<any>) => Effect.gen(function*() {
 
 it("hub deliveries match a naive model over random sequences of operations", async () => {
   await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 20, maxLength: 80, size: "max" }), async (ops) => {
-    await Effect.runPromise(Effect.scoped(run(ops)).pipe(Effect.provide(layerLive.pipe(Layer.provide(HubConfig.layer())))))
+    await Effect.runPromise(Effect.scoped(run(ops)).pipe(Effect.provide(layerLocal.pipe(Layer.provide(HubConfig.layer())))))
   }), { numRuns: Number(process.env.MODEL_RUNS ?? 200) })
 }, 120_000)

@@ -7,12 +7,12 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { HubConfig } from "../src/config/Config.js"
 import { streamId } from "../src/hub/History.js"
-import { type Connection, type Hub, layerLive } from "../src/hub/Hub.js"
+import { type Connection, type Hub, layerLocal } from "../src/hub/Hub.js"
 import { wholeHub } from "./inMemoryHub.js"
 import type { DisconnectReason, Outbound } from "../src/protocol/Protocol.js"
 
 const capacity = 4
-const TestHub = layerLive.pipe(Layer.provide(HubConfig.layer({ sendBuffer: capacity, historyMaxEvents: 1000 })))
+const TestHub = layerLocal.pipe(Layer.provide(HubConfig.layer({ sendBuffer: capacity, historyMaxEvents: 1000 })))
 
 /** A connection with a send buffer of `capacity` that the test drains with `drain()`. */
 const manualConnection = (id: number) => {
@@ -96,7 +96,7 @@ describe("Hub.resume", () => {
       hub.history.useStreamIds()
       hub.history.markReady()
       const fromStream = (offset: number) =>
-        hub.broadcastEvent({ type: "backtest.completed", data: { seq: offset }, id: streamId(offset), fromStream: true })
+        hub.broadcastEvent({ type: "backtest.completed", data: { seq: offset }, id: streamId(offset) })
       yield* fromStream(10)
       // Another instance is ahead: its client resumes from an id between offsets 10 and 12 that this one never had.
       const client = manualConnection(1)

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Redacted } from "effect"
+import * as HubLayers from "../src/hub/Hub.js"
 import { Hub } from "../src/hub/Hub.js"
 import { Publisher } from "../src/rabbitmq/Publisher.js"
 import * as RabbitMqSource from "../src/rabbitmq/Source.js"
@@ -240,7 +241,7 @@ describe("every instance delivers every event, whatever entered it", () => {
   /** A hub instance as main.ts composes it: the source, and the publisher that POST and clients' publish use. */
   const instance = (rabbit: Partial<RabbitMqSettings>) =>
     RabbitMqSource.layer.pipe(
-      Layer.provideMerge(hubLayer({ publishToken: Option.some(Redacted.make(token)), clientPublishTypes: ["command.#"] })),
+      Layer.provideMerge(hubLayer({ publishToken: Option.some(Redacted.make(token)), clientPublishTypes: ["command.#"] }, HubLayers.layerLive)),
       Layer.provideMerge(Publisher.layer),
       Layer.provide(rabbitConfig(rabbit))
     )

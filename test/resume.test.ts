@@ -294,9 +294,10 @@ describe("resume with RabbitMQ", () => {
         yield* promise(() => client.until(() => lastSeq(client) === 1509, "event 1509", 30_000))
         expectExactly(client, range(10, 1510))
         expect(types(client).filter((type) => type.startsWith("hub."))).toEqual(["hub.live"])
-        // A client without since only gets live events: none of the refilled history.
+        // A client without since only gets live events: none of the refilled history. The events published while
+        // no hub ran waited in the ingest queue: they enter the stream when the hub starts, and may be live.
         yield* promise(() => fresh.until(() => lastSeq(fresh) === 1509, "event 1509 (fresh client)", 30_000))
-        expect(seqs(fresh)[0]).toBeGreaterThanOrEqual(510)
+        expect(seqs(fresh)[0]).toBeGreaterThanOrEqual(10)
         expectExactly(fresh, range(seqs(fresh)[0]!, 1510))
       }).pipe(Effect.provide(hubWithSource(rabbit))))
     }), { timeout: 90_000, retry: 2 })

@@ -516,7 +516,10 @@ export const defaultEventTypeMap: Readonly<Record<string, string>> = {
 }
 
 export interface RabbitMqSettings {
-  /** Broker URL; `None` disables the source (`RABBITMQ_URL=""`). */
+  /**
+   * Broker URL, or several separated by commas (the nodes of a cluster, tried in turn: see `brokerUrls`); `None`
+   * disables the source (`RABBITMQ_URL=""`).
+   */
   readonly url: Option.Option<Redacted.Redacted>
   /** Topic exchange the publishers use, declared durable as they declare it. */
   readonly exchange: string
@@ -547,12 +550,32 @@ export interface RabbitMqSettings {
   readonly streamMaxAge: Duration.Duration
   /** Stream mode: the broker keeps the stream under this size (`x-max-length-bytes`). */
   readonly streamMaxBytes: number
+  /**
+   * Stream mode: how events enter the stream. `quorum` (the default): through an ingest quorum queue bound to the
+   * exchange, moved into the stream by one hub at a time with confirms (nothing lost when the broker restarts);
+   * `none`: the stream is bound to the exchange directly (lighter, but loses what is published in the moments after
+   * a broker restart: see docs/operations.md).
+   */
+  readonly ingest: "quorum" | "none"
+  /** Stream mode with ingest: what the ingest queue holds at most while no hub moves it (`x-max-length-bytes`). */
+  readonly ingestMaxBytes: number
 }
 
 /** Stream mode: the stream queue every hub instance reads. */
 export const defaultStreamName = "websocket_events_stream"
 /** Stream mode: 1 GiB of retained events (the broker drops whole segments, 500 MB by default). */
 export const defaultStreamMaxBytes = 1024 ** 3
+
+/** Stream mode: the ingest quorum queue of a stream (see `RabbitMqSettings.ingest`). */
+export const ingestQueueName = (stream: string): string => `${stream}.ingest`
+
+const brokerUrlForm = /^amqps?:\/\/[^/]/
+
+/** The broker URLs of `RABBITMQ_URL`: one, or the nodes of a cluster separated by commas, tried in turn. */
+export const brokerUrls = (url: Redacted.Redacted): ReadonlyArray<Redacted.Redacted> =>
+  Redacted.value(url).split(",").map((part) => part.trim()).filter((part) => part !== "").map((part) =>
+    Redacted.make(part)
+  )
 
 /**
  * This instance's name when `HUB_INSTANCE_ID` is unset: `<hostname>.<port>`. Stable across restarts (a container
@@ -612,7 +635,9 @@ export const defaultRabbitMqSettings = (): RabbitMqSettings => ({
   mode: "stream",
   stream: defaultStreamName,
   streamMaxAge: Duration.hours(24),
-  streamMaxBytes: defaultStreamMaxBytes
+  streamMaxBytes: defaultStreamMaxBytes,
+  ingest: "quorum",
+  ingestMaxBytes: defaultStreamMaxBytes
 })
 
 export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<RabbitMqConfig, RabbitMqSettings>() {
@@ -635,9 +660,9 @@ const rabbitMqSettings = (defaults: RabbitMqSettings): Config.Config<RabbitMqSet
       Config.mapOrFail((url) => {
         const text = Redacted.value(url).trim()
         if (text === "") return Either.right(Option.none())
-        return /^amqps?:\/\/[^/]/.test(text)
+        return brokerUrls(url).every((one) => brokerUrlForm.test(Redacted.value(one)))
           ? Either.right(Option.some(url))
-          : Either.left(ConfigError.InvalidData(["RABBITMQ_URL"], "expected amqp://user:password@host:port/vhost (or amqps://), or empty to disable"))
+          : Either.left(ConfigError.InvalidData(["RABBITMQ_URL"], "expected amqp://user:password@host:port/vhost (or amqps://), several separated by commas, or empty to disable"))
       })
     ),
     exchange: Config.string("RABBITMQ_EXCHANGE").pipe(
@@ -685,5 +710,7 @@ const rabbitMqSettings = (defaults: RabbitMqSettings): Config.Config<RabbitMqSet
       Config.map((name) => name.trim() === "" ? defaults.stream : name.trim())
     ),
     streamMaxAge: goDuration("RABBITMQ_STREAM_MAX_AGE", defaults.streamMaxAge),
-    streamMaxBytes: positiveInt("RABBITMQ_STREAM_MAX_BYTES", defaults.streamMaxBytes)
+    streamMaxBytes: positiveInt("RABBITMQ_STREAM_MAX_BYTES", defaults.streamMaxBytes),
+    ingest: Config.literal("quorum", "none")("RABBITMQ_INGEST").pipe(Config.withDefault(defaults.ingest)),
+    ingestMaxBytes: positiveInt("RABBITMQ_INGEST_MAX_BYTES", defaults.ingestMaxBytes)
   })

@@ -86,9 +86,9 @@ export class History {
   }
 
   /**
-   * Switches to stream ids (the source does, in stream mode, before it
-   * consumes). The history is not ready until the source has refilled it
-   * from the stream (`markReady`); resumes wait for that.
+   * Switches to stream ids (`HubHistory.layer` does, for a source in stream
+   * mode, before any client can connect). The history is not ready until the
+   * source has refilled it from the stream (`markReady`); resumes wait for that.
    */
   useStreamIds(): void {
     this.#mode = "stream"
@@ -138,9 +138,9 @@ export class History {
     return this.size === 0 ? undefined : this.#entries[this.#entries.length - 1]
   }
 
-  /** Appends an event (ids must grow). `fromStream`: its id is a stream offset, the prefix of later local ids. */
-  append(entry: HistoryEntry, fromStream = false): void {
-    if (fromStream) this.#lastStreamId = entry.id
+  /** Appends an event (ids must grow). `fromSource`: its id is the source's, the prefix of later local ids. */
+  append(entry: HistoryEntry, fromSource = false): void {
+    if (fromSource) this.#lastStreamId = entry.id
     this.#entries.push(entry)
     if (this.size > this.maxEvents) this.#evict(1)
     this.trim(entry.at)
@@ -212,23 +212,30 @@ export class History {
   }
 }
 
+const make = Effect.map(
+  HubConfig,
+  (config) => new History(config.historyMaxEvents, Duration.toMillis(config.historyMaxAge))
+)
+
 /**
  * The hub's history as a service: the hub appends to it, resumes read it, and
- * the RabbitMQ source refills it in stream mode. With a RabbitMQ source in
- * stream mode (`RabbitMqConfig` provided here too), it uses stream ids from
- * the start, so no client can resume against local ids first.
+ * the RabbitMQ source refills it in stream mode.
  */
 export class HubHistory extends Context.Tag("event-hub/History")<HubHistory, History>() {
-  static readonly layer: Layer.Layer<HubHistory, never, HubConfig> = Layer.effect(
+  /**
+   * With the RabbitMQ source's settings: in stream mode (with a broker) the history uses stream ids from the
+   * start, so no client can resume against local ids first, and is ready once the source has refilled it.
+   */
+  static readonly layer: Layer.Layer<HubHistory, never, HubConfig | RabbitMqConfig> = Layer.effect(
     HubHistory,
     Effect.gen(function*() {
-      const config = yield* HubConfig
-      const rabbitmq = yield* Effect.serviceOption(RabbitMqConfig)
-      const history = new History(config.historyMaxEvents, Duration.toMillis(config.historyMaxAge))
-      if (Option.isSome(rabbitmq) && rabbitmq.value.mode === "stream" && Option.isSome(rabbitmq.value.url)) {
-        history.useStreamIds()
-      }
+      const history = yield* make
+      const rabbitmq = yield* RabbitMqConfig
+      if (rabbitmq.mode === "stream" && Option.isSome(rabbitmq.url)) history.useStreamIds()
       return history
     })
   )
+
+  /** Without a source that places events: local ids only (a hub without RabbitMQ, or fed by the library). */
+  static readonly layerLocal: Layer.Layer<HubHistory, never, HubConfig> = Layer.effect(HubHistory, make)
 }

@@ -16,10 +16,10 @@
  * receives it live, never both nor neither.
  */
 import { Clock, Context, Data, Duration, Effect, Either, FiberRef, Layer, Schedule } from "effect"
-import { HubConfig } from "../config/Config.js"
+import { HubConfig, RabbitMqConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
 import { type EventSource, HubMetrics } from "../ops/Metrics.js"
-import { Outbound } from "../protocol/Protocol.js"
+import { type HistoryGapData, HubMessageType, Outbound } from "../protocol/Protocol.js"
 import { eventIdOf, RecentIds } from "./Dedup.js"
 import { Flusher } from "./Flusher.js"
 import { HubHistory } from "./History.js"
@@ -59,16 +59,18 @@ export class TooManyRooms extends Data.TaggedError("TooManyRooms")<{
   }
 }
 
-/** An event to broadcast, with what a source knows about it. */
+/**
+ * An event to broadcast, with what its source knows about it. A source that places its events (the RabbitMQ
+ * stream) gives each its id and timestamp, the same on every instance; the hub's history then uses the source's
+ * ids (`HubHistory.layer`), and events broadcast by this instance alone get ids that sort between them.
+ */
 export interface BroadcastEvent {
   readonly type: string
   readonly data: unknown
-  /** Its id (stream mode: the stream offset); by default the hub gives it the next local id. */
+  /** Its id from the source (ids grow); by default the hub gives it the next local id. */
   readonly id?: string | undefined
-  /** From the stream: its id is a stream offset. */
-  readonly fromStream?: boolean
-  /** `false`: only recorded in the history, sent to no client (a restarted hub refilling its history). */
-  readonly live?: boolean
+  /** When it entered its source (milliseconds since the epoch): its `timestamp`; by default, now. */
+  readonly timestamp?: number | undefined
   /** Where it came from, for the metrics (`library` when absent). */
   readonly source?: EventSource
 }
@@ -95,6 +97,16 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
    * sources that run in callbacks (the RabbitMQ source, whose backlog is bounded by its prefetch).
    */
   readonly broadcastEvent: (event: BroadcastEvent) => Effect.Effect<number>
+  /**
+   * Records an event in the history without sending it to anyone: a source refilling the history of a hub that
+   * starts with what it broadcast before (with the source's id and timestamp).
+   */
+  readonly remember: (event: BroadcastEvent) => Effect.Effect<void>
+  /**
+   * The source lost the events after id `after` and before id `next` (a stream's retention removed them before
+   * this hub read them): every live client gets a `hub.history_gap` (`missed`), never a silent hole.
+   */
+  readonly lost: (after: string, next: string) => Effect.Effect<void>
   readonly clientCount: Effect.Effect<number>
   /** Connected clients by transport (WebSocket, Server-Sent Events; open dashboards only while there are some). */
   readonly clientCountByTransport: Effect.Effect<Record<"ws" | "sse", number> & { dashboard?: number }>
@@ -230,15 +242,16 @@ const fanOut = (
   { config, flusher, history, index, metrics }: HubState,
   event: BroadcastEvent,
   now: number,
-  arrival: number
+  arrival: number,
+  live: boolean
 ): number => {
   const id = event.id ?? history.nextLocalId()
-  const message = Outbound.message(event.type, event.data, new Date(now), id)
+  const message = Outbound.message(event.type, event.data, new Date(event.timestamp ?? now), id)
   const rooms = roomsOf(config.roomKeys, event.data)
   let count = 0
   // The fan-out comes before the append: appending can complete a resume that waited for this event (it replays
   // it, then goes live), and that client must not receive it a second time as a live recipient.
-  if (event.live !== false) {
+  if (live) {
     for (const { member, rooms: joined } of index.recipients(event.type)) {
       if (member.catchingUp || (joined !== undefined && !inRooms(joined, rooms))) continue
       if (!member.connection.offer(message)) member.connection.kick("slow_consumer")
@@ -248,20 +261,35 @@ const fanOut = (
     if (count > 0) flusher.arrived(arrival)
   }
   // The history's age limit runs on the wall clock, as its trimming in replays (callbacks) does.
-  history.append({ id, type: event.type, message, rooms, at: Date.now() }, event.fromStream === true)
+  history.append({ id, type: event.type, message, rooms, at: Date.now() }, event.id !== undefined)
   return count
 }
 
-/** Every event enters here: one whose `event_id` entered recently is dropped, the others are fanned out. */
-const admit = (state: HubState, event: BroadcastEvent, now: number): number => {
+/**
+ * Every event enters here: one whose `event_id` entered recently is dropped, the others are fanned out (`live`)
+ * or only recorded in the history (a refill).
+ */
+const admit = (state: HubState, event: BroadcastEvent, now: number, live = true): number => {
   const arrival = performance.now()
-  state.metrics.received(event.source ?? "library")
+  if (live) state.metrics.received(event.source ?? "library")
   const eventId = eventIdOf(event.data)
   if (eventId !== undefined && state.recentIds.seen(eventId, now)) {
-    state.metrics.deduplicated()
+    if (live) state.metrics.deduplicated()
     return 0
   }
-  return fanOut(state, event, now, arrival)
+  return fanOut(state, event, now, arrival, live)
+}
+
+/** Tells every live client that events after `after` are lost (see `Hub.lost`). */
+const lost = ({ index }: HubState, after: string, next: string) => {
+  const message = Outbound.message(
+    HubMessageType.historyGap,
+    { since: after, oldest_available: next, reason: "missed" } satisfies HistoryGapData,
+    new Date()
+  )
+  for (const member of index.members()) {
+    if (!member.catchingUp && !member.connection.offer(message)) member.connection.kick("slow_consumer")
+  }
 }
 
 const makeHub = (state: HubState): Hub["Type"] => {
@@ -293,6 +321,8 @@ const makeHub = (state: HubState): Hub["Type"] => {
           : broadcastEvent({ type, data, source })
       ),
     broadcastEvent,
+    remember: (event) => Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => void admit(state, event, now, false))),
+    lost: (after, next) => Effect.sync(() => lost(state, after, next)),
     clientCount: Effect.sync(() => state.index.size),
     clientCountByTransport: Effect.sync(() => {
       const counts: Record<"ws" | "sse", number> & { dashboard?: number } = { ws: 0, sse: 0 }
@@ -438,6 +468,13 @@ const make = Effect.gen(function*() {
 export const layer: Layer.Layer<Hub | HubClients, never, HubConfig | HubMetrics | Health | HubHistory> = Layer
   .scopedContext(make)
 
-/** The hub together with the history, metrics and health services it uses. */
-export const layerLive: Layer.Layer<Hub | HubClients | HubHistory | HubMetrics | Health, never, HubConfig> = layer
-  .pipe(Layer.provideMerge(Layer.mergeAll(HubHistory.layer, HubMetrics.layer, Health.layer)))
+/**
+ * The hub together with the history, metrics and health services it uses. Its history follows the RabbitMQ
+ * source's settings (stream ids in stream mode).
+ */
+export const layerLive: Layer.Layer<Hub | HubClients | HubHistory | HubMetrics | Health, never, HubConfig | RabbitMqConfig> =
+  layer.pipe(Layer.provideMerge(Layer.mergeAll(HubHistory.layer, HubMetrics.layer, Health.layer)))
+
+/** `layerLive` for a hub without the RabbitMQ source in stream mode: its history gives local ids. */
+export const layerLocal: Layer.Layer<Hub | HubClients | HubHistory | HubMetrics | Health, never, HubConfig> = layer
+  .pipe(Layer.provideMerge(Layer.mergeAll(HubHistory.layerLocal, HubMetrics.layer, Health.layer)))

@@ -47,3 +47,12 @@ export const settle = (channel: amqp.Channel, message: amqp.ConsumeMessage, acce
     // channel closed: the session is ending and will be retried
   }
 }
+
+/** Acknowledges `message` and every earlier delivery of its channel not yet settled. */
+export const settleAll = (channel: amqp.Channel, message: amqp.ConsumeMessage): void => {
+  try {
+    channel.ack(message, true)
+  } catch {
+    // channel closed: the session is ending and will be retried
+  }
+}

@@ -6,24 +6,33 @@
  * connection never waits behind a publish.
  *
  * A publish succeeds once the broker has confirmed the message (persistent,
- * on a durable exchange); it fails if the broker cannot be reached or does
- * not confirm within `publishTimeout`, and the client is told so.
+ * on a durable exchange) and a queue took it (`mandatory`: RabbitMQ also
+ * confirms a message no queue took); it fails if the broker cannot be reached,
+ * returns the message or does not confirm within `publishTimeout`, and the
+ * client is told so: never a success for an event that was dropped.
  */
-import * as amqp from "amqplib"
-import { Context, Data, Duration, Effect, Layer, Option, Redacted } from "effect"
+import type * as amqp from "amqplib"
+import { Context, Data, Duration, Effect, Layer, Option } from "effect"
 import { hostname } from "node:os"
-import { RabbitMqConfig } from "../config/Config.js"
+import { brokerUrls, RabbitMqConfig } from "../config/Config.js"
 import { headersFor } from "../ops/Tracing.js"
-import { closing } from "./Session.js"
+import { RoutedChannel } from "./Routed.js"
+import { closing, connectToAny } from "./Session.js"
+
+/** Names each message this hub publishes, so that a returned one is told apart (see Routed.ts). */
+const publishIdHeader = "x-event-hub-publish"
 
 export class PublishError extends Data.TaggedError("PublishError")<{
-  readonly reason: "Disabled" | "Unavailable" | "Timeout"
+  readonly reason: "Disabled" | "Unavailable" | "Unroutable" | "Timeout"
   readonly cause?: unknown
 }> {
   get message() {
     switch (this.reason) {
       case "Disabled":
         return "publishing is not available: this hub has no RabbitMQ connection (RABBITMQ_URL is empty)"
+      case "Unroutable":
+        return "no queue took the event (the broker is starting, or no queue is bound for its type); nothing was " +
+          "kept: try again"
       case "Timeout":
         return "the broker did not confirm the message in time; it may or may not have been delivered"
       case "Unavailable":
@@ -65,14 +74,17 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
         const disabled = () => Effect.fail(new PublishError({ reason: "Disabled" }))
         return Publisher.of({ publish: disabled, publishAll: disabled, publishEvent: disabled, enabled: false })
       }
-      const url = config.url.value
+      const urls = brokerUrls(config.url.value)
+      /** Where the next connection starts: after a loss, the next of a cluster's nodes. */
+      let nextUrl = 0
       let connection: amqp.ChannelModel | undefined
-      let channel: Promise<amqp.ConfirmChannel> | undefined
+      let channel: Promise<RoutedChannel> | undefined
+      let published = 0
 
       /** The open confirm channel, or a new one; a failed attempt is forgotten so the next publish tries again. */
-      const open = (): Promise<amqp.ConfirmChannel> =>
+      const open = (): Promise<RoutedChannel> =>
         channel ??= (async () => {
-          const opened = await amqp.connect(Redacted.value(url), {
+          const opened = await connectToAny(urls, nextUrl++ % urls.length, {
             timeout: Duration.toMillis(publishTimeout),
             clientProperties: { connection_name: `event-hub publisher ${hostname()} pid ${process.pid}` }
           })
@@ -94,7 +106,7 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
           })
           // Declared exactly as the publishers declare it (a different declaration would be refused).
           await confirm.assertExchange(config.exchange, "topic", { durable: true })
-          return confirm
+          return new RoutedChannel(confirm, publishIdHeader)
         })().catch((error) => {
           channel = undefined
           connection?.close().catch(() => undefined)
@@ -109,21 +121,20 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
         // The consumers' spans become children of the publishing one (a POST's, a client's `publish`).
         return Effect.flatMap(headersFor, (headers) => Effect.tryPromise({
           try: async () => {
-            const confirm = await open()
+            const routed = await open()
             sent = true
-            // One channel keeps the order; amqplib calls back once the broker confirms (or rejects) each message,
-            // or the channel closes.
-            await Promise.all(messages.map(({ body, routingKey }) =>
-              new Promise<void>((resolve, reject) => {
-                confirm.publish(config.exchange, routingKey, body, {
-                  persistent: true,
-                  contentType: "application/json",
-                  headers
-                }, (error) => error ? reject(error) : resolve())
+            // One channel keeps the order; each message is settled once the broker confirms (or rejects) it, or
+            // the channel closes.
+            const outcomes = await Promise.all(messages.map(({ body, routingKey }) =>
+              routed.publishAsync(config.exchange, routingKey, body, {
+                persistent: true,
+                contentType: "application/json",
+                headers: { ...headers, [publishIdHeader]: ++published }
               })
             ))
+            if (outcomes.includes("returned")) throw new PublishError({ reason: "Unroutable" })
           },
-          catch: (cause) => new PublishError({ reason: "Unavailable", cause })
+          catch: (cause) => cause instanceof PublishError ? cause : new PublishError({ reason: "Unavailable", cause })
         })).pipe(
           Effect.timeoutFail({
             duration: publishTimeout,

@@ -53,6 +53,7 @@ export const queueMode = ({ config, hub, metrics, setHealth }: ModeContext): Con
   return {
     queue: config.queue,
     declare,
+    prepare: () => Effect.succeed((delivery) => Effect.suspend(() => deliver(delivery))),
     // Exclusive: a second instance with the same queue name is refused (403), and told what to do.
     consumeOptions: () => ({ noAck: false, exclusive: true }),
     consumeRefused: (cause) =>
@@ -62,7 +63,6 @@ export const queueMode = ({ config, hub, metrics, setHealth }: ModeContext): Con
         queue: config.queue
       }),
     started: () => Effect.void,
-    deliver,
     connected: Effect.zipRight(
       setHealth("up"),
       Effect.logInfo("consuming from RabbitMQ").pipe(Effect.annotateLogs({ queue: config.queue }))

@@ -6,7 +6,7 @@
  * `StreamMode.ts`).
  */
 import * as amqp from "amqplib"
-import { Cause, Data, Deferred, Effect, Exit, FiberId, Redacted, Runtime, Stream } from "effect"
+import { Cause, Data, Deferred, Effect, Exit, FiberId, Redacted, Runtime, type Scope, Stream } from "effect"
 import { hostname } from "node:os"
 import type { RabbitMqSettings } from "../config/Config.js"
 import type { HubHistory } from "../hub/History.js"
@@ -22,6 +22,7 @@ export class RabbitMqError extends Data.TaggedError("RabbitMqError")<{
     | "ConnectionLost"
     | "ChannelLost"
     | "ConsumerCancelled"
+    | "MoveRefused"
     | "Unexpected"
   readonly cause?: unknown
   /** The queue or stream concerned, for the messages that name it. */
@@ -35,6 +36,9 @@ export class RabbitMqError extends Data.TaggedError("RabbitMqError")<{
           "RabbitMQ 3.9 or later with streams enabled (feature flag stream_queue) and no other queue of that name " +
           "(RABBITMQ_STREAM); on a broker without streams set RABBITMQ_MODE=queue (a queue per hub instance, see " +
           "docs/operations.md)"
+      case "MoveRefused":
+        return `the broker did not take an event moved into the stream ${this.queue}${cause}; the ingest queue ` +
+          "keeps it, and the next session moves it again"
       case "QueueInUse":
         return `another consumer holds the queue ${this.queue}: another hub instance with the same name (every ` +
           "instance needs its own queue: set HUB_INSTANCE_ID, or RABBITMQ_QUEUE, per instance), or this instance's " +
@@ -55,20 +59,30 @@ export interface Delivery {
   readonly channel: amqp.Channel
 }
 
-/** What differs between queue mode and stream mode; the session does the rest. */
+/** Handles one delivery. Must be synchronous (see `session`) and do nothing until run. */
+export type Deliver = (delivery: Delivery) => Effect.Effect<void>
+
+/**
+ * What differs between the ways of consuming (queue mode, the stream's reader, the ingest queue's mover); the
+ * session does the rest. The session's channel is a confirm channel, so that a mode may publish on it with
+ * confirms (the mover, the reader's marker).
+ */
 export interface ConsumeMode {
-  /** The queue consumed: this instance's queue, or the stream every instance reads. */
+  /** The queue consumed: this instance's queue, the stream every instance reads, or the ingest queue. */
   readonly queue: string
   /** Declares and binds the queue, once the exchange exists. */
   readonly declare: (channel: amqp.Channel) => Effect.Effect<void, RabbitMqError>
+  /**
+   * Runs before consuming; gives what handles this session's deliveries. `fail` ends the session (it is
+   * retried), for failures found in amqplib's callbacks after `deliver` returned.
+   */
+  readonly prepare: (channel: amqp.ConfirmChannel, fail: (error: RabbitMqError) => void) => Effect.Effect<Deliver, RabbitMqError>
   /** The consumer's options, taken when a session starts. */
   readonly consumeOptions: () => amqp.Options.Consume
   /** Why the broker refused the consumer. */
   readonly consumeRefused: (cause: unknown) => RabbitMqError
-  /** Runs once consuming. */
-  readonly started: (channel: amqp.Channel) => Effect.Effect<void, RabbitMqError>
-  /** Handles one delivery. Must be synchronous: see `session`. */
-  readonly deliver: (delivery: Delivery) => Effect.Effect<void>
+  /** Runs once consuming, in the session's scope. */
+  readonly started: (channel: amqp.ConfirmChannel) => Effect.Effect<void, RabbitMqError, Scope.Scope>
   /** Health and log once a session consumes. */
   readonly connected: Effect.Effect<void>
   /** Log annotations that name the mode. */
@@ -88,6 +102,28 @@ export const safeUrl = (url: string): string => {
 
 export const attempt = <A>(reason: RabbitMqError["reason"], promise: () => Promise<A>) =>
   Effect.tryPromise({ try: promise, catch: (cause) => new RabbitMqError({ reason, cause }) })
+
+/** Connects to the first of `urls` that answers, starting at `first` (the nodes of a cluster, in turn). */
+export const connectToAny = async (
+  urls: ReadonlyArray<Redacted.Redacted>,
+  first: number,
+  socketOptions: Record<string, unknown> = {}
+): Promise<amqp.ChannelModel> => {
+  let failure: unknown
+  for (let i = 0; i < urls.length; i++) {
+    try {
+      return await amqp.connect(Redacted.value(urls[(first + i) % urls.length]!), {
+        // Small acks must not wait for Nagle's algorithm.
+        noDelay: true,
+        clientProperties: { connection_name: `event-hub ${hostname()} pid ${process.pid}` },
+        ...socketOptions
+      })
+    } catch (error) {
+      failure = error
+    }
+  }
+  throw failure
+}
 
 /** Longest wait for the broker while closing: a dead connection may never answer. */
 const closeTimeoutMs = 2000
@@ -121,7 +157,8 @@ export const closing = (step: () => Promise<unknown>) =>
  */
 export const session = (
   config: RabbitMqSettings,
-  url: Redacted.Redacted,
+  urls: ReadonlyArray<Redacted.Redacted>,
+  first: number,
   mode: ConsumeMode
 ): Stream.Stream<void, RabbitMqError> =>
   Stream.unwrapScoped(Effect.gen(function*() {
@@ -134,12 +171,7 @@ export const session = (
     }
     let open = true
     const connection = yield* Effect.acquireRelease(
-      attempt("Connect", () =>
-        amqp.connect(Redacted.value(url), {
-          // Small acks must not wait for Nagle's algorithm.
-          noDelay: true,
-          clientProperties: { connection_name: `event-hub ${hostname()} pid ${process.pid}` }
-        })),
+      attempt("Connect", () => connectToAny(urls, first)),
       (connection) => open ? closing(() => connection.close()) : Effect.void
     )
     // Without an 'error' listener, a broker hiccup would crash the process.
@@ -149,7 +181,7 @@ export const session = (
       lose(new RabbitMqError({ reason: "ConnectionLost", cause }))
     })
     const channel = yield* Effect.acquireRelease(
-      attempt("Connect", () => connection.createChannel()),
+      attempt("Connect", () => connection.createConfirmChannel()),
       (channel) => open ? closing(() => channel.close()) : Effect.void
     )
     channel.on("error", () => undefined)
@@ -158,11 +190,12 @@ export const session = (
     // Exactly as the publishers declare it: a different declaration would be refused.
     yield* attempt("Topology", () => channel.assertExchange(config.exchange, "topic", { durable: true }))
     yield* mode.declare(channel)
+    const deliver = yield* mode.prepare(channel, lose)
 
     const onMessage = (message: amqp.ConsumeMessage | null) => {
       if (message === null) return lose(new RabbitMqError({ reason: "ConsumerCancelled" }))
       if (ended) return
-      const exit = Runtime.runSyncExit(runtime, mode.deliver({ message, channel }))
+      const exit = Runtime.runSyncExit(runtime, deliver({ message, channel }))
       if (Exit.isFailure(exit)) {
         // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
         const cause = Cause.squash(exit.cause)

@@ -13,11 +13,12 @@
  * rejected without requeue (dead-lettered if so configured).
  */
 import { Cause, Duration, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
-import { RabbitMqConfig, type RabbitMqSettings } from "../config/Config.js"
+import { brokerUrls, RabbitMqConfig, type RabbitMqSettings } from "../config/Config.js"
 import { HubHistory } from "../hub/History.js"
 import { Hub } from "../hub/Hub.js"
 import { Health } from "../ops/Health.js"
 import { HubMetrics } from "../ops/Metrics.js"
+import { ingestMode } from "./Ingest.js"
 import { queueMode } from "./QueueMode.js"
 import { type ConsumeMode, type ModeContext, RabbitMqError, safeUrl, session } from "./Session.js"
 import { streamMode } from "./StreamMode.js"
@@ -33,10 +34,15 @@ export const reconnectSchedule = (config: Pick<RabbitMqSettings, "reconnectDelay
     Schedule.delays
   )
 
-/** Sessions one after the other, for ever: each failure is reported, then retried by the schedule. */
-const consume = (context: ModeContext, url: Redacted.Redacted, mode: ConsumeMode) => {
+/**
+ * Sessions one after the other, for ever: each failure is reported, then retried by the schedule. With several
+ * broker URLs (a cluster's nodes), each session connects to the first that answers, starting after the one the
+ * last session used.
+ */
+const consume = (context: ModeContext, urls: ReadonlyArray<Redacted.Redacted>, mode: ConsumeMode) => {
   const { config, metrics, setHealth } = context
-  return session(config, url, mode).pipe(
+  let next = 0
+  return Stream.suspend(() => session(config, urls, next++ % urls.length, mode)).pipe(
     Stream.mapEffect(() => Effect.zipRight(Effect.sync(() => metrics.count("rabbitmq", "connections")), mode.connected)),
     // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
     Stream.catchAllCause((cause) => {
@@ -51,7 +57,7 @@ const consume = (context: ModeContext, url: Redacted.Redacted, mode: ConsumeMode
       Effect.zipRight(
         setHealth("down", error.message),
         (error.needsAction ? Effect.logError : Effect.logWarning)("RabbitMQ connection failed").pipe(
-          Effect.annotateLogs({ error: error.message })
+          Effect.annotateLogs({ error: error.message, ...mode.describe })
         )
       )
     ),
@@ -60,52 +66,89 @@ const consume = (context: ModeContext, url: Redacted.Redacted, mode: ConsumeMode
         Effect.zipRight(
           Effect.sync(() => metrics.count("rabbitmq", "reconnects")),
           Effect.logInfo("reconnecting to RabbitMQ").pipe(
-            Effect.annotateLogs({ delay_ms: Math.round(Duration.toMillis(delay)) })
+            Effect.annotateLogs({ delay_ms: Math.round(Duration.toMillis(delay)), ...mode.describe })
           )
         )
       )
     )),
-    Stream.runDrain
+    Stream.runDrain,
+    // Whatever ends it, /health must not keep saying it is up.
+    Effect.ensuring(setHealth("down", "stopped"))
   )
 }
 
-const run = Effect.gen(function*() {
+/** The counters of the source, declared so that they show as 0 before their first event. */
+const counters = [
+  "connections",
+  "reconnects",
+  "events_consumed",
+  "events_refilled",
+  "events_rejected",
+  "duplicates_dropped",
+  "events_moved",
+  "moves_repeated",
+  "moves_after_hole",
+  "stream_holes"
+]
+
+/** The health checks of the stream's reader (and of queue mode's consumer) and of the ingest queue's mover. */
+const readerCheck = "rabbitmq"
+const moverCheck = "rabbitmq_ingest"
+
+/**
+ * The source's consumers, checked while the layer is built: a configuration the source cannot run fails the
+ * build with what to change, instead of a fiber dying unseen.
+ */
+const make = Effect.gen(function*() {
   const config = yield* RabbitMqConfig
   const history = yield* HubHistory
   const metrics = yield* HubMetrics
   const health = yield* Health
-  const setHealth = (status: "up" | "starting" | "down", detail?: string) =>
-    health.set("rabbitmq", { status, critical: false, detail })
+  const hub = yield* Hub
+  const checkOf = (check: string) => (status: "up" | "starting" | "down", detail?: string) =>
+    health.set(check, { status, critical: false, detail })
 
   if (Option.isNone(config.url)) {
-    yield* health.set("rabbitmq", { status: "disabled", critical: false, detail: "RABBITMQ_URL is empty" })
+    yield* health.set(readerCheck, { status: "disabled", critical: false, detail: "RABBITMQ_URL is empty" })
     yield* Effect.logInfo("RabbitMQ source disabled (RABBITMQ_URL is empty)")
-    return
+    return Effect.void
   }
   if (config.mode === "stream" && history.mode !== "stream") {
-    return yield* Effect.dieMessage("stream mode: provide RabbitMqConfig to the hub's layer too (HubHistory uses stream ids)")
+    return yield* Effect.dieMessage(
+      "RABBITMQ_MODE=stream needs the hub's history to use stream ids: build the hub with HubLive (Hub.layerLive), " +
+        "which reads the same RabbitMqConfig, not with HubLocalLive (Hub.layerLocal)"
+    )
   }
-  const url = config.url.value
-  metrics.declare("rabbitmq", ["connections", "reconnects", "events_consumed", "events_rejected", "duplicates_dropped"])
-  yield* setHealth("starting", "connecting")
-
-  const context: ModeContext = { config, hub: yield* Hub, history, metrics, setHealth }
-  const mode = config.mode === "stream" ? streamMode(context) : queueMode(context)
+  const urls = brokerUrls(config.url.value)
+  metrics.declare("rabbitmq", counters)
+  const reader: ModeContext = { config, hub, history, metrics, setHealth: checkOf(readerCheck) }
+  const mover: ModeContext = { ...reader, setHealth: checkOf(moverCheck) }
+  const modes = config.mode === "queue"
+    ? [[reader, queueMode(reader)] as const]
+    : config.ingest === "quorum"
+    ? [[reader, streamMode(reader)] as const, [mover, ingestMode(mover)] as const]
+    : [[reader, streamMode(reader)] as const]
+  for (const [context] of modes) yield* context.setHealth("starting", "connecting")
   yield* Effect.logInfo("RabbitMQ source starting").pipe(Effect.annotateLogs({
-    url: safeUrl(Redacted.value(url)),
+    urls: urls.map((url) => safeUrl(Redacted.value(url))).join(","),
     exchange: config.exchange,
-    ...mode.describe,
+    ...Object.assign({}, ...modes.map(([, mode]) => mode.describe)),
     binding_keys: config.bindingKeys.join(",")
   }))
-  yield* consume(context, url, mode).pipe(
-    // Whatever ends the source, /health must not keep saying it is up.
-    Effect.ensuring(setHealth("down", "stopped"))
-  )
-}).pipe(
-  Effect.onInterrupt(() => Effect.logInfo("RabbitMQ source stopped")),
-  Effect.annotateLogs({ component: "rabbitmq" })
-)
+  return Effect.forEach(modes, ([context, mode]) => consume(context, urls, mode), {
+    concurrency: "unbounded",
+    discard: true
+  })
+}).pipe(Effect.annotateLogs({ component: "rabbitmq" }))
 
 /** Runs the source for the lifetime of the layer; does nothing when `RABBITMQ_URL` is empty. */
 export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubHistory | HubMetrics | Health> = Layer
-  .scopedDiscard(Effect.forkScoped(run))
+  .scopedDiscard(
+    Effect.flatMap(make, (run) =>
+      Effect.forkScoped(
+        run.pipe(
+          Effect.onInterrupt(() => Effect.logInfo("RabbitMQ source stopped")),
+          Effect.annotateLogs({ component: "rabbitmq" })
+        )
+      ))
+  )

@@ -1,15 +1,26 @@
 /**
- * Stream mode: every instance reads one stream queue bound to the exchange.
- * Stream offsets are the event ids, so a resume is placed on any instance and
- * across restarts; a starting instance refills its history from the stream.
+ * Stream mode: every instance reads one stream queue. Events enter it
+ * through the ingest queue (`Ingest.ts`, the default) or, with
+ * `RABBITMQ_INGEST=none`, from the exchange directly. Stream offsets are the
+ * event ids, so a resume is placed on any instance and across restarts; a
+ * starting instance refills its history from the stream.
+ *
+ * What this source guarantees the hub: ids (offsets) grow and are the same
+ * on every instance, an event's timestamp is the time it entered the stream
+ * (the same on every instance, live or refilled), and a hole in the offsets
+ * read (retention removed events this hub had not read) is told to the
+ * clients (`Hub.lost`), never passed over in silence.
  */
 import type * as amqp from "amqplib"
-import { Duration, Effect, Either } from "effect"
+import { Effect, Either } from "effect"
 import { hostname } from "node:os"
-import type { RabbitMqSettings } from "../config/Config.js"
+import type { BroadcastEvent } from "../hub/Hub.js"
 import { streamId } from "../hub/History.js"
 import { eventSpan } from "../ops/Tracing.js"
 import { settle, toEvent } from "./Message.js"
+import { declareIngest, declareStream } from "./Topology.js"
+import { moveHeaders, moveOf, Moves } from "./Moves.js"
+import { RoutedChannel } from "./Routed.js"
 import { attempt, type ConsumeMode, type Delivery, type ModeContext, RabbitMqError } from "./Session.js"
 
 /**
@@ -20,12 +31,8 @@ import { attempt, type ConsumeMode, type Delivery, type ModeContext, RabbitMqErr
  */
 export const markerHeader = "x-event-hub-marker"
 
-/** The stream queue's arguments: every instance must declare it identically. */
-export const streamArguments = (config: Pick<RabbitMqSettings, "streamMaxAge" | "streamMaxBytes">) => ({
-  "x-queue-type": "stream",
-  "x-max-age": `${Math.max(1, Math.ceil(Duration.toSeconds(config.streamMaxAge)))}s`,
-  "x-max-length-bytes": config.streamMaxBytes
-})
+/** How often a reader tries its marker again while the stream does not take messages (the broker is starting). */
+const markerRetryMs = 250
 
 /** One instance's reading of the stream: its position and whether it is still refilling its history. */
 class StreamReader {
@@ -35,6 +42,7 @@ class StreamReader {
   refilling = true
   /** The last stream offset read; the broker does not keep it for AMQP 0-9-1 consumers. */
   lastOffset: number | undefined = undefined
+  readonly moves = new Moves()
 
   constructor(private readonly context: ModeContext) {}
 
@@ -49,32 +57,76 @@ class StreamReader {
     const { history, metrics } = this.context
     const headers = message.properties.headers ?? {}
     const offset = headers["x-stream-offset"]
-    if (typeof offset !== "number") {
-      settle(channel, message, true)
-      return Effect.logWarning("stream delivery without an x-stream-offset header; skipped")
-    }
+    settle(channel, message, true)
+    if (typeof offset !== "number") return Effect.logWarning("stream delivery without an x-stream-offset header; skipped")
     if (this.lastOffset !== undefined && offset <= this.lastOffset) {
       // Read again (a session starts at a chunk boundary): already handled.
-      settle(channel, message, true)
       metrics.count("rabbitmq", "duplicates_dropped")
       return Effect.void
     }
-    const hole = this.lastOffset !== undefined && offset > this.lastOffset + 1
-    if (this.lastOffset === undefined || hole) history.startsAt(offset)
+    const previous = this.lastOffset
+    const hole = previous !== undefined && offset > previous + 1
+    if (previous === undefined || hole) history.startsAt(offset)
     this.lastOffset = offset
-    const logHole = hole
-      ? Effect.logWarning("the stream's retention removed events this hub had not read; history starts again here")
-        .pipe(Effect.annotateLogs({ offset }))
-      : Effect.void
-    const marker = headers[markerHeader]
-    const handled = marker !== undefined
-      ? this.marker(channel, message, marker, offset)
-      : this.event(channel, message, offset)
-    return Effect.zipRight(logHole, handled)
+    const handled = this.#message(message, headers, offset)
+    if (!hole) return handled
+    return Effect.zipRight(this.#hole(previous, offset), handled)
   }
 
-  private marker(channel: amqp.Channel, message: amqp.ConsumeMessage, marker: unknown, offset: number) {
-    settle(channel, message, true)
+  /** Offsets this hub expected and did not get (retention removed them): its live clients are told. */
+  #hole(previous: number, offset: number) {
+    const missing = offset - previous - 1
+    this.context.metrics.count("rabbitmq", "stream_holes")
+    const told = this.refilling ? Effect.void : this.context.hub.lost(streamId(previous), streamId(offset))
+    return Effect.zipRight(told, Effect.logWarning("events this hub had not read are gone from the stream (retention); clients are told")
+      .pipe(Effect.annotateLogs({ after_offset: previous, offset, missing })))
+  }
+
+  #message(message: amqp.ConsumeMessage, headers: Record<string, unknown>, offset: number): Effect.Effect<void> {
+    const marker = headers[markerHeader]
+    if (marker !== undefined) return this.#marker(marker, offset)
+    const { config, metrics } = this.context
+    const routingKey = typeof headers[moveHeaders.routingKey] === "string"
+      ? headers[moveHeaders.routingKey] as string
+      : message.fields.routingKey
+    const move = moveOf(headers, routingKey, message.content)
+    if (move !== undefined) {
+      const verdict = this.moves.judge(move)
+      if (verdict !== "take") {
+        metrics.count("rabbitmq", verdict === "moved_again" ? "moves_repeated" : "moves_after_hole")
+        return Effect.void
+      }
+      // A mover session's first message carries no event.
+      if (move.seq === 0) return Effect.void
+    }
+    const event = toEvent(routingKey, message.content, config.eventTypeMap)
+    if (Either.isLeft(event)) {
+      // A stream cannot reject or dead-letter: the message stays in it, and every hub skips it.
+      metrics.count("rabbitmq", "events_rejected")
+      return Effect.logWarning("skipped a stream message that is not an event").pipe(
+        Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length, offset })
+      )
+    }
+    const time = headers[moveHeaders.time]
+    const entering: BroadcastEvent = {
+      type: event.right.type,
+      data: event.right.data,
+      id: streamId(offset),
+      // Without a mover (RABBITMQ_INGEST=none) the stream does not say when the event entered it.
+      ...(typeof time === "number" && { timestamp: time }),
+      source: "rabbitmq"
+    }
+    if (this.refilling) {
+      metrics.count("rabbitmq", "events_refilled")
+      return this.context.hub.remember(entering)
+    }
+    metrics.count("rabbitmq", "events_consumed")
+    return this.context.hub.broadcastEvent(entering).pipe(
+      eventSpan("rabbitmq", event.right.type, message.properties.headers)
+    )
+  }
+
+  #marker(marker: unknown, offset: number) {
     if (!this.refilling || marker !== this.instance) return Effect.void
     this.refilling = false
     this.context.history.markReady()
@@ -86,32 +138,18 @@ class StreamReader {
     )
   }
 
-  private event(channel: amqp.Channel, message: amqp.ConsumeMessage, offset: number): Effect.Effect<void> {
-    const { config, hub, metrics } = this.context
-    const routingKey = message.fields.routingKey
-    const event = toEvent(routingKey, message.content, config.eventTypeMap)
-    if (Either.isLeft(event)) {
-      // A stream cannot reject or dead-letter: the message stays in it, and every hub skips it.
-      settle(channel, message, true)
-      metrics.count("rabbitmq", "events_rejected")
-      return Effect.logWarning("skipped a stream message that is not an event").pipe(
-        Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length, offset })
-      )
-    }
-    return hub.broadcastEvent({
-      type: event.right.type,
-      data: event.right.data,
-      id: streamId(offset),
-      fromStream: true,
-      live: !this.refilling,
-      source: "rabbitmq"
-    }).pipe(
-      eventSpan("rabbitmq", event.right.type, message.properties.headers),
-      Effect.zipRight(Effect.sync(() => {
-        metrics.count("rabbitmq", "events_consumed")
-        settle(channel, message, true)
-      }))
-    )
+  /**
+   * Writes this hub's marker into the stream, `mandatory`: right after a broker restart the stream may not take
+   * messages yet, and a marker lost there would leave the hub refilling for ever.
+   */
+  writeMarker(channel: amqp.ConfirmChannel): Effect.Effect<void, RabbitMqError> {
+    const routed = new RoutedChannel(channel, markerHeader)
+    const write = (): Promise<void> =>
+      routed.publishAsync("", this.context.config.stream, Buffer.from("{}"), { headers: { [markerHeader]: this.instance } })
+        .then((outcome) =>
+          outcome === "kept" ? undefined : new Promise<void>((resolve) => setTimeout(resolve, markerRetryMs)).then(write)
+        )
+    return attempt("ChannelLost", write)
   }
 }
 
@@ -120,28 +158,28 @@ export const streamMode = (context: ModeContext): ConsumeMode => {
   const reader = new StreamReader(context)
   return {
     queue: config.stream,
-    // Refused by a broker without streams (or where another queue has the name): startup must say what to do.
     declare: (channel) =>
-      Effect.tryPromise({
-        try: () => channel.assertQueue(config.stream, { durable: true, arguments: streamArguments(config) }),
-        catch: (cause) => new RabbitMqError({ reason: "StreamRefused", cause, queue: config.stream })
-      }).pipe(
-        Effect.zipRight(attempt("Topology", async () => {
-          // Shared by every instance; a prefetch is mandatory on a stream queue.
-          for (const key of config.bindingKeys) await channel.bindQueue(config.stream, config.exchange, key)
+      Effect.zipRight(
+        config.ingest === "quorum" ? declareIngest(channel, config) : declareStream(channel, config),
+        attempt("Topology", async () => {
+          // Without the ingest queue, the stream is fed by the exchange directly.
+          if (config.ingest === "none") {
+            for (const key of config.bindingKeys) await channel.bindQueue(config.stream, config.exchange, key)
+          }
+          // A prefetch is mandatory on a stream queue.
           await channel.prefetch(config.prefetch)
-        }))
+        })
       ),
+    prepare: () => Effect.succeed((delivery) => Effect.suspend(() => reader.deliver(delivery))),
     // `noAck: true` is refused on a stream (540, which closes the connection).
     consumeOptions: () => ({ noAck: false, arguments: { "x-stream-offset": reader.from() } }),
     consumeRefused: (cause) => new RabbitMqError({ reason: "Topology", cause, queue: config.stream }),
+    // The marker is written in the background: the session's deliveries must flow meanwhile.
+    // A lost channel ends the session anyway (retried), and the next session writes the marker again.
     started: (channel) =>
       reader.refilling
-        ? attempt("Topology", async () => {
-          channel.sendToQueue(config.stream, Buffer.from("{}"), { headers: { [markerHeader]: reader.instance } })
-        })
+        ? Effect.asVoid(Effect.forkScoped(Effect.ignore(reader.writeMarker(channel))))
         : Effect.void,
-    deliver: (delivery) => reader.deliver(delivery),
     connected: Effect.suspend(() =>
       Effect.zipRight(
         reader.refilling ? setHealth("starting", "refilling the history from the stream") : setHealth("up"),

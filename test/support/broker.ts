@@ -1,7 +1,8 @@
 /** The real broker: each test's own names, a publisher, and the hub with its RabbitMQ source. */
 import { Duration, Effect, Layer, Option, Redacted } from "effect"
 import * as amqp from "amqplib"
-import { type HubSettings, RabbitMqConfig, type RabbitMqSettings } from "../../src/config/Config.js"
+import { type HubSettings, ingestQueueName, RabbitMqConfig, type RabbitMqSettings } from "../../src/config/Config.js"
+import * as Hub from "../../src/hub/Hub.js"
 import { Health } from "../../src/ops/Health.js"
 import * as RabbitMqSource from "../../src/rabbitmq/Source.js"
 import { eventually, hubLayer } from "./hub.js"
@@ -45,7 +46,10 @@ export class Broker {
   /** Deletes what a test declared, over a connection of its own (a test may have killed the others). */
   async cleanup(names: { exchange?: string; queues?: ReadonlyArray<string> }): Promise<void> {
     const broker = await Broker.open()
-    for (const queue of names.queues ?? []) await broker.channel.deleteQueue(queue).catch(() => undefined)
+    // A stream's ingest queue (stream mode) goes with it.
+    for (const queue of names.queues ?? []) {
+      for (const name of [queue, ingestQueueName(queue)]) await broker.channel.deleteQueue(name).catch(() => undefined)
+    }
     if (names.exchange) await broker.channel.deleteExchange(names.exchange).catch(() => undefined)
     await broker.close()
   }
@@ -74,7 +78,7 @@ export const rabbitConfig = (rabbit: Partial<RabbitMqSettings>) =>
 
 export const hubWithSource = (rabbit: Partial<RabbitMqSettings>, hub: Partial<HubSettings> = {}) =>
   // The hub's history reads the RabbitMQ settings too (stream ids in stream mode).
-  RabbitMqSource.layer.pipe(Layer.provideMerge(hubLayer(hub)), Layer.provide(rabbitConfig(rabbit)))
+  RabbitMqSource.layer.pipe(Layer.provideMerge(hubLayer(hub, Hub.layerLive)), Layer.provide(rabbitConfig(rabbit)))
 
 /** The source is consuming (in stream mode: and has refilled its history). */
 export const consuming = Effect.flatMap(Health, (health) =>

@@ -5,7 +5,10 @@ import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } f
 import * as HttpServer from "../../src/http/Server.js"
 import * as SseServer from "../../src/http/SseServer.js"
 import * as WebSocketServer from "../../src/http/WebSocketServer.js"
+import type { HubHistory } from "../../src/hub/History.js"
 import * as Hub from "../../src/hub/Hub.js"
+import type { Health } from "../../src/ops/Health.js"
+import type { HubMetrics } from "../../src/ops/Metrics.js"
 
 /**
  * Security settings for tests: the defaults with the limits lifted that every
@@ -27,11 +30,17 @@ export const testSecurity: SecuritySettings = {
 /** Security settings for a test: `testSecurity` with `overrides`. */
 export const security = (overrides: Partial<SecuritySettings>): SecuritySettings => ({ ...testSecurity, ...overrides })
 
-/** The hub, its HTTP server on 127.0.0.1 with a free port, and every service, for `layer(...)`. */
-export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
+/**
+ * The hub, its HTTP server on 127.0.0.1 with a free port, and every service, for `layer(...)`. Without a RabbitMQ
+ * source unless `hub` is `Hub.layerLive` (which reads `RabbitMqConfig`: see `hubWithSource`).
+ */
+export const hubLayer = <R = never>(
+  overrides: Partial<HubSettings> = {},
+  hub: Layer.Layer<Hub.Hub | Hub.HubClients | HubHistory | HubMetrics | Health, never, HubConfig | R> = Hub.layerLocal
+) =>
   Layer.mergeAll(HttpServer.layerServe, WebSocketServer.layer, SseServer.layer).pipe(
     Layer.provideMerge(HttpServer.layerListen),
-    Layer.provideMerge(Hub.layerLive),
+    Layer.provideMerge(hub),
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
     // As the service runs without OTEL_EXPORTER_OTLP_ENDPOINT (Tracing.ts): requests take the path without spans.
     Layer.provide(Layer.setTracerEnabled(false)),
