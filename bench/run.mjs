@@ -33,7 +33,7 @@ const flag = (name, fallback) => {
 const quick = argv.includes("--quick")
 const options = {
   quick,
-  scenarios: flag("scenarios", "fanout,filtered,idle,latency,storm,churn").split(","),
+  scenarios: flag("scenarios", "fanout,filtered,idle,latency,ingest,storm,churn").split(","),
   clients: Number(flag("clients", quick ? 500 : 1000)),
   events: Number(flag("events", quick ? 300 : 1000)),
   size: Number(flag("size", 450)),
@@ -42,6 +42,9 @@ const options = {
   idleClients: Number(flag("idle-clients", quick ? 2000 : 10000)),
   latencyClients: Number(flag("latency-clients", quick ? 500 : 1000)),
   rates: flag("rates", "100,300").split(",").map(Number),
+  // The ingest scenario: the default stream path against the plain stream, with few clients (the path's own cost).
+  ingestRates: flag("ingest-rates", "100,1000").split(",").map(Number),
+  ingestClients: Number(flag("ingest-clients", 100)),
   duration: Number(flag("duration", quick ? 1.5 : 5)),
   // Latency figures move from run to run on a shared 2-core machine: each configuration runs this many times, in
   // turn with the others, and the table shows the median run.
@@ -342,16 +345,21 @@ const idle = async (kind) => {
  * End-to-end latency from publishing to RabbitMQ to receipt, at a fixed rate; optionally with slow consumers.
  * `kind` is `hub`, or `ws-corked` (a bare ws server consuming with amqplib and writing corked batches: the floor).
  */
-const latency = async (rate, slowFraction, kind = "hub") => {
+const latency = async (rate, slowFraction, kind = "hub", path = "queue", clients = options.latencyClients) => {
   const tag = `${rate}/s${slowFraction > 0 ? `, ${slowFraction * 100}% slow consumers` : ""}`
-  progress(`latency: ${kind}, ${options.latencyClients} clients, RabbitMQ at ${tag}, ${options.duration} s`)
+  progress(`latency: ${kind}${path === "queue" ? "" : ` (${path})`}, ${clients} clients, RabbitMQ at ${tag}, ${options.duration} s`)
   const exchange = `bench_${process.pid}_${Date.now()}`
   const queue = `${exchange}.queue`
+  const stream = `${exchange}.stream`
+  // `queue`: queue mode, as the floor consumes (the same path, no stream left on the broker); `stream`: the default
+  // path (an ingest quorum queue moved into the stream); `stream-plain`: the stream bound to the exchange directly.
+  const pathEnv = path === "queue"
+    ? { RABBITMQ_QUEUE: queue, RABBITMQ_MODE: "queue" }
+    : { RABBITMQ_STREAM: stream, RABBITMQ_MODE: "stream", RABBITMQ_INGEST: path === "stream" ? "quorum" : "none" }
   // One client in ten parses every message and measures, in a process of its own; the others only drain their
   // sockets (see loadgen.mjs) in another, so that neither the drain nor the parsing delays the measurement.
   const [server, sampler, drainer, connection] = await Promise.all([
-    // Queue mode, as the floor consumes: the same path, and no stream left on the broker (stream is the default).
-    startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, RABBITMQ_QUEUE: queue, RABBITMQ_MODE: "queue" }),
+    startServer(kind, { RABBITMQ_URL: options.broker, RABBITMQ_EXCHANGE: exchange, ...pathEnv }),
     startLoadgen(),
     startLoadgen(),
     // Without noDelay, Nagle holds each small publish back until the previous one is acknowledged.
@@ -359,15 +367,18 @@ const latency = async (rate, slowFraction, kind = "hub") => {
   ])
   const channel = await connection.createChannel()
   try {
-    await waitFor("the hub to consume", async () => (await (await fetch(`${server.base}/health`)).json()).checks.rabbitmq.status === "up")
-    const sampled = Math.max(1, Math.round(options.latencyClients / 10))
+    await waitFor("the hub to consume", async () => {
+      const { checks } = await (await fetch(`${server.base}/health`)).json()
+      return checks.rabbitmq.status === "up" && (checks.rabbitmq_ingest === undefined || checks.rabbitmq_ingest.status === "up")
+    })
+    const sampled = Math.max(1, Math.round(clients / 10))
     const common = { url: server.url, types: seedTypes, perClient: 0, hub: kind === "hub" }
     // Connected in alternating groups, so that sampled clients are spread over the server's client list: a bare
     // server writes in connection order, and sampled clients connected first would always be served first.
     const groups = 20
     for (let group = 0, doneSampled = 0, doneDrain = 0; group < groups; group++) {
       const toSampled = Math.round((sampled * (group + 1)) / groups) - doneSampled
-      const toDrain = Math.round(((options.latencyClients - sampled) * (group + 1)) / groups) - doneDrain
+      const toDrain = Math.round(((clients - sampled) * (group + 1)) / groups) - doneDrain
       if (toSampled > 0) await sampler.call("connect", { ...common, count: toSampled })
       if (toDrain > 0) await drainer.call("connect", { ...common, count: toDrain, drainOnly: true })
       doneSampled += toSampled
@@ -411,11 +422,11 @@ const latency = async (rate, slowFraction, kind = "hub") => {
       ? (await (await fetch(`${server.base}/metrics`)).json()).websocket.clients_disconnected
       : undefined
     const kicked = disconnected === undefined ? undefined : disconnected.slow_consumer + disconnected.write_timeout
-    return { server: kind, rate, slow_fraction: slowFraction, clients: options.latencyClients, ...result, cores, kicked }
+    return { server: kind, path, rate, slow_fraction: slowFraction, clients, ...result, cores, kicked }
   } finally {
     await Promise.all([sampler.stop(), drainer.stop()])
     await server.stop()
-    await channel.deleteQueue(queue).catch(() => undefined)
+    for (const name of [queue, stream, `${stream}.ingest`]) await channel.deleteQueue(name).catch(() => undefined)
     await channel.deleteExchange(exchange).catch(() => undefined)
     await connection.close().catch(() => undefined)
   }
@@ -432,7 +443,7 @@ const summariseLatency = (runs) => {
   }
   const groups = new Map()
   for (const run of runs) {
-    const key = `${run.server} ${run.rate} ${run.slow_fraction}`
+    const key = `${run.server} ${run.path} ${run.rate} ${run.slow_fraction}`
     groups.set(key, [...(groups.get(key) ?? []), run])
   }
   return [...groups.values()].map((group) => {
@@ -440,6 +451,7 @@ const summariseLatency = (runs) => {
     const cores = Object.fromEntries(Object.keys(first.cores).map((name) => [name, median(group.map((run) => run.cores[name]))]))
     return {
       server: first.server,
+      path: first.path,
       rate: first.rate,
       slow_fraction: first.slow_fraction,
       clients: first.clients,
@@ -454,6 +466,8 @@ const summariseLatency = (runs) => {
       cores,
       // Every client receives every event (the slow ones too, until their socket refuses more).
       cpu_us_per_delivery: (cores.server * 1e6) / (first.rate * first.clients),
+      cpu_us_per_event: (cores.server * 1e6) / first.rate,
+      broker_cpu_us_per_event: cores.broker === undefined ? undefined : (cores.broker * 1e6) / first.rate,
       kicked: first.kicked === undefined ? undefined : median(group.map((run) => run.kicked))
     }
   })
@@ -540,6 +554,32 @@ const main = async () => {
         run.slow_fraction > 0
           ? `p99 ${fmt(run.p99 / healthy.p99)}x without slow${run.kicked === undefined ? "" : `, ${run.kicked} slow kicked`}`
           : ""
+      ])
+    }
+  }
+  if (options.scenarios.includes("ingest")) {
+    // The default stream path (ingest quorum queue, moved into the stream) against the plain stream it replaces.
+    const runs = []
+    for (const rate of options.ingestRates) {
+      for (let round = 1; round <= options.repeat; round++) {
+        if (options.repeat > 1) progress(`ingest at ${rate}/s: round ${round} of ${options.repeat}`)
+        for (const path of ["stream-plain", "stream"]) runs.push(await latency(rate, 0, "hub", path, options.ingestClients))
+      }
+    }
+    const summaries = summariseLatency(runs)
+    report.scenarios.ingest = summaries
+    report.scenarios.ingest_runs = runs
+    for (const run of summaries) {
+      const plain = summaries.find((r) => r.path === "stream-plain" && r.rate === run.rate)
+      const spread = run.runs > 1 ? ` (${fmt(run.p99_min)}-${fmt(run.p99_max)})` : ""
+      rows.push([
+        `ingest ${run.path === "stream" ? "default (quorum)" : "plain stream"} ${run.rate}/s`,
+        `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms${spread}`,
+        `hub ${fmt(run.cpu_us_per_event, 1)} us CPU/event, broker ${fmt(run.broker_cpu_us_per_event, 1)} us CPU/event`,
+        run === plain
+          ? ""
+          : `hub ${fmt(run.cpu_us_per_event / plain.cpu_us_per_event)}x, broker ` +
+            `${fmt(run.broker_cpu_us_per_event / plain.broker_cpu_us_per_event)}x, p99 +${fmt(run.p99 - plain.p99)} ms`
       ])
     }
   }

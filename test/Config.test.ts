@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Layer, Option } from "effect"
-import { defaultEventTypeMap, HubConfig, parseGoDuration, RabbitMqConfig } from "../src/config/Config.js"
+import { ConfigProvider, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { brokerUrls, defaultEventTypeMap, HubConfig, parseGoDuration, RabbitMqConfig } from "../src/config/Config.js"
 
 describe("parseGoDuration", () => {
   it.each([
@@ -139,6 +139,20 @@ describe("RabbitMqConfig.fromEnv", () => {
       expect((yield* readRabbitConfig({ RABBITMQ_URL: "" })).url._tag).toBe("None")
     }))
 
+  it.effect("RABBITMQ_URL takes the nodes of a cluster, separated by commas; stream mode moves through an ingest queue", () =>
+    Effect.gen(function*() {
+      const config = yield* readRabbitConfig({
+        RABBITMQ_URL: "amqp://a:pw@node-1:5672/, amqp://a:pw@node-2:5672/,amqp://a:pw@node-3:5672/"
+      })
+      expect(Option.map(config.url, (url) => brokerUrls(url).map(Redacted.value))).toEqual(Option.some([
+        "amqp://a:pw@node-1:5672/",
+        "amqp://a:pw@node-2:5672/",
+        "amqp://a:pw@node-3:5672/"
+      ]))
+      expect(config.ingest).toBe("quorum")
+      expect((yield* readRabbitConfig({ RABBITMQ_INGEST: "none" })).ingest).toBe("none")
+    }))
+
   it.effect("reads binding keys and an EVENT_TYPE_MAP given as JSON", () =>
     Effect.gen(function*() {
       const config = yield* readRabbitConfig({
@@ -153,6 +167,9 @@ describe("RabbitMqConfig.fromEnv", () => {
     ["RABBITMQ_PREFETCH", "70000"],
     ["RABBITMQ_EXCHANGE", " "],
     ["RABBITMQ_URL", "not a url"],
+    ["RABBITMQ_URL", "amqp://node-1:5672/,node-2:5672"],
+    ["RABBITMQ_INGEST", "classic"],
+    ["RABBITMQ_INGEST_MAX_BYTES", "0"],
     ["RABBITMQ_QUEUE_EXPIRES", "0"],
     ["RABBITMQ_RECONNECT_DELAY", "0s"],
     ["EVENT_TYPE_MAP", "[1,2]"],

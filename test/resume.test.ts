@@ -302,6 +302,34 @@ describe("resume with RabbitMQ", () => {
       }).pipe(Effect.provide(hubWithSource(rabbit))))
     }), { timeout: 90_000, retry: 2 })
 
+  it.scopedLive("stream mode: an event has the same timestamp live, refilled after a restart and on another instance", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const rabbit = { ...names, mode: "stream" as const }
+      const live = yield* Effect.scoped(Effect.gen(function*() {
+        yield* consuming
+        const client = yield* connectSince()
+        yield* publishRange(publisher, names.exchange, 0, 10)
+        yield* promise(() => client.until(() => lastSeq(client) === 9, "event 9"))
+        return client.events
+      }).pipe(Effect.provide(hubWithSource(rabbit))))
+      // The hub restarts: its history is refilled from the stream; a second instance starts beside it.
+      const first = yield* Layer.build(hubWithSource(rabbit))
+      const second = yield* Layer.build(hubWithSource(rabbit))
+      for (const instance of [first, second]) {
+        const replayed = yield* Effect.gen(function*() {
+          yield* consuming
+          const client = yield* connectSince(live[0]!.id as string)
+          yield* promise(() => client.until(() => lastSeq(client) === 9, "event 9 again"))
+          return client.events
+        }).pipe(Effect.provide(instance))
+        expect(replayed.map((event) => [event.id, event.timestamp])).toEqual(
+          live.slice(1).map((event) => [event.id, event.timestamp])
+        )
+      }
+    }), { timeout: 60_000 })
+
   it.scopedLive("stream mode: a client moves to a second hub instance and misses nothing", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
