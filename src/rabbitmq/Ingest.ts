@@ -91,9 +91,11 @@ class MoverSession {
     }
     this.#routed.publish("", this.stream, message.content, { ...carried(message), persistent: true, headers }, (outcome) => {
       if (outcome !== "kept") {
+        // Returned or nacked: the broker refused it; any other error: the channel closed before the confirm.
+        const refused = outcome === "returned" || outcome.message === "message nacked"
         return this.fail(
           new RabbitMqError({
-            reason: "MoveRefused",
+            reason: refused ? "MoveRefused" : "ChannelLost",
             cause: outcome === "returned" ? new Error("returned: the stream is not routable") : outcome,
             queue: this.stream
           })

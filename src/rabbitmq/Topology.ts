@@ -18,7 +18,14 @@ export const streamArguments = (config: Pick<RabbitMqSettings, "streamMaxAge" | 
 export const declareStream = (channel: amqp.Channel, config: RabbitMqSettings) =>
   Effect.tryPromise({
     try: () => channel.assertQueue(config.stream, { durable: true, arguments: streamArguments(config) }),
-    catch: (cause) => new RabbitMqError({ reason: "StreamRefused", cause, queue: config.stream })
+    // 406: refused for good (no streams, or another queue of that name); anything else (a node still starting)
+    // passes with a retry.
+    catch: (cause) =>
+      new RabbitMqError({
+        reason: (cause as { code?: unknown })?.code === 406 ? "StreamRefused" : "Topology",
+        cause,
+        queue: config.stream
+      })
   })
 
 /** The ingest queue's arguments: every instance must declare it identically. */
