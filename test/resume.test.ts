@@ -417,6 +417,44 @@ describe("resume with RabbitMQ", () => {
       })))
     }), { timeout: 60_000 })
 
+  it.scopedLive("stream mode: events removed by retention before the hub read them are told to its clients (hub.history_gap)", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      const proxy = yield* tcpProxy
+      yield* Effect.gen(function*() {
+        const health = yield* Health
+        yield* consuming
+        const client = yield* connectSince()
+        yield* publishRange(publisher, names.exchange, 0, 5)
+        yield* promise(() => client.until(() => lastSeq(client) === 4, "event 4"))
+        yield* promise(() => proxy.cut())
+        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        // About 100 KB into a stream kept under 20 KB in 5 KB segments: what the hub had not read is gone.
+        for (let seq = 5; seq < 205; seq++) {
+          yield* promise(() => publisher.publish(names.exchange, "backtest.completed", { seq, pad: "x".repeat(500) }))
+        }
+        yield* promise(() => proxy.restore())
+        yield* consuming
+        yield* publishRange(publisher, names.exchange, 205, 206)
+        yield* promise(() => client.until(() => lastSeq(client) === 205, "event 205"))
+        const gap = client.messages.find((message) => message.type === "hub.history_gap")
+        expect(gap?.data).toMatchObject({ since: client.events[4]!.id, reason: "missed" })
+        // Told before the events after the hole.
+        expect(types(client).indexOf("hub.history_gap")).toBe(5)
+        expect(seqs(client).slice(0, 5)).toEqual([0, 1, 2, 3, 4])
+        expect(seqs(client)[5]).toBeGreaterThan(5)
+      }).pipe(Effect.provide(hubWithSource({
+        ...names,
+        mode: "stream",
+        // Bound to the exchange directly: the mover would wait behind the cut too.
+        ingest: "none",
+        streamMaxBytes: 20_000,
+        streamMaxSegmentBytes: Option.some(5_000),
+        url: Option.some(Redacted.make(proxy.url))
+      })))
+    }), { timeout: 30_000 })
+
   it.scopedLive("stream mode: a message that is not an event is skipped (counted), the events around it arrive", () =>
     Effect.gen(function*() {
       const publisher = yield* broker

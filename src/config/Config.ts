@@ -551,6 +551,11 @@ export interface RabbitMqSettings {
   /** Stream mode: the broker keeps the stream under this size (`x-max-length-bytes`). */
   readonly streamMaxBytes: number
   /**
+   * Stream mode: the size of the stream's segments (`x-stream-max-segment-size-bytes`), the unit in which
+   * retention drops events; `None`: the broker's default (500 MB), and the argument is not declared.
+   */
+  readonly streamMaxSegmentBytes: Option.Option<number>
+  /**
    * Stream mode: how events enter the stream. `quorum` (the default): through an ingest quorum queue bound to the
    * exchange, moved into the stream by one hub at a time with confirms (nothing lost when the broker restarts);
    * `none`: the stream is bound to the exchange directly (lighter, but loses what is published in the moments after
@@ -636,6 +641,7 @@ export const defaultRabbitMqSettings = (): RabbitMqSettings => ({
   stream: defaultStreamName,
   streamMaxAge: Duration.hours(24),
   streamMaxBytes: defaultStreamMaxBytes,
+  streamMaxSegmentBytes: Option.none(),
   ingest: "quorum",
   ingestMaxBytes: defaultStreamMaxBytes
 })
@@ -711,6 +717,14 @@ const rabbitMqSettings = (defaults: RabbitMqSettings): Config.Config<RabbitMqSet
     ),
     streamMaxAge: goDuration("RABBITMQ_STREAM_MAX_AGE", defaults.streamMaxAge),
     streamMaxBytes: positiveInt("RABBITMQ_STREAM_MAX_BYTES", defaults.streamMaxBytes),
+    streamMaxSegmentBytes: Config.integer("RABBITMQ_STREAM_MAX_SEGMENT_BYTES").pipe(
+      Config.option,
+      Config.mapOrFail((value) =>
+        Option.isSome(value) && value.value <= 0
+          ? Either.left(ConfigError.InvalidData(["RABBITMQ_STREAM_MAX_SEGMENT_BYTES"], "expected a positive number of bytes"))
+          : Either.right(value)
+      )
+    ),
     ingest: Config.literal("quorum", "none")("RABBITMQ_INGEST").pipe(Config.withDefault(defaults.ingest)),
     ingestMaxBytes: positiveInt("RABBITMQ_INGEST_MAX_BYTES", defaults.ingestMaxBytes)
   })

@@ -42,15 +42,21 @@ class StreamReader {
   refilling = true
   /** The last stream offset read; the broker does not keep it for AMQP 0-9-1 consumers. */
   lastOffset: number | undefined = undefined
+  /** No delivery read yet in this session: the first one tells whether retention removed what was not read. */
+  sessionStart = true
   readonly moves = new Moves()
 
   constructor(private readonly context: ModeContext) {}
 
-  /** First: back as far as the history keeps events. Then: right after the last offset read. */
+  /**
+   * First: back as far as the history keeps events. Then: the last offset read, read again, so that the first
+   * delivery tells whether it is still there (offsets are not contiguous: a gap within a session is the broker's
+   * own bookkeeping, not a loss).
+   */
   from(): unknown {
     return this.lastOffset === undefined
       ? { "!": "timestamp", value: Math.floor((Date.now() - this.context.history.maxAgeMs) / 1000) }
-      : this.lastOffset + 1
+      : this.lastOffset
   }
 
   deliver({ channel, message }: Delivery): Effect.Effect<void> {
@@ -59,13 +65,15 @@ class StreamReader {
     const offset = headers["x-stream-offset"]
     settle(channel, message, true)
     if (typeof offset !== "number") return Effect.logWarning("stream delivery without an x-stream-offset header; skipped")
-    if (this.lastOffset !== undefined && offset <= this.lastOffset) {
-      // Read again (a session starts at a chunk boundary): already handled.
+    const previous = this.lastOffset
+    // A session starts at or before the offset asked for (a chunk boundary); after it only if retention removed it.
+    const hole = this.sessionStart && previous !== undefined && offset > previous
+    this.sessionStart = false
+    if (previous !== undefined && offset <= previous) {
+      // Read again: already handled.
       metrics.count("rabbitmq", "duplicates_dropped")
       return Effect.void
     }
-    const previous = this.lastOffset
-    const hole = previous !== undefined && offset > previous + 1
     if (previous === undefined || hole) history.startsAt(offset)
     this.lastOffset = offset
     const handled = this.#message(message, headers, offset)
@@ -170,7 +178,11 @@ export const streamMode = (context: ModeContext): ConsumeMode => {
           await channel.prefetch(config.prefetch)
         })
       ),
-    prepare: () => Effect.succeed((delivery) => Effect.suspend(() => reader.deliver(delivery))),
+    prepare: () =>
+      Effect.sync(() => {
+        reader.sessionStart = true
+        return (delivery) => Effect.suspend(() => reader.deliver(delivery))
+      }),
     // `noAck: true` is refused on a stream (540, which closes the connection).
     consumeOptions: () => ({ noAck: false, arguments: { "x-stream-offset": reader.from() } }),
     consumeRefused: (cause) => new RabbitMqError({ reason: "Topology", cause, queue: config.stream }),

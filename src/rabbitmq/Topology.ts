@@ -3,15 +3,22 @@
  * (see Ingest.ts). Every instance declares them identically (the broker refuses a different declaration).
  */
 import type * as amqp from "amqplib"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Option } from "effect"
 import { ingestQueueName, type RabbitMqSettings } from "../config/Config.js"
 import { attempt, RabbitMqError } from "./Session.js"
 
 /** The stream queue's arguments: every instance must declare it identically. */
-export const streamArguments = (config: Pick<RabbitMqSettings, "streamMaxAge" | "streamMaxBytes">) => ({
+export const streamArguments = (
+  config: Pick<RabbitMqSettings, "streamMaxAge" | "streamMaxBytes" | "streamMaxSegmentBytes">
+) => ({
   "x-queue-type": "stream",
   "x-max-age": `${Math.max(1, Math.ceil(Duration.toSeconds(config.streamMaxAge)))}s`,
-  "x-max-length-bytes": config.streamMaxBytes
+  "x-max-length-bytes": config.streamMaxBytes,
+  // Only when set: a stream declared before without it would otherwise be refused as declared differently.
+  ...Option.match(config.streamMaxSegmentBytes, {
+    onNone: () => ({}),
+    onSome: (bytes) => ({ "x-stream-max-segment-size-bytes": bytes })
+  })
 })
 
 /** Declares the stream; refused by a broker without streams (or where another queue has the name). */
