@@ -503,16 +503,21 @@ export class RabbitNode {
    */
   private startWatchdog() {
     if (this.watchdog !== undefined) return
+    // The name and directory travel in its environment, not on its command line: `pgrep -f <name>` finds the node only.
     const script = [
       `while kill -0 ${process.pid} 2>/dev/null; do sleep 1; done`,
       "for d in /proc/[0-9]*; do",
-      `  if tr '\\0' '\\n' < "$d/cmdline" 2>/dev/null | grep -qx -- '${this.name}'; then kill -9 "\${d#/proc/}" 2>/dev/null; fi`,
+      `  if tr '\\0' '\\n' < "$d/cmdline" 2>/dev/null | grep -qxF -- "$NODE"; then kill -9 "\${d#/proc/}" 2>/dev/null; fi`,
       "done",
-      `rm -rf '${this.dir}'`,
+      `rm -rf "$DIR"`,
       // This process's directory too, once its last node is gone (it holds only the CLI's empty env file then).
-      `rm -f '${join(this.dir, "..", "cli-env.conf")}'; rmdir '${join(this.dir, "..")}' 2>/dev/null || true`
+      `rm -f "$ROOT/cli-env.conf"; rmdir "$ROOT" 2>/dev/null || true`
     ].join("\n")
-    const child = spawn("/bin/sh", ["-c", script], { detached: true, stdio: "ignore" })
+    const child = spawn("/bin/sh", ["-c", script], {
+      detached: true,
+      stdio: "ignore",
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", NODE: this.name, DIR: this.dir, ROOT: join(this.dir, "..") }
+    })
     child.unref()
     this.watchdog = child.pid
   }
