@@ -375,26 +375,37 @@ export class CarefulPublisher {
 // A steady rate
 // ---------------------------------------------------------------------------
 
-/** Creates `rate` events per second in all, over `seconds`, taking turns over the publishers. */
+/**
+ * Creates `rate` events per second in all, taking turns over the publishers, for at least `minSeconds` and until
+ * `finish()` (at once if `finish` is never called: after `minSeconds`).
+ */
 export class EventSchedule {
   created = 0
-  readonly total: number
   readonly startedAt = Date.now()
+  /** Resolves once the last event has been created. */
   readonly done: Promise<void>
   private timer: NodeJS.Timeout | undefined
+  private endAt: number | undefined
+  private resolveDone!: () => void
 
-  constructor(publishers: ReadonlyArray<CarefulPublisher>, readonly rate: number, readonly seconds: number) {
-    this.total = Math.round(rate * seconds)
-    this.done = new Promise((resolve) => {
-      this.timer = setInterval(() => {
-        const due = Math.min(this.total, Math.floor(((Date.now() - this.startedAt) / 1000) * rate))
-        for (; this.created < due; this.created++) publishers[this.created % publishers.length]!.create()
-        if (this.created >= this.total) {
-          clearInterval(this.timer)
-          resolve()
-        }
-      }, 5)
-    })
+  constructor(publishers: ReadonlyArray<CarefulPublisher>, readonly rate: number, readonly minSeconds = 0, open = false) {
+    this.done = new Promise((resolve) => (this.resolveDone = resolve))
+    if (!open) this.endAt = this.startedAt + minSeconds * 1000
+    this.timer = setInterval(() => {
+      const now = this.endAt === undefined ? Date.now() : Math.min(Date.now(), this.endAt)
+      const due = Math.floor(((now - this.startedAt) / 1000) * rate)
+      for (; this.created < due; this.created++) publishers[this.created % publishers.length]!.create()
+      if (this.endAt !== undefined && Date.now() >= this.endAt) {
+        clearInterval(this.timer)
+        this.resolveDone()
+      }
+    }, 5)
+  }
+
+  /** Stops creating events now, or once `minSeconds` have passed. */
+  finish(): Promise<void> {
+    this.endAt = Math.max(Date.now(), this.startedAt + this.minSeconds * 1000)
+    return this.done
   }
 
   /** Seconds since the schedule started. */
@@ -402,8 +413,14 @@ export class EventSchedule {
     return (Date.now() - this.startedAt) / 1000
   }
 
+  /** Waits until the schedule has run `seconds` (a scenario's timetable). */
+  async at(seconds: number): Promise<void> {
+    while (this.elapsed < seconds) await sleep(20)
+  }
+
   stop(): void {
     clearInterval(this.timer)
+    this.resolveDone()
   }
 }
 
