@@ -85,8 +85,7 @@ describe("the loss of a cluster node under two hubs (stream mode, three nodes)",
     await Promise.all(clients.map(async (client) => {
       while (client.received.length === 0) await sleep(20)
     }))
-    const writer = await cluster.streamWriter(names.stream)
-    const ingestLeader = await cluster.quorumLeader(ingest)
+    const [writer, ingestLeader] = await Promise.all([cluster.streamWriter(names.stream), cluster.quorumLeader(ingest)])
     step(`stream writer on ${writer?.name}, ${ingest} led by ${ingestLeader?.name ?? "(no such queue)"}`)
     expect(writer, report()).toBeDefined()
     const victims: Array<RabbitNode> = [writer!]
