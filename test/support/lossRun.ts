@@ -114,7 +114,7 @@ export class HubProcess {
       try {
         const entry = JSON.parse(line)
         const error = entry.annotations?.error ?? entry.error
-        key = `${entry.logLevel ?? entry.level ?? "?"}: ${entry.message}${error ? ` (${String(error).slice(0, 140)})` : ""}`
+        key = `${entry.logLevel ?? entry.level ?? "?"}: ${entry.message}${error ? ` (${String(error).slice(0, 300)})` : ""}`
       } catch {
         // not JSON
       }

@@ -13,8 +13,16 @@
  * process exits, an exit hook kills what is left (SIGKILL by pid: the directory goes anyway), and a watchdog
  * process does the same if this process is killed outright.
  *
- * Measured on this 2-core machine (RabbitMQ 3.10.8, Erlang 25): see the timings each node records (`timings`)
- * and the numbers in the report of the commit that added this file.
+ * Measured on this 2-core machine (RabbitMQ 3.10.8, Erlang 25), shared with other work (load average 7 to 10), ranges
+ * over about ten runs (each node records its own in `timings`):
+ * - `RabbitNode.start()` (fresh data): 7 to 16 s, usually 7 to 11 (the VM takes 3.5 to 5 s before it logs, then
+ *   about 2.6 s before the first boot step; waiting for epmd then one `await_startup` adds about 0.2 s);
+ * - `stopApp()` 0.7 to 8.5 s (usually 1.4 to 3.7), `startApp()` (with `await_startup` and a guest login) 2.6 to
+ *   23 s (usually 3.5 to 9.6), `stop()` 2.3 to 9 s (usually 2.5 to 3), `start()` on the same data 6.8 to 14 s,
+ *   `destroy()` about 2 s; each `rabbitmqctl` call costs 0.7 to 2 s by itself;
+ * - `RabbitCluster.start(3)`: 24 to 35 s (three nodes started in parallel 14.5 to 20 s, the two joins one after the
+ *   other 7 to 12.4 s, every node seeing all three running 2 to 2.8 s). Two joins at once were hardly faster (9.6
+ *   to 10.7 s) and failed once in three tries.
  */
 import * as amqp from "amqplib"
 import { execFileSync, spawn } from "node:child_process"

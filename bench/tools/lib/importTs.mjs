@@ -2,7 +2,7 @@
 // dev dependency) bundles it with its relative imports, leaves packages external, and writes it under
 // node_modules/.cache so that those packages resolve from the repository.
 import { build } from "esbuild"
-import { mkdirSync } from "node:fs"
+import { mkdirSync, rmSync } from "node:fs"
 import { basename, dirname, join, resolve } from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 
@@ -22,5 +22,9 @@ export const importTs = async (path) => {
     outfile,
     logLevel: "error"
   })
-  return import(pathToFileURL(outfile).href)
+  try {
+    return await import(pathToFileURL(outfile).href)
+  } finally {
+    rmSync(outfile, { force: true })
+  }
 }
