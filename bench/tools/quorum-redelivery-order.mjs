@@ -3,7 +3,8 @@
 // shared one on 5672.
 //   node bench/tools/quorum-redelivery-order.mjs            one node: the first consumer's socket destroyed, its
 //                                                           channel closed, its connection closed
-//   CLUSTER=1 node bench/tools/quorum-redelivery-order.mjs  three nodes: the first consumer's node stopped / killed
+//   CLUSTER=1 node bench/tools/quorum-redelivery-order.mjs  three nodes: the first consumer's node stopped / killed,
+//                                                           the queue's leader elsewhere or on that node
 // Each case: 200 persistent messages 0..199 in a quorum queue (single active consumer unless SAC=0), consumer A
 // (prefetch 50) acks every third message it gets and never the others, consumer B waits; A dies; B acks all.
 // Prints, per case, whether B got A's unacknowledged messages first and in their original order, and whether
@@ -26,7 +27,7 @@ const connect = async (url) => {
 }
 
 /** One case: A consumes through `urlA`, B through `urlB`; `die(a)` ends A. */
-const check = async (label, { die, publishUrl, urlA, urlB }) => {
+const check = async (label, { die, publishUrl, urlA, urlB, describe }) => {
   const queue = `order-${label}-${Date.now()}`
   const publisher = await connect(publishUrl)
   await publisher.channel.assertQueue(queue, {
@@ -56,6 +57,7 @@ const check = async (label, { die, publishUrl, urlA, urlB }) => {
   })
   await sleep(300)
   const beforeDeath = gotB.length
+  const setting = describe ? await describe(queue) : undefined
   const acked = new Set(gotA.filter(acks))
   const unacked = gotA.filter((seq) => !acked.has(seq))
   const died = Date.now()
@@ -65,6 +67,7 @@ const check = async (label, { die, publishUrl, urlA, urlB }) => {
   const seqsB = gotB.map((m) => m.seq)
   const result = {
     case: label,
+    ...setting,
     singleActiveConsumer: sac,
     aReceived: gotA.length,
     aUnacked: unacked.length,
@@ -87,14 +90,22 @@ const check = async (label, { die, publishUrl, urlA, urlB }) => {
 if (process.env.CLUSTER === "1") {
   const cluster = await RabbitCluster.start(3)
   try {
-    // A on the second node, B on the third, the queue's leader on the first (declared there).
-    for (const [label, end] of [["node-stopped", (node) => node.stop()], ["node-killed", (node) => node.kill()]]) {
-      const [first, second, third] = cluster.nodes
+    // A on the second node, B on the third; the queue's leader on the first (declared there), or on the second
+    // (A's node: the leader dies with the consumer).
+    const cases = [
+      ["node-stopped", (node) => node.stop(), 0],
+      ["node-killed", (node) => node.kill(), 0],
+      ["leader-node-stopped", (node) => node.stop(), 1],
+      ["leader-node-killed", (node) => node.kill(), 1]
+    ]
+    for (const [label, end, leader] of cases) {
+      const [, second, third] = cluster.nodes
       await check(label, {
-        publishUrl: first.url,
+        publishUrl: cluster.nodes[leader].url,
         urlA: second.url,
         urlB: third.url,
-        die: () => end(second)
+        die: () => end(second),
+        describe: async (queue) => ({ leader: (await cluster.quorumLeader(queue))?.name, consumerA: second.name, consumerB: third.name })
       })
       await second.start()
       await cluster.awaitRunning()
