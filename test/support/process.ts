@@ -23,9 +23,12 @@ export class ServiceProcess {
     this.exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })))
   }
 
-  /** Without a broker unless `env` sets `RABBITMQ_URL` (with the test's own exchange and stream or queue). */
-  static start(env: Record<string, string>): ServiceProcess {
-    return new ServiceProcess(spawn(process.execPath, ["dist/main.js"], {
+  /**
+   * Without a broker unless `env` sets `RABBITMQ_URL` (with the test's own exchange and stream or queue). `script`:
+   * another build's entry point (the bench tools measure any build).
+   */
+  static start(env: Record<string, string>, script = "dist/main.js"): ServiceProcess {
+    return new ServiceProcess(spawn(process.execPath, [script], {
       env: { ...process.env, LOG_FORMAT: "json", RABBITMQ_URL: "", ...env },
       stdio: ["ignore", "pipe", "pipe"]
     }))
