@@ -5,9 +5,9 @@
  * when scraped, so the hot path never touches a labelled metric. Only the
  * delivery latency is a prom-client histogram, observed once per event.
  */
-import { Context, Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { Histogram, Registry } from "prom-client"
-import { defaultHubSettings, HubConfig } from "../config/Config.js"
+import { HubConfig } from "../config/Config.js"
 import { DisconnectReason, type GapReason } from "../protocol/Protocol.js"
 
 /** Where an event entered the hub. */
@@ -70,13 +70,10 @@ export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, 
   /** The Prometheus registry of this hub (one per layer, never the global one). */
   readonly registry: Registry
 }>() {
-  /** `METRICS_MAX_EVENT_TYPES` comes from `HubConfig` when provided (the default otherwise). */
-  static readonly layer: Layer.Layer<HubMetrics> = Layer.effect(
+  /** Labels at most `METRICS_MAX_EVENT_TYPES` event types (`HubConfig`). */
+  static readonly layer: Layer.Layer<HubMetrics, never, HubConfig> = Layer.effect(
     HubMetrics,
-    Effect.map(
-      Effect.serviceOption(HubConfig),
-      (config) => make(Option.match(config, { onNone: () => defaultHubSettings, onSome: (c) => c }).metricsMaxEventTypes)
-    )
+    Effect.map(HubConfig, (config) => make(config.metricsMaxEventTypes))
   )
 }
 
