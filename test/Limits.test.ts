@@ -7,7 +7,8 @@ import { ConfigProvider, Duration, Effect, Either, Layer, Option, Redacted } fro
 import type { IncomingMessage } from "node:http"
 import { defaultSecurity, HubConfig } from "../src/config/Config.js"
 import * as Topic from "../src/protocol/Topic.js"
-import { clientAddress, isOriginAllowed, MessageRate, TokenBucket } from "../src/security/Limits.js"
+import { clientAddress, isOriginAllowed } from "../src/security/Limits.js"
+import { MessageRate, TokenBucket } from "../src/security/TokenBucket.js"
 import { covers } from "../src/protocol/Topic.js"
 
 const readSecurity = (env: Record<string, string>) =>

@@ -5,7 +5,7 @@
  * oldest bucket goes (its address starts again with a full bucket: an attacker
  * needs that many addresses to gain anything).
  */
-import { TokenBucket } from "./Limits.js"
+import { TokenBucket } from "./TokenBucket.js"
 
 /** Addresses tracked at most per kind of limit (about 150 bytes each). */
 export const defaultMaxAddresses = 50_000
