@@ -4,7 +4,6 @@
  * live events: its replay sends them).
  */
 import type { DisconnectReason, Outbound } from "../protocol/Protocol.js"
-import type { Replay } from "./Replay.js"
 
 export type ClientId = number
 
@@ -33,9 +32,17 @@ export interface Connection {
   readonly backlog?: () => number
 }
 
+/**
+ * A resume under way (a `Replay`, see Replay.ts): the member only holds it, so that a newer resume replaces it and
+ * an old one sees that it is no longer current.
+ */
+export interface ResumeUnderWay {
+  readonly since: string
+}
+
 export class Member {
   /** The resume under way, if any; a newer one replaces it. */
-  replay: Replay | undefined = undefined
+  replay: ResumeUnderWay | undefined = undefined
 
   constructor(
     readonly connection: Connection,
