@@ -26,8 +26,8 @@ import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { problem } from "../http/Problem.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { dashboardPage, loginPage } from "./DashboardPage.js"
-import { Health } from "./Health.js"
-import { HubMetrics } from "./Metrics.js"
+import { Health } from "../ops/Health.js"
+import { HubMetrics } from "../ops/Metrics.js"
 
 const cookieName = "hub_dashboard"
 /** Tail events held for a browser that reads slowly; past it, tail events are dropped (never the stream). */
