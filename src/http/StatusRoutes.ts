@@ -10,7 +10,7 @@ import { Effect } from "effect"
 import { Hub } from "../hub/Hub.js"
 import { Health } from "../ops/Health.js"
 import { HubMetrics } from "../ops/Metrics.js"
-import * as Prometheus from "../ops/Prometheus.js"
+import * as Prometheus from "./Prometheus.js"
 
 export const healthRoutes = Effect.map(Health, (health) => {
   const healthRoute = Effect.map(health.report, (report) =>

@@ -11,8 +11,8 @@ import { Effect, Option } from "effect"
 import { collectDefaultMetrics, Counter, Gauge, type Registry } from "prom-client"
 import { HubHistory } from "../hub/History.js"
 import type { Refusal } from "../security/Limits.js"
-import { Health, type HealthReport } from "./Health.js"
-import { HubMetrics } from "./Metrics.js"
+import { Health, type HealthReport } from "../ops/Health.js"
+import { HubMetrics } from "../ops/Metrics.js"
 
 /** The refusals that concern opening a connection (the rest refuse requests on an open one, or HTTP publishes). */
 const connectionRefusals: ReadonlyArray<string> = [
