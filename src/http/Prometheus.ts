@@ -7,7 +7,7 @@
  * defaults, registered on the first scrape (each registration starts
  * observers for the life of the process).
  */
-import { Effect, Option } from "effect"
+import { Effect } from "effect"
 import { collectDefaultMetrics, Counter, Gauge, type Registry } from "prom-client"
 import { HubHistory } from "../hub/History.js"
 import type { Refusal } from "../security/Limits.js"
@@ -68,7 +68,7 @@ export const wantsPrometheus = (accept: string | undefined): boolean => {
 export const make = Effect.gen(function*() {
   const metrics = yield* HubMetrics
   const health = yield* Health
-  const history = yield* Effect.serviceOption(HubHistory)
+  const history = yield* HubHistory
   const { counters, registry } = metrics
   /** Read before each scrape: the collectors are synchronous. */
   let healthReport: HealthReport = yield* health.report
@@ -101,7 +101,7 @@ export const make = Effect.gen(function*() {
   counter(registry, "hub_written_bytes_total", "Bytes of messages written to client sockets", [], () =>
     one(counters.bytesWritten))
   gauge(registry, "hub_history_events", "Events held in the history for resumes", [], () =>
-    one(Option.match(history, { onNone: () => 0, onSome: (h) => h.size })))
+    one(history.size))
   counter(registry, "hub_resumes_total", "Resumes requested (?since= or subscribe with since)", [], () =>
     one(counters.resumes))
   counter(registry, "hub_history_gaps_total", "Resumes the history could not serve in full, by reason", ["reason"], () =>

@@ -15,6 +15,7 @@ import { HubConfig } from "../config/Config.js"
 import { Auth } from "../security/Auth.js"
 import { Health } from "../ops/Health.js"
 import { Hub, HubClients } from "../hub/Hub.js"
+import { HubHistory } from "../hub/History.js"
 import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import * as Dashboard from "./Dashboard.js"
@@ -74,7 +75,7 @@ export const corsMiddleware = (config: HubConfig["Type"]) =>
 export const layerServe: Layer.Layer<
   never,
   never,
-  HttpServer.HttpServer | HubConfig | Hub | HubClients | HubMetrics | Health | Limits
+  HttpServer.HttpServer | HubConfig | Hub | HubClients | HubHistory | HubMetrics | Health | Limits
 > = Layer.unwrapScoped(
   Effect.zipWith(makeRouter, HubConfig, (router, config) =>
     HttpServer.serve(router, corsMiddleware(config)).pipe(
