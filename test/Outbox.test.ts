@@ -5,11 +5,16 @@
  * messages join the outboxes it has not reached yet.
  */
 import { describe, expect, it } from "@effect/vitest"
+import { Duration } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
+import * as WebSocketTransport from "../src/connection/WebSocketTransport.js"
 import { Flusher } from "../src/hub/Flusher.js"
 import { Outbox } from "../src/hub/Outbox.js"
 import { Outbound } from "../src/protocol/Protocol.js"
+
+/** Pre-built frames, as a hub writes them. */
+const settings = { encodeFrame: WebSocketTransport.frameEncoder(), closeHandshake: Duration.seconds(1) }
 
 /** A socket that records each write it is given as a batch of frames; each write takes `writeMicros`. */
 const recordingSocket = (writeMicros: number) => {
@@ -42,7 +47,8 @@ const recordingSocket = (writeMicros: number) => {
     once: () => socket
   }
   const ws = { extensions: "", readyState: WebSocket.OPEN }
-  return { batches, socket: socket as unknown as Duplex, ws: ws as unknown as WebSocket }
+  const transport = WebSocketTransport.make(ws as unknown as WebSocket, socket as unknown as Duplex, settings)
+  return { batches, socket, transport }
 }
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
@@ -53,9 +59,9 @@ const until = async (condition: () => boolean) => {
 
 describe("Outbox", () => {
   it("writes each outbox's queued messages in one batch, in order, on the next turn of the event loop", async () => {
-    const { batches, socket, ws } = recordingSocket(0)
+    const { batches, transport } = recordingSocket(0)
     let written = 0
-    const outbox = new Outbox(new Flusher(), ws, socket, 10, (count) => (written += count))
+    const outbox = new Outbox(new Flusher(), transport, 10, (count) => (written += count))
     for (const text of ["a", "b", "c"]) expect(outbox.offer(Outbound.text(text))).toBe(true)
     expect(batches).toEqual([])
     await until(() => written === 3)
@@ -64,11 +70,11 @@ describe("Outbox", () => {
   })
 
   it("refuses a message once its capacity is queued while the socket refuses data (the client does not read)", async () => {
-    const { socket, ws } = recordingSocket(0)
+    const { socket, transport } = recordingSocket(0)
     // The socket takes the first write, then refuses more (its buffer is full) and never drains.
     ;(socket as unknown as { write: () => boolean }).write = () => false
     let written = 0
-    const outbox = new Outbox(new Flusher(), ws, socket, 2, (count) => (written += count))
+    const outbox = new Outbox(new Flusher(), transport, 2, (count) => (written += count))
     expect(outbox.offer(Outbound.text("first"))).toBe(true)
     await until(() => written === 1)
     expect(outbox.blockedSince).toBeDefined()
@@ -77,9 +83,9 @@ describe("Outbox", () => {
   })
 
   it("takes a burst beyond its capacity while the socket takes data (the hub's backlog, not the client's), up to 16 times", async () => {
-    const { batches, socket, ws } = recordingSocket(0)
+    const { batches, transport } = recordingSocket(0)
     let written = 0
-    const outbox = new Outbox(new Flusher(), ws, socket, 2, (count) => (written += count))
+    const outbox = new Outbox(new Flusher(), transport, 2, (count) => (written += count))
     const offered = Array.from({ length: 33 }, (_, i) => outbox.offer(Outbound.text(`${i}`)))
     expect(offered.filter((accepted) => accepted)).toHaveLength(32)
     expect(offered[32]).toBe(false)
@@ -92,7 +98,7 @@ describe("Outbox", () => {
     const sockets = Array.from({ length: 300 }, () => recordingSocket(50))
     let written = 0
     const flusher = new Flusher()
-    const outboxes = sockets.map(({ socket, ws }) => new Outbox(flusher, ws, socket, 10, (count) => (written += count)))
+    const outboxes = sockets.map(({ transport }) => new Outbox(flusher, transport, 10, (count) => (written += count)))
     for (const outbox of outboxes) outbox.offer(Outbound.text("first"))
     // The first slice has run (its setImmediate was scheduled before this one) and the pass is not over.
     await nextTurn()
@@ -111,7 +117,7 @@ describe("Outbox", () => {
     const sockets = Array.from({ length: 300 }, () => recordingSocket(50))
     let written = 0
     const flusher = new Flusher()
-    const outboxes = sockets.map(({ socket, ws }) => new Outbox(flusher, ws, socket, 256, (count) => (written += count)))
+    const outboxes = sockets.map(({ transport }) => new Outbox(flusher, transport, 256, (count) => (written += count)))
     // A burst of 40 events: more than the 32 at which an outbox that reads counts as behind.
     for (let i = 0; i < 40; i++) for (const outbox of outboxes) outbox.offer(Outbound.text(`${i}`))
     await nextTurn()
@@ -120,13 +126,13 @@ describe("Outbox", () => {
   })
 
   it("says when a reading client's outbox is full, and calls a producer waiting for it once the pass has written everything", async () => {
-    const { socket, ws } = recordingSocket(0)
+    const { transport } = recordingSocket(0)
     let written = 0
     const flusher = new Flusher()
     let idle = 0
     flusher.whenIdle(() => idle++)
     expect(idle).toBe(1)
-    const outbox = new Outbox(flusher, ws, socket, 256, (count) => (written += count))
+    const outbox = new Outbox(flusher, transport, 256, (count) => (written += count))
     for (let i = 0; i < 256; i++) outbox.offer(Outbound.text(`${i}`))
     expect(flusher.congested).toBe(false)
     outbox.offer(Outbound.text("256"))
@@ -143,13 +149,13 @@ describe("Outbox", () => {
     const slow = Array.from({ length: 300 }, () => recordingSocket(50))
     const flusherA = new Flusher()
     let writtenA = 0
-    const outboxesA = slow.map(({ socket, ws }) => new Outbox(flusherA, ws, socket, 10, (count) => (writtenA += count)))
+    const outboxesA = slow.map(({ transport }) => new Outbox(flusherA, transport, 10, (count) => (writtenA += count)))
     for (const outbox of outboxesA) outbox.offer(Outbound.text("a"))
     await nextTurn()
     // Hub B: one socket, queued while A's pass is under way.
     const fast = recordingSocket(0)
     let writtenB = 0
-    const outboxB = new Outbox(new Flusher(), fast.ws, fast.socket, 10, (count) => (writtenB += count))
+    const outboxB = new Outbox(new Flusher(), fast.transport, 10, (count) => (writtenB += count))
     outboxB.offer(Outbound.text("b"))
     await until(() => writtenB === 1)
     // B was written in its own pass, not after the 300 outboxes A had queued before it.

@@ -4,6 +4,7 @@
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import * as ws from "ws"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import { connect, eventually, hubLayer, promise, TestClient, wsUrl } from "./support.js"
@@ -348,6 +349,43 @@ layer(hubLayer({ compressionThreshold: Option.some(1024) }), { excludeTestServic
       expect(bytesRead(plain) - plainBefore).toBeGreaterThan(size)
       expect(bytesRead(deflating) - deflatingBefore).toBeLessThan(size / 4)
     }))
+})
+
+describe("without ws's frame encoder", () => {
+  // `ws` frames its own messages with `Sender.frame` too: it is taken away only while the server starts (the hub
+  // checks it then), and put back before any client connects.
+  it.live("falls back to ws.send: every client receives every event, and the replies", () =>
+    Effect.gen(function*() {
+      const sender = (ws as unknown as { Sender: { frame: unknown } }).Sender
+      const frame = sender.frame
+      const scope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+      sender.frame = undefined
+      const context = yield* Layer.buildWithScope(hubLayer(), scope).pipe(
+        Effect.ensuring(Effect.sync(() => (sender.frame = frame)))
+      )
+      const url = yield* Effect.provide(wsUrl, context)
+      const hub = Context.get(context, Hub)
+      const send = ws.WebSocket.prototype.send
+      let sent = 0
+      ws.WebSocket.prototype.send = function(this: ws.WebSocket, ...args: Array<unknown>) {
+        sent++
+        return (send as (...args: Array<unknown>) => void).apply(this, args)
+      } as typeof send
+      yield* Effect.addFinalizer(() => Effect.sync(() => (ws.WebSocket.prototype.send = send)))
+      const clients = yield* promise(() => Promise.all([1, 2, 3].map(() => TestClient.connect(url))))
+      const reply = yield* promise(() => clients[0]!.request({ action: "subscribe", event_types: ["#"] }, "hub.subscribed"))
+      expect(reply.data).toEqual({ event_types: ["#"] })
+      const sentBefore = sent
+      for (let seq = 0; seq < 20; seq++) yield* hub.broadcast("backtest.completed", { seq })
+      for (const client of clients) {
+        yield* promise(() => client.until(() => client.events.length === 20, "20 events"))
+        expect(client.events.map((event) => event.data.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i))
+        client.close()
+      }
+      // Each event went through ws.send, once per client (the test's clients send nothing meanwhile).
+      expect(sent - sentBefore).toBe(60)
+    }).pipe(Effect.scoped))
 })
 
 layer(hubLayer(), { excludeTestServices: true })("no compression by default", (it) => {

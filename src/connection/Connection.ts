@@ -24,10 +24,11 @@ import { type ClientId, type Connection, HubClients } from "../hub/Hub.js"
 import { Limits } from "../security/Limits.js"
 import { MessageRate, TokenBucket } from "../security/TokenBucket.js"
 import { HubMetrics } from "../ops/Metrics.js"
-import { Outbox } from "../hub/Outbox.js"
-import { closeFor, CloseCode, type DisconnectReason, type ErrorData, type Outbound } from "../protocol/Protocol.js"
+import type { Outbox } from "../hub/Outbox.js"
+import type { DisconnectReason, ErrorData, Outbound } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { type Answer, type Incoming, type RequestContext, Requests } from "./Requests.js"
+import * as WebSocketTransport from "./WebSocketTransport.js"
 
 /** Inbound frames waiting to be handled before the socket stops being read. */
 const inboxHighWater = 16
@@ -66,6 +67,8 @@ export interface Services {
   readonly debug: boolean
   /** Spans are recorded (Tracing.ts): requests are then answered in the fiber, each inside its span. */
   readonly tracing: boolean
+  /** How messages are written to clients (checked once, see WebSocketTransport.ts). */
+  readonly webSocket: WebSocketTransport.WebSocketSettings
 }
 
 /**
@@ -77,15 +80,24 @@ export type RunFiber = (effect: Effect.Effect<void>, options?: { readonly immedi
 /** The services, taken once: each connection then costs no look-up of them. */
 export const services: Effect.Effect<Services, never, HubClients | HubConfig | HubMetrics | Auth | Limits> = Effect.gen(
   function*() {
+    const config = yield* HubConfig
+    const encodeFrame = WebSocketTransport.frameEncoder()
+    if (encodeFrame === undefined) {
+      yield* Effect.logWarning(
+        "ws's frame encoder (Sender.frame) is missing or frames differently: every message is framed by ws.send, " +
+          "once per client (a slower fan-out)"
+      )
+    }
     return {
       hub: yield* HubClients,
-      config: yield* HubConfig,
+      config,
       metrics: yield* HubMetrics,
       auth: yield* Auth,
       limits: yield* Limits,
       publisher: yield* Effect.serviceOption(Publisher),
       debug: LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug),
-      tracing: yield* FiberRef.get(FiberRef.currentTracerEnabled)
+      tracing: yield* FiberRef.get(FiberRef.currentTracerEnabled),
+      webSocket: { encodeFrame, closeHandshake: Duration.min(config.writeTimeout, maxCloseHandshake) }
     }
   }
 )
@@ -187,7 +199,7 @@ class WsConnection implements Connection, RequestContext {
     this.principal = info.principal
     this.#metrics = services.metrics
     this.#debug = services.debug
-    this.#outbox = new Outbox(services.hub.flusher, ws, socket, services.config.sendBuffer, services.metrics.delivered)
+    this.#outbox = services.hub.outbox(WebSocketTransport.make(ws, socket, services.webSocket))
     this.#openedAt = this.#lastSeen = this.#lastPing = Date.now()
     this.#firstMessageTimeout = Option.getOrUndefined(Option.map(services.limits.settings.firstMessageTimeout, Duration.toMillis))
   }
@@ -536,23 +548,13 @@ class WsConnection implements Connection, RequestContext {
     // Most connections end with the socket already closed (the client left): nothing to wait for.
     if (ws.readyState === WebSocket.CLOSED) return Effect.suspend(() => this.#closed())
     return Effect.gen(this, function*() {
+      const leaving = this.#leaving!
       if (ws.readyState === WebSocket.OPEN) {
-        const leaving = this.#leaving!
         // What is already queued for the client (replies, events) goes out before the close frame.
         this.#outbox.flush()
-        // A socket paused at the inbox's high water must be read again, or the peer's close frame never arrives.
-        if (ws.isPaused) ws.resume()
-        const close = leaving in closeFor
-          ? closeFor[leaving as keyof typeof closeFor]
-          : { code: CloseCode.internalError, reason: "internal error" }
-        ws.close(close.code, close.reason)
-        this.#closeCode = close.code
+        this.#closeCode = WebSocketTransport.closeFrameFor(leaving).code
       }
-      const closeHandshake = Duration.min(this.config.writeTimeout, maxCloseHandshake)
-      if (!(yield* waitClosed(ws, closeHandshake))) {
-        ws.terminate()
-        yield* waitClosed(ws, closeHandshake)
-      }
+      yield* this.#outbox.transport.close(leaving)
       yield* this.#closed()
     })
   }
@@ -568,25 +570,6 @@ class WsConnection implements Connection, RequestContext {
     )
   }
 }
-
-/**
- * Waits for the socket to close, at most `timeout`. It keeps its own timer
- * rather than relying on interruption: the end of a connection runs
- * uninterruptibly, and a shutdown may already be interrupting its fiber.
- */
-const waitClosed = (ws: WebSocket, timeout: Duration.Duration) =>
-  Effect.async<boolean>((resume) => {
-    if (ws.readyState === WebSocket.CLOSED) return resume(Effect.succeed(true))
-    const onClose = () => {
-      clearTimeout(timer)
-      resume(Effect.succeed(true))
-    }
-    const timer = setTimeout(() => {
-      ws.off("close", onClose)
-      resume(Effect.succeed(false))
-    }, Duration.toMillis(timeout))
-    ws.once("close", onClose)
-  })
 
 /** The inbox's end marker. */
 const ended = Symbol("ended")

@@ -16,17 +16,12 @@ import { Cause, Duration, Effect, Exit, Scope } from "effect"
 import type { ServerResponse } from "node:http"
 import { HubConfig } from "../config/Config.js"
 import { type ClientId, type Connection, HubClients } from "../hub/Hub.js"
-import { Outbox } from "../hub/Outbox.js"
+import type { Outbox } from "../hub/Outbox.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { type DisconnectReason, HubMessageType, Outbound } from "../protocol/Protocol.js"
 import type { Principal } from "../security/Auth.js"
 import { Limits } from "../security/Limits.js"
-
-/** Longest wait for an ended response to be flushed before its connection is destroyed. */
-const maxEndMillis = 2000
-
-/** The comment an idle stream gets every `SSE_KEEPALIVE` (proxies close connections that stay silent). */
-const keepAliveComment = Buffer.from(": keepalive\n\n")
+import { SseTransport } from "./SseTransport.js"
 
 /** What the stream's request said, checked by the endpoint (see SseServer.ts). */
 export interface SseHandshake {
@@ -66,6 +61,7 @@ class SseConnection implements Connection {
   readonly transport = "sse" as const
   readonly annotations: Readonly<Record<string, unknown>>
   readonly #outbox: Outbox
+  readonly #transport: SseTransport
   readonly #services: Services
   readonly #keepAliveMillis: number
   #lastKeepAlive: number
@@ -82,7 +78,8 @@ class SseConnection implements Connection {
   ) {
     this.annotations = { client_id: id, remote_address: remoteAddress, transport: "sse" }
     this.#services = services
-    this.#outbox = new Outbox(services.hub.flusher, undefined, response, services.config.sendBuffer, services.metrics.delivered)
+    this.#transport = new SseTransport(response)
+    this.#outbox = services.hub.outbox(this.#transport)
     this.#keepAliveMillis = Duration.toMillis(services.config.sseKeepAlive)
     this.#lastKeepAlive = Date.now()
   }
@@ -120,7 +117,7 @@ class SseConnection implements Connection {
       this.#lastKeepAlive = now
       // Only on an idle stream: pending messages are about to be written anyway. Whole messages only are ever
       // written, so the comment cannot split one.
-      if (this.#outbox.size === 0) this.response.write(keepAliveComment)
+      if (this.#outbox.size === 0) this.#transport.keepAlive()
     }
   }
 
@@ -160,24 +157,15 @@ class SseConnection implements Connection {
   /** Ends the response (what is queued goes out first), then logs why. */
   close(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
     return Effect.suspend(() => {
-      const response = this.response
       this.#leaving ??= !this.#open ? "client_closed" : Exit.isInterrupted(exit) ? "shutdown" : "error"
       const leaving = this.#leaving
-      if (this.#open) {
-        if (leaving === "slow_consumer" || leaving === "write_timeout") {
-          // The client does not read: nothing more can reach it.
-          response.destroy()
-        } else {
-          this.#outbox.flush()
-          // A comment (ignored by EventSource) says why, for whoever reads the stream by hand.
-          response.end(`: closing: ${leaving}\n\n`)
-          const timer = setTimeout(() => response.destroy(), maxEndMillis)
-          response.once("close", () => clearTimeout(timer))
-        }
-      }
-      this.#services.metrics.disconnected(leaving)
-      const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo
-      return log("client disconnected").pipe(Effect.annotateLogs({ ...this.annotations, reason: leaving }))
+      // A stream that does not read is destroyed by its transport: nothing written before then would reach it.
+      if (this.#open) this.#outbox.flush()
+      return Effect.zipRight(this.#transport.close(leaving), Effect.suspend(() => {
+        this.#services.metrics.disconnected(leaving)
+        const log = leaving === "client_closed" || leaving === "shutdown" ? Effect.logDebug : Effect.logInfo
+        return log("client disconnected").pipe(Effect.annotateLogs({ ...this.annotations, reason: leaving }))
+      }))
     })
   }
 }

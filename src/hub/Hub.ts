@@ -24,10 +24,12 @@ import { eventIdOf, RecentIds } from "./Dedup.js"
 import { Flusher } from "./Flusher.js"
 import { HubHistory } from "./History.js"
 import { type ClientId, type Connection, Member } from "./Member.js"
+import { Outbox, type Transport } from "./Outbox.js"
 import { Replay } from "./Replay.js"
 import { inRooms, type Subscription, SubscriptionIndex } from "./SubscriptionIndex.js"
 
-export type { ClientId, Connection, Transport } from "./Member.js"
+export type { ClientId, Connection, TransportKind } from "./Member.js"
+export type { Transport } from "./Outbox.js"
 export { defaultSubscription } from "./SubscriptionIndex.js"
 
 /** A `subscribe` that would take a client over `WS_MAX_SUBSCRIPTIONS` patterns; nothing was changed. */
@@ -142,8 +144,11 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
   readonly unsafeUnsubscribe: (id: ClientId, patterns: ReadonlyArray<string>) => ReadonlyArray<string>
   readonly unsafeJoin: (id: ClientId, rooms: ReadonlyArray<string>) => Either.Either<ReadonlyArray<string>, TooManyRooms>
   readonly unsafeLeave: (id: ClientId, rooms: ReadonlyArray<string>) => ReadonlyArray<string>
-  /** Writes every client's outbox (see Flusher.ts). */
-  readonly flusher: Flusher
+  /**
+   * A client's send buffer (`WS_SEND_BUFFER` messages), written to `transport` by the hub's flusher (see Outbox.ts,
+   * Flusher.ts): what a connection queues its client's messages in.
+   */
+  readonly outbox: (transport: Transport) => Outbox
   /**
    * Adds a client with the default subscription (`#`). `allowed` (patterns)
    * limits it: it never receives an event outside them. `resuming`: it will
@@ -420,7 +425,7 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
     unsafeUnsubscribe,
     unsafeJoin,
     unsafeLeave,
-    flusher: state.flusher,
+    outbox: (transport) => new Outbox(state.flusher, transport, config.sendBuffer, state.metrics.delivered),
     register: (connection, options) => Effect.sync(() => unsafeRegister(connection, options)),
     unregister: (id) => Effect.sync(() => unsafeUnregister(id)),
     authorize: (id, allowed) =>

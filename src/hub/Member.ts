@@ -7,14 +7,14 @@ import type { DisconnectReason, Outbound } from "../protocol/Protocol.js"
 
 export type ClientId = number
 
-/** How a client is connected: for per-transport counts (metrics); `dashboard`: an open dashboard's tail (ops/Dashboard.ts). */
-export type Transport = "ws" | "sse" | "dashboard"
+/** How a client is connected: for per-transport counts (metrics); `dashboard`: an open dashboard's tail (http/Dashboard.ts). */
+export type TransportKind = "ws" | "sse" | "dashboard"
 
 /** The hub's side of a client connection (a WebSocket, an SSE stream, or a test's fake). */
 export interface Connection {
   readonly id: ClientId
   /** How the client is connected, for the metrics; `ws` when absent. */
-  readonly transport?: Transport
+  readonly transport?: TransportKind
   /** Queues a message for the client; `false` when its send buffer is full. Never blocks. */
   readonly offer: (message: Outbound) => boolean
   /** Asks the client to leave for `reason`. Never blocks; later calls are ignored. */

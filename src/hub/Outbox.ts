@@ -1,9 +1,9 @@
 /**
  * A client's bounded send buffer, written by its hub's `Flusher` (see
- * Flusher.ts): a broadcast appends the event's pre-built frame to each
- * recipient's outbox and marks it; the flusher writes everything an outbox
- * holds in one corked write. The order of a socket's messages is the order
- * they were queued in.
+ * Flusher.ts): a broadcast appends the event's message to each recipient's
+ * outbox and marks it; the flusher hands everything an outbox holds to its
+ * transport in one batch. The order of a socket's messages is the order they
+ * were queued in.
  *
  * Backpressure is explicit: while the socket's own buffer is above its
  * high-water mark the outbox stops writing and keeps queueing, up to its
@@ -12,12 +12,11 @@
  * whose socket takes data is the hub's backlog, never blamed on the client. A write stuck for `WS_WRITE_TIMEOUT` is detected on the
  * hub's tick through `blockedSince`.
  *
- * The same outbox serves an SSE stream (no `ws`): it then writes its messages'
- * SSE encodings (`Outbound.sse`, built once and shared), joined, in one write
- * to the HTTP response per flush.
+ * The outbox knows no transport: each one (WebSocket, Server-Sent Events)
+ * encodes and writes behind `Transport`.
  */
-import { WebSocket } from "ws"
-import type { Outbound } from "../protocol/Protocol.js"
+import type { Effect } from "effect"
+import type { DisconnectReason, Outbound } from "../protocol/Protocol.js"
 import type { Flushable, Flusher } from "./Flusher.js"
 
 /** Queued messages past which the hub is behind, for the default `WS_SEND_BUFFER` (256); at most half of a smaller one. */
@@ -29,57 +28,48 @@ const behindAtMost = 32
  */
 const overflowFactor = 16
 
-/** What an outbox writes to: a WebSocket's TCP socket (raw frames) or an SSE stream's HTTP response. */
-export interface Sink {
-  cork(): void
-  uncork(): void
-  write(chunk: Buffer): boolean
-  once(event: "drain", listener: () => void): unknown
-  readonly writableLength: number
-  readonly writableHighWaterMark: number
-  readonly destroyed: boolean
-  readonly writableEnded: boolean
+/**
+ * How messages reach one client: a WebSocket (connection/WebSocketTransport.ts) or a Server-Sent Events stream
+ * (connection/SseTransport.ts), each encoding them its own way (built once per message, shared by every client).
+ * Writes never block: as a stream's `write`, they return `false` once the socket's buffer is past its high-water
+ * mark, and `onDrain` tells when it has emptied.
+ */
+export interface Transport {
+  /** The socket takes writes: not closing, not closed. */
+  readonly open: boolean
+  /** Writes one message; `false` when the socket's buffer is now full. */
+  write(message: Outbound): boolean
+  /** Writes messages in one batch (one corked write, one chunk); `false` as for `write`. */
+  writeMany(messages: ReadonlyArray<Outbound>): boolean
+  /** Bytes handed to the socket so far, encodings included (for the metrics). */
+  readonly bytesWritten: number
+  /** Calls `drained` once, when the socket's buffer has emptied after a write that returned `false`. */
+  onDrain(drained: () => void): void
+  /**
+   * Ends the client's connection for `reason` (a close frame, the end of the response); what is queued is written
+   * first by the caller. Completes once the connection is closed, or given up on.
+   */
+  close(reason: DisconnectReason): Effect.Effect<void>
 }
 
 /** Shared by every outbox that has no waiter (nearly all of them): never written to. */
 const noWaiters: Array<() => void> = []
 
-/** The SSE encodings of `messages`, in one buffer. */
-const joinSse = (messages: ReadonlyArray<Outbound>): Buffer => {
-  let length = 0
-  for (const message of messages) length += message.sse.length
-  const joined = Buffer.allocUnsafe(length)
-  let offset = 0
-  for (const message of messages) offset += message.sse.copy(joined, offset)
-  return joined
-}
-
 export class Outbox implements Flushable {
   #pending: Array<Outbound> = []
   #marked = false
   #waiters: Array<() => void> = noWaiters
-  /**
-   * Without compression, frames are pre-built and shared; with it, `ws` must frame (and compress) each one.
-   * Extensions are settled by the handshake, before the outbox exists (`ws.extensions` builds a string per call).
-   */
-  readonly #compressed: boolean
-  /** No WebSocket: an SSE stream, written with each message's SSE encoding. */
-  readonly #sse: boolean
   readonly #behindAt: number
   /** Since when the socket has refused more data (`Date.now()`), or `undefined`. */
   blockedSince: number | undefined
 
   constructor(
     readonly flusher: Flusher,
-    /** `undefined`: `socket` is an SSE stream's HTTP response. */
-    readonly ws: WebSocket | undefined,
-    readonly socket: Sink,
+    readonly transport: Transport,
     readonly capacity: number,
     /** Called with the number of messages handed to the socket, and their bytes. */
     readonly onWritten: (count: number, bytes: number) => void
   ) {
-    this.#compressed = ws !== undefined && ws.extensions.includes("permessage-deflate")
-    this.#sse = ws === undefined
     this.#behindAt = Math.max(1, Math.min(behindAtMost, Math.floor(capacity / 2)))
   }
 
@@ -125,53 +115,22 @@ export class Outbox implements Flushable {
     this.flusher.mark(this)
   }
 
-  #open(): boolean {
-    return this.ws !== undefined
-      ? this.ws.readyState === WebSocket.OPEN
-      : !this.socket.writableEnded && !this.socket.destroyed
-  }
-
-  /** Writes everything queued, in one corked batch, unless the socket is blocked or closing. */
+  /** Writes everything queued, in one batch, unless the socket is blocked or closing. */
   flush(): void {
     this.#marked = false
     const messages = this.#pending
-    if (messages.length === 0 || this.blockedSince !== undefined || !this.#open()) return
-    let accepted = true
-    let bytes = 0
-    if (this.#sse) {
-      // One HTTP chunk per flush: each write to a response costs a chunk of its own, and more than the copy.
-      const chunk = messages.length === 1 ? messages[0].sse : joinSse(messages)
-      accepted = this.socket.write(chunk)
-      bytes = chunk.length
-    } else if (!this.#compressed) {
-      if (messages.length === 1) {
-        // Corking one write only costs: it goes through `writev`.
-        accepted = this.socket.write(messages[0].frame)
-        bytes = messages[0].frame.length
-      } else {
-        this.socket.cork()
-        for (const message of messages) {
-          const frame = message.frame
-          accepted = this.socket.write(frame)
-          bytes += frame.length
-        }
-        this.socket.uncork()
-      }
-    } else {
-      // Before compression: what the client receives once inflated.
-      for (const message of messages) {
-        this.ws!.send(message.payload, { binary: false })
-        bytes += message.payload.length
-      }
-      accepted = this.socket.writableLength < this.socket.writableHighWaterMark
-    }
+    const transport = this.transport
+    if (messages.length === 0 || this.blockedSince !== undefined || !transport.open) return
+    const before = transport.bytesWritten
+    // One message is written alone: a batch of one only costs (a corked write goes through `writev`).
+    const accepted = messages.length === 1 ? transport.write(messages[0]) : transport.writeMany(messages)
     const written = messages.length
     // Nothing above can queue a message (writes report errors and drains asynchronously): the array is reused.
     messages.length = 0
-    this.onWritten(written, bytes)
+    this.onWritten(written, transport.bytesWritten - before)
     if (!accepted) {
       this.blockedSince = Date.now()
-      this.socket.once("drain", () => {
+      transport.onDrain(() => {
         this.blockedSince = undefined
         if (this.#pending.length > 0) this.#schedule()
       })

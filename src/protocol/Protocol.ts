@@ -4,17 +4,6 @@
  * README's protocol reference all come from here.
  */
 import { Either, ParseResult, Schema } from "effect"
-import * as ws from "ws"
-
-/** `ws`'s frame encoder; its typings (@types/ws) do not declare it. */
-const Sender = (ws as unknown as {
-  readonly Sender: {
-    frame(
-      data: Buffer,
-      options: { fin: boolean; opcode: number; mask: boolean; readOnly: boolean; rsv1: boolean }
-    ): Array<Buffer>
-  }
-}).Sender
 
 // ---------------------------------------------------------------------------
 // Names
@@ -322,45 +311,21 @@ export const closeFor: Record<Exclude<DisconnectReason, "client_closed" | "error
 }
 
 // ---------------------------------------------------------------------------
-// Encoding: a message is serialised once, however many clients receive it
+// A message is serialised once, however many clients receive it
 // ---------------------------------------------------------------------------
 
 /**
- * One server message, encoded. `payload` is the JSON text; `frame` is the
- * complete unmasked WebSocket text frame and `sse` the Server-Sent Events
- * message (`id:` for events, then `data:`), each built on first use and
- * shared by every client that receives the message.
+ * One server message, serialised: `payload` is the JSON text, `id` the event's id (events only). Each transport
+ * encodes it on first use (a WebSocket frame, a Server-Sent Events message: connection/WebSocketTransport.ts,
+ * connection/SseTransport.ts) and keeps its encoding here, so that every client that receives the message is
+ * written the same bytes.
  */
 export class Outbound {
-  #frame: Buffer | undefined
-  #sse: Buffer | undefined
+  /** The WebSocket transport's encoding, once built. */
+  wsFrame: Buffer | undefined = undefined
+  /** The SSE transport's encoding, once built. */
+  sseEvent: Buffer | undefined = undefined
   constructor(readonly payload: Buffer, readonly id?: string) {}
-
-  get frame(): Buffer {
-    if (this.#frame === undefined) {
-      const parts = Sender.frame(this.payload, {
-        fin: true,
-        opcode: 1,
-        mask: false,
-        readOnly: true,
-        rsv1: false
-      })
-      this.#frame = parts.length === 1 ? parts[0]! : Buffer.concat(parts)
-    }
-    return this.#frame!
-  }
-
-  /**
-   * An unnamed SSE event (`EventSource.onmessage` gets it). The JSON holds no raw line break and ids only
-   * `[A-Za-z0-9._-]`, so one `data:` line carries it.
-   */
-  get sse(): Buffer {
-    if (this.#sse === undefined) {
-      const head = this.id === undefined ? "data: " : `id: ${this.id}\ndata: `
-      this.#sse = Buffer.concat([Buffer.from(head), this.payload, sseEnd])
-    }
-    return this.#sse
-  }
 
   static text(text: string, id?: string): Outbound {
     return new Outbound(Buffer.from(text, "utf8"), id)
@@ -374,8 +339,6 @@ export class Outbound {
     return Outbound.text(JSON.stringify({ type, data, timestamp: timestamp.toISOString(), id }), id)
   }
 }
-
-const sseEnd = Buffer.from("\n\n")
 
 export const pongMessage = Outbound.text(TextPong)
 
