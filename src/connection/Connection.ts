@@ -1,448 +1,344 @@
 /**
- * One WebSocket connection: an actor whose mailbox is its inbox of frames
- * from the client. It has a fiber only while it has work that waits: a frame
- * arriving at an idle connection is answered at once if its answer needs no
- * waiting (most requests, see Requests.ts); otherwise it starts a fiber (in
- * the WebSocket server's `FiberSet`, which supervises it), which handles the
- * waiting frames one at a time, in order, and ends when the inbox is empty.
- * An idle connection is a plain object (docs/design.md, "The shape we chose,
- * and where the code departs from it": a suspended fiber per idle connection
- * was the largest part of its memory and of its setup). Messages to the
- * client go through its bounded `Outbox`, written in corked batches (see
- * Outbox.ts). The client is registered with the hub when the upgrade
- * completes; whatever ends the connection, it leaves the hub at once and its
- * socket is closed with a code that says why (in a fiber, unless the client
- * closed it itself).
+ * What a WebSocket connection (WebSocketConnection.ts) and a Server-Sent
+ * Events stream (SseConnection.ts) share: the hub's side of a connection
+ * (`Connection`: offer, kick, keep-alive), its bounded `Outbox` written
+ * through its transport, its registration and resume, and its life: one state,
+ * and one end.
+ *
+ * A connection is an actor with a fiber only while it has work that waits
+ * (docs/design.md): registration, most requests and a client's close are plain
+ * calls from the socket's callbacks and the hub; a fiber, started in the
+ * server's `FiberSet` (`Services.run`), runs what waits (a resume, a reply
+ * waiting for room, a token check, ...) and the close of the socket. The
+ * socket's callbacks, the hub and the fiber run one at a time on the event
+ * loop, so the fields need no lock.
+ *
+ * Whatever ends a connection, it leaves the hub at once and its socket is
+ * closed with a reason that says why (in a fiber, unless the client closed it
+ * itself: then there is nothing to wait for); a defect in its work ends it
+ * alone, logged.
  */
-import { Cause, Duration, Effect, Exit, FiberId, FiberRef, LogLevel, Option } from "effect"
+import { Cause, Duration, Effect, Exit, FiberId, FiberRef, LogLevel } from "effect"
 import type { RuntimeFiber } from "effect/Fiber"
-import type { Duplex } from "node:stream"
-import { WebSocket } from "ws"
-import { Auth, type Principal } from "../security/Auth.js"
 import { HubConfig } from "../config/Config.js"
-import { type ClientId, type Connection, HubClients } from "../hub/Hub.js"
-import { Limits } from "../security/Limits.js"
-import { MessageRate, TokenBucket } from "../security/TokenBucket.js"
+import { type ClientId, type Connection, HubClients, type RegisterOptions } from "../hub/Hub.js"
+import type { Outbox, Transport } from "../hub/Outbox.js"
 import { HubMetrics } from "../ops/Metrics.js"
-import type { Outbox } from "../hub/Outbox.js"
-import type { DisconnectReason, ErrorData, Outbound } from "../protocol/Protocol.js"
-import { Publisher } from "../rabbitmq/Publisher.js"
-import { type Answer, type Incoming, type RequestContext, Requests } from "./Requests.js"
-import * as WebSocketTransport from "./WebSocketTransport.js"
+import { type DisconnectReason, type ErrorData, HubMessageType, Outbound } from "../protocol/Protocol.js"
+import type { Principal } from "../security/Auth.js"
+import { Limits } from "../security/Limits.js"
 
-/** Inbound frames waiting to be handled before the socket stops being read. */
-const inboxHighWater = 16
-const inboxLowWater = 4
-/** Longest wait for the peer's close frame before the socket is destroyed. */
-const maxCloseHandshake = Duration.seconds(2)
+/**
+ * Starts a connection's fiber under the server's supervision (a `FiberSet`'s runtime), at once unless `immediate`
+ * is false.
+ */
+export type RunFiber = (effect: Effect.Effect<void>, options?: { readonly immediate?: boolean }) => RuntimeFiber<void>
 
-export interface Handshake {
-  readonly remoteAddress: string | undefined
-  /** Who connected, when authentication is enabled (see Auth.ts). */
-  readonly principal?: Principal | undefined
-  /** The `since` query parameter of the WebSocket URL: resume from this event id. */
-  readonly since?: string | undefined
-}
-
-/** The close code `ws` attaches to a protocol error (a symbol-keyed property). */
-const statusCodeOf = (error: object): number | undefined => {
-  const key = Object.getOwnPropertySymbols(error).find((symbol) => symbol.description === "status-code")
-  const code = key === undefined ? undefined : (error as Record<symbol, unknown>)[key]
-  return typeof code === "number" ? code : undefined
-}
-
-const toBuffer = (data: WebSocket.RawData): Buffer =>
-  Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data)
-
-/** The services a connection uses, taken once by the WebSocket server's layer (see `services`). */
+/** What every connection of a server uses, taken once by the server's layer: a connection costs no look-up. */
 export interface Services {
   readonly hub: HubClients["Type"]
   readonly config: HubConfig["Type"]
   readonly metrics: HubMetrics["Type"]
-  readonly auth: Auth["Type"]
   readonly limits: Limits["Type"]
-  /** Optional: without a publisher (an embedding program that provides none), `publish` is refused. */
-  readonly publisher: Option.Option<Publisher["Type"]>
+  readonly run: RunFiber
   /** Debug lines are logged: otherwise they are not even built (a connection's life has two). */
   readonly debug: boolean
-  /** Spans are recorded (Tracing.ts): requests are then answered in the fiber, each inside its span. */
-  readonly tracing: boolean
-  /** How messages are written to clients (checked once, see WebSocketTransport.ts). */
-  readonly webSocket: WebSocketTransport.WebSocketSettings
 }
 
-/**
- * Starts a connection's fiber under the server's supervision (a `FiberSet`'s runtime, see WebSocketServer.ts),
- * at once unless `immediate` is false.
- */
-export type RunFiber = (effect: Effect.Effect<void>, options?: { readonly immediate?: boolean }) => RuntimeFiber<void>
-
-/** The services, taken once: each connection then costs no look-up of them. */
-export const services: Effect.Effect<Services, never, HubClients | HubConfig | HubMetrics | Auth | Limits> = Effect.gen(
-  function*() {
-    const config = yield* HubConfig
-    const encodeFrame = WebSocketTransport.frameEncoder()
-    if (encodeFrame === undefined) {
-      yield* Effect.logWarning(
-        "ws's frame encoder (Sender.frame) is missing or frames differently: every message is framed by ws.send, " +
-          "once per client (a slower fan-out)"
-      )
-    }
+/** The services, with `run` for the connections' fibers. */
+export const services = (
+  run: RunFiber
+): Effect.Effect<Services, never, HubClients | HubConfig | HubMetrics | Limits> =>
+  Effect.gen(function*() {
     return {
       hub: yield* HubClients,
-      config,
+      config: yield* HubConfig,
       metrics: yield* HubMetrics,
-      auth: yield* Auth,
       limits: yield* Limits,
-      publisher: yield* Effect.serviceOption(Publisher),
-      debug: LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug),
-      tracing: yield* FiberRef.get(FiberRef.currentTracerEnabled),
-      webSocket: { encodeFrame, closeHandshake: Duration.min(config.writeTimeout, maxCloseHandshake) }
+      run,
+      debug: LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug)
     }
-  }
-)
+  })
 
 /**
- * Serves one upgraded connection until it closes. `socket` is the connection's
- * TCP socket, to which the outbox writes pre-built frames directly.
+ * Where a connection is in its life, in the order it goes through them (it only ever moves forward, but for `busy`
+ * and `idle`, back and forth while it is open):
+ * - `idle`: open, no fiber (a WebSocket frame is answered in the socket's callback);
+ * - `busy`: open, a fiber runs its work (a WebSocket's frames wait in its inbox);
+ * - `flooded`: busy, and reading nothing more: closed (1008) once the frames before the flood are answered;
+ * - `ending`: its end is decided (`reason`); its fiber ends it once the step under way is done;
+ * - `erred`: its end is decided by a protocol error, after which `ws` closes the socket itself: the socket's close
+ *   ends it;
+ * - `closing`: it has left the hub, and its socket is being closed;
+ * - `closed`: over.
  */
-export const serve = (
-  services: Services,
-  run: RunFiber,
-  ws: WebSocket,
-  socket: Duplex,
-  info: Handshake
-): void => {
-  const connection = new WsConnection(ws, socket, info, services, run)
-  connection.listen()
-  connection.start(info.since)
-}
+export const State = { idle: 0, busy: 1, flooded: 2, ending: 3, erred: 4, closing: 5, closed: 6 } as const
+export type State = (typeof State)[keyof typeof State]
 
-type InboxItem = Incoming | typeof ended | typeof floodClose
-
-/** The socket's own connection, for the shared listeners. */
-const owner = Symbol("connection")
-type OwnedSocket = WebSocket & { [owner]?: WsConnection }
-
-/** The connection a socket serves, if `serve` has been given it: the server's shutdown closes each one. */
-export const connectionOf = (ws: WebSocket): { readonly shutdown: () => void } | undefined => (ws as OwnedSocket)[owner]
-
-/**
- * One connection's state and behaviour. The socket's callbacks, the hub
- * (through `Connection`) and its fiber, when it has one, all act on it; they run one at a
- * time on the event loop, so its fields need no lock. Its requests are
- * answered by `Requests`, with this object as their context.
- */
-class WsConnection implements Connection, RequestContext {
-  readonly transport = "ws"
-  /** Set by `start` (with `annotations`), before anything uses them: the hub gives the id. */
+export abstract class BaseConnection<S extends Services = Services> implements Connection {
+  /** Set by `start`, before anything uses it: the hub gives it. */
   id!: ClientId
-  annotations!: Readonly<Record<string, unknown>>
-  readonly hub: HubClients["Type"]
-  readonly config: HubConfig["Type"]
-  readonly auth: Auth["Type"]
-  readonly limits: Limits["Type"]
-  readonly publisher: Option.Option<Publisher["Type"]>
-  readonly tracing: boolean
+  /** Who connected, when authentication is enabled (see Auth.ts); a WebSocket's token refresh replaces it. */
   principal: Principal | undefined
-  readonly #metrics: HubMetrics["Type"]
-  readonly #debug: boolean
-  readonly #run: RunFiber
-  readonly #remoteAddress: string
-  readonly #outbox: Outbox
-  #requests: Requests | undefined
-  /** Made at the first message (as `#requests`): many connections only listen. */
-  #rate: MessageRate | undefined
-  readonly #openedAt: number
-  readonly #firstMessageTimeout: number | undefined
-  /** Frames from the client; `ended` when the connection ends while a fiber is handling them. */
-  readonly #inbox: Array<InboxItem> = []
-  /**
-   * A fiber is running: handling the inbox (arriving frames wait for it; false again once it is empty, or after a
-   * `start` with nothing to do) or closing the socket (then it stays true).
-   */
-  #active = true
-  /** The fiber handling the inbox, once `run` has returned it: shutdown interrupts it. */
+  protected readonly outbox: Outbox
+  /** Until `start`: `busy`, so that what arrives meanwhile waits. */
+  protected state: State = State.busy
+  /** Why the connection ends, once that is decided. */
+  protected reason: DisconnectReason | undefined = undefined
+  /** The fiber running its work, once `run` has returned it: a shutdown interrupts it. */
   #fiber: RuntimeFiber<void> | undefined = undefined
-  /** The end has begun: the client has left the hub, and nothing more is read or started. */
-  #finishing = false
-  /** Frames received and not yet answered: past `inboxHighWater` the socket is no longer read. */
-  #unanswered = 0
-  #lastSeen: number
-  #lastPing: number
-  #messageReceived = false
-  /** The client went on flooding after `rate_limited`: nothing more is read, and it is closed (1008). */
-  #flooded = false
-  /** Why the connection ends, once it does. */
-  #leaving: DisconnectReason | undefined = undefined
-  #closeCode: number | undefined = undefined
-  /** The reply that waits for room in the send buffer, if any (see `send`). */
+  /** The reply that waits for room in the send buffer, if any (see `sendWhenRoom`). */
   #waitingSend: (() => void) | undefined = undefined
-  /** Resumes allowed on this connection (`WS_RESUME_RATE_LIMIT`), made at the first resume: most never resume. */
-  #resumes: TokenBucket | undefined = undefined
 
   constructor(
-    readonly ws: WebSocket,
-    readonly socket: Duplex,
-    info: Handshake,
-    services: Services,
-    run: RunFiber
+    readonly services: S,
+    transport: Transport,
+    readonly remoteAddress: string,
+    principal: Principal | undefined
   ) {
-    this.#remoteAddress = info.remoteAddress ?? "unknown"
-    this.#run = run
-    this.hub = services.hub
-    this.config = services.config
-    this.auth = services.auth
-    this.limits = services.limits
-    this.publisher = services.publisher
-    this.tracing = services.tracing
-    this.principal = info.principal
-    this.#metrics = services.metrics
-    this.#debug = services.debug
-    this.#outbox = services.hub.outbox(WebSocketTransport.make(ws, socket, services.webSocket))
-    this.#openedAt = this.#lastSeen = this.#lastPing = Date.now()
-    this.#firstMessageTimeout = Option.getOrUndefined(Option.map(services.limits.settings.firstMessageTimeout, Duration.toMillis))
+    this.principal = principal
+    this.outbox = services.hub.outbox(transport)
+  }
+
+  /** How the client is connected (metrics, logs). */
+  abstract get transport(): "ws" | "sse"
+
+  /** What its log lines are annotated with (built when a line is). */
+  get annotations(): Readonly<Record<string, unknown>> {
+    return { client_id: this.id, remote_address: this.remoteAddress }
   }
 
   // --- what the hub calls (Connection) ----------------------------------------
 
   offer(message: Outbound): boolean {
-    return this.#leaving !== undefined || this.#outbox.offer(message)
+    // A connection that is ending takes nothing more, and is not dropped for it.
+    return this.state >= State.ending || this.outbox.offer(message)
   }
 
   kick(reason: DisconnectReason): void {
-    if (this.#leaving !== undefined) return
-    this.#leaving = reason
-    this.#end(true)
+    if (this.state >= State.ending) return
+    this.reason = reason
+    this.end(true)
   }
 
   whenBelow(size: number, ready: () => void): void {
-    this.#outbox.whenBelow(size, ready)
+    this.outbox.whenBelow(size, ready)
   }
 
   backlog(): number {
-    return this.#outbox.size
+    return this.outbox.size
   }
 
+  /** On the hub's tick: a token that expired, a write stuck too long, then what the transport's keep-alive needs. */
   keepAlive(now: number): void {
-    if (this.#leaving !== undefined || this.ws.readyState !== WebSocket.OPEN) return
-    if (this.#securityDue(now)) return
-    const blockedSince = this.#outbox.blockedSince
-    if (blockedSince !== undefined && now - blockedSince >= Duration.toMillis(this.config.writeTimeout)) {
-      this.kick("write_timeout")
-    } else if (now - this.#lastSeen >= Duration.toMillis(this.config.pongTimeout)) this.kick("pong_timeout")
-    else if (now - this.#lastPing >= Duration.toMillis(this.config.pingPeriod)) {
-      this.#lastPing = now
-      this.ws.ping()
+    if (this.state >= State.ending || !this.outbox.transport.open) return
+    if (this.principal !== undefined && now >= this.principal.expiresAt) {
+      this.services.limits.refused("token_expired")
+      return this.kick("token_expired")
     }
+    if (this.overdue(now)) return
+    const blockedSince = this.outbox.blockedSince
+    if (blockedSince !== undefined && now - blockedSince >= Duration.toMillis(this.services.config.writeTimeout)) {
+      return this.kick("write_timeout")
+    }
+    this.beat(now, blockedSince !== undefined)
   }
 
-  /** Kicks the client if its token expired or it said nothing in time; true when it did. */
-  #securityDue(now: number): boolean {
-    if (this.principal !== undefined && now >= this.principal.expiresAt) {
-      this.limits.refused("token_expired")
-      this.kick("token_expired")
-      return true
-    }
-    if (!this.#messageReceived && this.#firstMessageTimeout !== undefined && now - this.#openedAt >= this.#firstMessageTimeout) {
-      this.limits.refused("first_message_timeout")
-      this.kick("first_message_timeout")
-      return true
-    }
+  /** Kicks the client if it owed the hub something by `now` (a WebSocket's first message); true when it did. */
+  protected overdue(_now: number): boolean {
     return false
   }
 
-  // --- the socket's events ------------------------------------------------------
+  /** The transport's own keep-alive: a ping, an SSE comment. `blocked`: the socket takes no data now. */
+  protected abstract beat(now: number, blocked: boolean): void
+
+  // --- its start -----------------------------------------------------------------
 
   /**
-   * The socket's listeners, shared by every connection (`this` is the socket, which knows its connection): an
-   * idle connection holds no closures of its own for them.
+   * Registers the client. A fiber starts only for what the registration has to say or do (a debug line, a refusal
+   * of its resume, the resume from `since`): a client that just connects has none.
    */
-  static readonly #listeners = {
-    message(this: OwnedSocket, data: WebSocket.RawData, isBinary: boolean) {
-      this[owner]!.#onMessage(data, isBinary)
-    },
-    seen(this: OwnedSocket) {
-      this[owner]!.#lastSeen = Date.now()
-    },
-    error(this: OwnedSocket, error: Error & { code?: string }) {
-      const connection = this[owner]!
-      // `ws` closes the connection itself after these, with the status code it attaches (1009, 1007, 1002).
-      connection.#leaving ??= error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH"
-        ? "message_too_big"
-        : error.code === "WS_ERR_INVALID_UTF8"
-        ? "invalid_payload"
-        : error.code?.startsWith("WS_ERR_")
-        ? "protocol_error"
-        : "error"
-      connection.#closeCode ??= statusCodeOf(error)
-    },
-    close(this: OwnedSocket, code: number) {
-      const connection = this[owner]!
-      // The code of the close frame that ended the connection, unless the hub sent its own first.
-      connection.#closeCode ??= code
-      connection.#leaving ??= "client_closed"
-      connection.#end()
+  protected start(options: RegisterOptions, since: string | undefined, refusal: ErrorData | undefined): void {
+    const hub = this.services.hub
+    this.id = hub.unsafeNextId()
+    hub.unsafeRegister(this, options)
+    let setup: Effect.Effect<void> | undefined = undefined
+    const then = (next: Effect.Effect<void>) => setup = setup === undefined ? next : Effect.zipRight(setup, next)
+    if (this.services.debug) then(Effect.logDebug("client connected").pipe(Effect.annotateLogs(this.annotations)))
+    if (refusal !== undefined) then(this.refuse(refusal))
+    if (options.resuming === true) {
+      then(hub.resume(this.id, since!).pipe(
+        Effect.matchEffect({
+          onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
+          onSuccess: (resume) => resume.start
+        })
+      ))
     }
+    if (setup === undefined) this.state = State.idle
+    else this.activate(Effect.zipRight(setup, this.next))
   }
 
-  /** Listens to the socket: the only place its callbacks are set. */
-  listen(): void {
-    const ws = this.ws as OwnedSocket
-    const listeners = WsConnection.#listeners
-    ws[owner] = this
-    ws.on("message", listeners.message)
-    ws.on("pong", listeners.seen)
-    ws.on("ping", listeners.seen)
-    ws.on("error", listeners.error)
-    ws.on("close", listeners.close)
+  // --- its fiber -------------------------------------------------------------------
+
+  /** Runs `work` as the connection's fiber; a fiber that fails or is interrupted ends the connection. */
+  protected activate(work: Effect.Effect<void>): void {
+    if (this.state === State.idle) this.state = State.busy
+    const fiber = this.services.run(Effect.onExit(work, this.#afterFiber))
+    // A fiber that ran to its end inside `run` is already gone.
+    if (this.state >= State.busy && this.state <= State.ending) this.#fiber = fiber
   }
 
-  #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
-    this.#lastSeen = Date.now()
-    this.#messageReceived = true
-    if (this.#flooded || this.#finishing) return
-    const verdict = (this.#rate ??= new MessageRate(this.limits.settings, this.#openedAt)).check(this.#lastSeen)
-    if (verdict === "drop") return
-    if (verdict === "close") {
-      // Closed after the requests already queued (and the rate_limited warning) have been answered.
-      this.#flooded = true
-      this.limits.refused("rate_limit_closed")
-      return this.#deliver(floodClose)
-    }
-    // Counted before it is delivered: an idle connection answers it at once.
-    if (++this.#unanswered >= inboxHighWater && !this.ws.isPaused) this.ws.pause()
-    if (verdict === "accept") this.#deliver({ data: toBuffer(data), isBinary })
-    else {
-      this.limits.refused("rate_limited")
-      this.#deliver({
-        data: Buffer.alloc(0),
-        isBinary: false,
-        refusal: {
-          code: "rate_limited",
-          message: `more than ${this.limits.settings.messageRate} messages per second: messages are dropped; ` +
-            "the connection is closed (1008) if this goes on"
-        }
-      })
-    }
+  /** After each piece of the fiber's work: the end, if it was decided meanwhile, or what is left to do. */
+  protected readonly next: Effect.Effect<void> = Effect.suspend(() =>
+    this.state === State.ending ? this.#finishNow : this.continue()
+  )
+
+  /** What is left once a piece of work is done (a WebSocket's inbox); by default nothing: the fiber ends. */
+  protected continue(): Effect.Effect<void> {
+    return this.idle()
   }
 
-  #deliver(item: InboxItem): void {
-    if (this.#active || this.#finishing || this.#leaving !== undefined || typeof item === "symbol") {
-      this.#inbox.push(item)
-      if (!this.#active && !this.#finishing) this.#activate(this.#drain)
-      return
-    }
-    // Idle: answered here if nothing in the answer waits, else by a fiber that then handles what follows.
-    let rest: Answer
-    try {
-      rest = this.#requestsOf().handle(item)
-    } catch (error) {
-      // A defect in a request's answer ends only this connection, as it would in a fiber (1011, logged).
-      rest = Effect.die(error)
-    }
-    if (rest === undefined) this.#countAnswered()
-    else this.#activate(Effect.zipRight(rest, this.#answered))
+  /** The fiber ends, and the connection is idle again. */
+  protected idle(): Effect.Effect<void> {
+    this.state = State.idle
+    this.#fiber = undefined
+    return Effect.void
   }
 
-  #requestsOf(): Requests {
-    return this.#requests ??= new Requests(this)
-  }
+  readonly #afterFiber = (exit: Exit.Exit<void>): Effect.Effect<void> =>
+    Exit.isSuccess(exit)
+      ? Effect.void
+      : this.state < State.closing
+      ? this.finish(exit)
+      : Cause.isInterruptedOnly(exit.cause)
+      ? Effect.void
+      : Effect.logError("client connection failed while closing", exit.cause).pipe(Effect.annotateLogs(this.annotations))
 
-  #countAnswered(): void {
-    if (--this.#unanswered <= inboxLowWater && this.ws.isPaused) this.ws.resume()
-  }
+  // --- its end -----------------------------------------------------------------------
 
   /**
-   * The connection is over: its fiber, if it has one, ends it (even from inside a reply that waits for room);
-   * otherwise the end starts here. `deferred`: the hub is calling (a kick from its fan-out or tick), so the
-   * fiber that closes the socket starts after that call rather than inside it.
+   * The connection is over (`reason` says why): its fiber, if it has one, ends it once the step under way is done
+   * (even a reply that waits for room); otherwise it ends here. `deferred`: the hub is calling (a kick from its
+   * fan-out or tick), so the fiber that closes the socket starts after that call rather than inside it. Idempotent.
    */
-  #end(deferred = false): void {
-    if (this.#finishing) return
-    if (this.#active) {
-      this.#inbox.push(ended)
+  protected end(deferred = false): void {
+    const state = this.state
+    if (state >= State.closing) return
+    if (state === State.busy || state === State.flooded || state === State.ending) {
+      this.state = State.ending
       const release = this.#waitingSend
       this.#waitingSend = undefined
       return release?.()
     }
     this.#leave()
     // The common end, the client closed its socket: nothing to wait for and no line to log, so no fiber.
-    if (this.ws.readyState === WebSocket.CLOSED && this.#leaving === "client_closed" && !this.#debug) {
-      this.#metrics.disconnected(this.#leaving)
+    if (this.reason === "client_closed" && !this.outbox.transport.open && !this.services.debug) {
+      this.state = State.closed
+      this.services.metrics.disconnected(this.reason)
       return
     }
-    // Not the inbox's fiber, so a shutdown does not interrupt it: the close is bounded by its own timers.
-    this.#active = true
-    this.#run(Effect.onExit(this.#finishNow, this.#afterFiber), deferred ? { immediate: false } : undefined)
+    // Not the work's fiber, so a shutdown does not interrupt it: the close is bounded by its own timers.
+    this.services.run(Effect.onExit(this.#finishNow, this.#afterFiber), deferred ? { immediate: false } : undefined)
+  }
+
+  /** The socket closed under the connection (the client left, or a protocol error closed it). */
+  protected socketClosed(): void {
+    this.reason ??= "client_closed"
+    this.end()
+  }
+
+  /** The socket failed, and is closing itself: the end is decided, and its close event (or the fiber) ends it. */
+  protected erred(reason: DisconnectReason): void {
+    if (this.state >= State.ending) return
+    this.reason = reason
+    this.state = this.state === State.idle ? State.erred : State.ending
+  }
+
+  /** Closes the connection for a shutdown (1001): what its fiber is doing, if anything, is interrupted. */
+  shutdown(): void {
+    if (this.state >= State.closing) return
+    this.reason ??= "shutdown"
+    const fiber = this.#fiber
+    this.end()
+    fiber?.unsafeInterruptAsFork(FiberId.none)
   }
 
   /** The client leaves the hub (once): at once, so that no event is counted for a connection that is ending. */
   #leave(): void {
-    if (this.#finishing) return
-    this.#finishing = true
-    this.hub.unsafeUnregister(this.id)
+    if (this.state >= State.closing) return
+    this.state = State.closing
+    this.services.hub.unsafeUnregister(this.id)
+    this.left()
   }
 
-  // --- the connection's fibers ------------------------------------------------------
-
-  /** Runs `work` as the connection's fiber; a fiber that fails or is interrupted ends the connection. */
-  #activate(work: Effect.Effect<void>): void {
-    this.#active = true
-    const fiber = this.#run(Effect.onExit(work, this.#afterFiber))
-    // A fiber that ran to its end inside `run` is already gone.
-    if (this.#active) this.#fiber = fiber
-  }
-
-  readonly #afterFiber = (exit: Exit.Exit<void>): Effect.Effect<void> =>
-    Exit.isSuccess(exit)
-      ? Effect.void
-      : !this.#finishing
-      ? this.finish(exit)
-      : Cause.isInterruptedOnly(exit.cause)
-      ? Effect.void
-      : Effect.logError("client connection failed while closing", exit.cause)
-
-  /** Handles the client's frames, one at a time and in order, until none is left (the fiber then ends). */
-  readonly #drain: Effect.Effect<void> = Effect.suspend(() => {
-    const incoming = this.#inbox.shift()
-    if (incoming === undefined) {
-      this.#active = false
-      this.#fiber = undefined
-      return Effect.void
-    }
-    if (incoming === ended || this.#leaving !== undefined) return this.#finishNow
-    if (incoming === floodClose) {
-      this.kick("rate_limited")
-      return this.#finishNow
-    }
-    const rest = this.#requestsOf().handle(incoming)
-    return rest === undefined ? this.#answered : Effect.zipRight(rest, this.#answered)
-  })
-
-  readonly #answered: Effect.Effect<void> = Effect.suspend(() => {
-    this.#countAnswered()
-    return this.#drain
-  })
+  /** Called once the client has left the hub. */
+  protected left(): void {}
 
   /** The end, from a fiber that is not failing: not interruptible, so that it runs once and whole. */
   get #finishNow(): Effect.Effect<void> {
     return Effect.uninterruptible(this.finish(Exit.void))
   }
 
-  /** Closes the connection for a shutdown (1001): what its fiber is doing, if any, is interrupted. */
-  shutdown(): void {
-    if (this.#finishing) return
-    this.#leaving ??= "shutdown"
-    const fiber = this.#fiber
-    this.#end()
-    fiber?.unsafeInterruptAsFork(FiberId.none)
+  /** The end: leave the hub, close the socket, and report a defect. */
+  protected finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      this.#leave()
+      const closed = this.#close(exit)
+      return Exit.isFailure(exit) && Cause.isDie(exit.cause)
+        ? Effect.zipRight(
+          closed,
+          Effect.logError("client connection failed; it is closed, the other clients are served", exit.cause).pipe(
+            Effect.annotateLogs(this.annotations)
+          )
+        )
+        : closed
+    })
   }
 
+  /** Closes the socket with a reason that says why the connection ended, then counts and logs the end. */
+  #close(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+    const transport = this.outbox.transport
+    // A socket the peer dropped may not have told its connection yet: look at the socket first.
+    const reason = this.reason ??= !transport.open
+      ? "client_closed"
+      : Exit.isInterrupted(exit)
+      ? "shutdown"
+      : "error"
+    if (transport.open) {
+      // What is already queued for the client (replies, events) goes out first.
+      this.outbox.flush()
+      this.closing(reason)
+    }
+    return Effect.zipRight(transport.close(reason), Effect.suspend(() => this.#closed()))
+  }
+
+  /** Called before the transport closes an open socket for `reason`. */
+  protected closing(_reason: DisconnectReason): void {}
+
+  /** Counts and logs the end (routine ends at debug level, built only when debug is on). */
+  #closed(): Effect.Effect<void> {
+    const reason = this.reason!
+    this.state = State.closed
+    this.services.metrics.disconnected(reason)
+    const routine = reason === "client_closed" || reason === "shutdown"
+    if (routine && !this.services.debug) return Effect.void
+    return (routine ? Effect.logDebug : Effect.logInfo)("client disconnected").pipe(
+      Effect.annotateLogs({ ...this.annotations, ...this.endAnnotations(reason) })
+    )
+  }
+
+  /** What the line that logs the end says besides the connection's annotations. */
+  protected endAnnotations(reason: DisconnectReason): Readonly<Record<string, unknown>> {
+    return { reason }
+  }
+
+  // --- its replies -------------------------------------------------------------------
+
+  /** Queues a message for the client if its send buffer has room now; false otherwise (nothing queued). */
   sendNow(message: Outbound): boolean {
-    const outbox = this.#outbox
+    const outbox = this.outbox
     // Room now, the usual case: queued without waiting (a connection that is ending takes nothing more).
-    return this.#leaving !== undefined || (outbox.size < outbox.capacity && outbox.offer(message))
+    return this.state >= State.ending || (outbox.size < outbox.capacity && outbox.offer(message))
   }
 
   /**
@@ -453,8 +349,8 @@ class WsConnection implements Connection, RequestContext {
    */
   sendWhenRoom(message: Outbound): Effect.Effect<void> {
     return Effect.async<void>((resume) => {
-      if (this.#leaving !== undefined) return resume(Effect.void)
-      const outbox = this.#outbox
+      if (this.state >= State.ending) return resume(Effect.void)
+      const outbox = this.outbox
       let done = false
       const finish = () => {
         if (done) return
@@ -474,104 +370,21 @@ class WsConnection implements Connection, RequestContext {
     })
   }
 
-  takeResume(): ErrorData | undefined {
-    const { resumeRate, resumeRatePerIp } = this.limits.settings
-    const now = Date.now()
-    this.#resumes ??= new TokenBucket(resumeRate / 60, resumeRate, now)
-    // The connection's own allowance first: a connection over it spends nothing of its address's.
-    let limit = `${resumeRate} per minute on one connection`
-    let seconds = this.#resumes.take(now) ? 0 : this.#resumes.retryAfter(now)
-    if (seconds === 0) {
-      limit = `${resumeRatePerIp} per minute from one address`
-      seconds = this.limits.takeResume(this.#remoteAddress, now)
-    }
-    if (seconds === 0) return undefined
-    this.limits.refused("resume_rate_limited")
-    return { code: "resume_rate_limited", message: `more than ${limit}: nothing replayed; retry in ${seconds} s` }
-  }
-
-  /** A refusal of the handshake's `since` (a `hub.error`). */
-  refuse(error: ErrorData): Effect.Effect<void> {
-    return this.#requestsOf().refuse(error)
-  }
-
-  // --- the end --------------------------------------------------------------------
-
-  /**
-   * Registers the client. A fiber starts only for what the registration may have to say or do (a resume, a
-   * refused `since`, a debug line): a client that just connects has none until its first frame.
-   */
-  start(since: string | undefined): void {
-    const hub = this.hub
-    this.id = hub.unsafeNextId()
-    this.annotations = { client_id: this.id, remote_address: this.#remoteAddress }
-    // A `?since=` over the resume rate: the client is told, and goes live instead.
-    const refusal = since === undefined ? undefined : this.takeResume()
-    const resuming = since !== undefined && refusal === undefined
-    hub.unsafeRegister(this, { allowed: this.principal?.eventTypes, resuming })
-    let setup: Effect.Effect<void> | undefined = undefined
-    const then = (next: Effect.Effect<void>) => setup = setup === undefined ? next : Effect.zipRight(setup, next)
-    if (this.#debug) then(Effect.logDebug("client connected").pipe(Effect.annotateLogs(this.annotations)))
-    if (refusal !== undefined) then(this.refuse(refusal))
-    if (resuming) {
-      then(hub.resume(this.id, since!).pipe(
-        Effect.matchEffect({
-          onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
-          onSuccess: (resume) => resume.start
-        })
-      ))
-    }
-    if (setup === undefined) this.#active = false
-    else this.#activate(Effect.zipRight(setup, this.#drain))
-  }
-
-  /** The end: leave the hub, close the socket, and report a defect (closed with 1011). */
-  finish(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
+  /** A reply, stamped with the wall clock (as the replay's markers are; events take the hub's `Clock`). */
+  reply(type: string, data: unknown): Effect.Effect<void> {
     return Effect.suspend(() => {
-      this.#leave()
-      const left = this.close(exit)
-      return Exit.isFailure(exit) && Cause.isDie(exit.cause)
-        ? Effect.zipRight(left, Effect.logError("client connection failed", exit.cause))
-        : left
+      const message = Outbound.message(type, data, new Date())
+      return this.sendNow(message) ? Effect.void : this.sendWhenRoom(message)
     })
   }
 
-  /** Closes the socket with a code that says why the connection ended, then logs it. */
-  close(exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> {
-    const ws = this.ws
-    // A socket the peer dropped may not have told its connection yet: look at the socket first.
-    this.#leaving ??= ws.readyState !== WebSocket.OPEN || this.socket.destroyed
-      ? "client_closed"
-      : Exit.isInterrupted(exit)
-      ? "shutdown"
-      : "error"
-    // Most connections end with the socket already closed (the client left): nothing to wait for.
-    if (ws.readyState === WebSocket.CLOSED) return Effect.suspend(() => this.#closed())
-    return Effect.gen(this, function*() {
-      const leaving = this.#leaving!
-      if (ws.readyState === WebSocket.OPEN) {
-        // What is already queued for the client (replies, events) goes out before the close frame.
-        this.#outbox.flush()
-        this.#closeCode = WebSocketTransport.closeFrameFor(leaving).code
-      }
-      yield* this.#outbox.transport.close(leaving)
-      yield* this.#closed()
-    })
-  }
-
-  /** Counts and logs the end (routine ends at debug level, built only when debug is on). */
-  #closed(): Effect.Effect<void> {
-    const leaving = this.#leaving!
-    this.#metrics.disconnected(leaving)
-    const routine = leaving === "client_closed" || leaving === "shutdown"
-    if (routine && !this.#debug) return Effect.void
-    return (routine ? Effect.logDebug : Effect.logInfo)("client disconnected").pipe(
-      Effect.annotateLogs({ ...this.annotations, reason: leaving, code: this.#closeCode })
+  /** A `hub.error`, with a debug-level log line. */
+  refuse(error: ErrorData): Effect.Effect<void> {
+    return Effect.zipRight(
+      Effect.logDebug("refused client message").pipe(
+        Effect.annotateLogs({ ...this.annotations, code: error.code, reason: error.message })
+      ),
+      this.reply(HubMessageType.error, error)
     )
   }
 }
-
-/** The inbox's end marker. */
-const ended = Symbol("ended")
-/** The inbox's marker for a client closed for flooding, once the requests before it are answered. */
-const floodClose = Symbol("floodClose")

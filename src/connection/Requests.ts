@@ -43,10 +43,8 @@ export interface Incoming {
 /** What is left of answering a request: nothing (`undefined`: answered already), or an effect for the fiber. */
 export type Answer = Effect.Effect<void> | undefined
 
-/** What a connection's requests act on. */
-export interface RequestContext {
-  readonly id: ClientId
-  readonly annotations: Readonly<Record<string, unknown>>
+/** The services requests use (a WebSocket connection's, see WebSocketConnection.ts). */
+export interface RequestServices {
   readonly hub: HubClients["Type"]
   readonly config: HubSettings
   readonly auth: Auth["Type"]
@@ -55,14 +53,25 @@ export interface RequestContext {
   readonly publisher: Option.Option<Publisher["Type"]>
   /** Requests are traced (Tracing.ts): each is then answered inside its span, in the fiber. */
   readonly tracing: boolean
+}
+
+/** What a connection's requests act on: the connection (see Connection.ts). */
+export interface RequestContext {
+  readonly id: ClientId
+  readonly annotations: Readonly<Record<string, unknown>>
+  readonly services: RequestServices
   /** Queues a message for the client if its send buffer has room now; false otherwise (nothing queued). */
   sendNow(message: Outbound): boolean
   /** Queues a message for the client once its send buffer has room (after `sendNow` found none). */
   sendWhenRoom(message: Outbound): Effect.Effect<void>
+  /** A reply, at once if the send buffer has room, else once it has. */
+  reply(type: string, data: unknown): Effect.Effect<void>
+  /** A `hub.error`, with a debug-level log line. */
+  refuse(error: ErrorData): Effect.Effect<void>
   /** Who connected (with authentication); replaced by a token refresh. */
   principal: Principal | undefined
   /** Spends a resume of the connection's and its address's allowance; the refusal when there is none left. */
-  readonly takeResume: () => ErrorData | undefined
+  takeResume(): ErrorData | undefined
 }
 
 export class Requests {
@@ -80,7 +89,7 @@ export class Requests {
     const request = parseRequest(text)
     if (Either.isLeft(request)) return this.refuse(request.left)
     const right = request.right
-    if (!this.context.tracing) return this.dispatch(right)
+    if (!this.context.services.tracing) return this.dispatch(right)
     // A span for what the client asks, with the whole answer inside it.
     const name = right.action === "subscribe" && right.since !== undefined ? "resume" : right.action
     return Effect.withSpan(Effect.suspend(() => this.dispatch(right) ?? Effect.void), `hub.request.${name}`, {
@@ -90,7 +99,7 @@ export class Requests {
   }
 
   private dispatch(request: ClientRequest): Answer {
-    const { hub, id } = this.context
+    const { id, services: { hub } } = this.context
     switch (request.action) {
       case "auth":
         return this.refresh(request.token)
@@ -125,23 +134,17 @@ export class Requests {
     return this.answer(Outbound.message(type, data, new Date()))
   }
 
-  reply(type: string, data: unknown): Effect.Effect<void> {
-    return Effect.suspend(() => this.replyNow(type, data) ?? Effect.void)
+  private reply(type: string, data: unknown): Effect.Effect<void> {
+    return this.context.reply(type, data)
   }
 
-  /** A `hub.error`, with a debug-level log line. */
-  refuse(error: ErrorData): Effect.Effect<void> {
-    return Effect.zipRight(
-      Effect.logDebug("refused client message").pipe(
-        Effect.annotateLogs({ ...this.context.annotations, code: error.code, reason: error.message })
-      ),
-      this.reply(HubMessageType.error, error)
-    )
+  private refuse(error: ErrorData): Effect.Effect<void> {
+    return this.context.refuse(error)
   }
 
   /** The pattern limits and the token's `event_types`: the reason to refuse a `subscribe`, if any. */
   private checkSubscription(patterns: ReadonlyArray<string>): ErrorData | undefined {
-    return checkPatterns(this.context.limits, this.context.principal, patterns)
+    return checkPatterns(this.context.services.limits, this.context.principal, patterns)
   }
 
   /**
@@ -150,7 +153,7 @@ export class Requests {
    * by the send buffer, while the connection goes on with the next frames).
    */
   private subscribeSince(patterns: ReadonlyArray<string>, since: string): Effect.Effect<void> {
-    const { hub, id } = this.context
+    const { id, services: { hub } } = this.context
     // Before anything changes: a refused resume leaves the subscription (and a resume under way) as it was.
     const refusal = this.context.takeResume()
     if (refusal !== undefined) return this.refuse(refusal)
@@ -175,13 +178,13 @@ export class Requests {
   }
 
   private tooManySubscriptions(error: TooManySubscriptions): Effect.Effect<void> {
-    this.context.limits.refused("too_many_subscriptions")
+    this.context.services.limits.refused("too_many_subscriptions")
     return this.refuse({ code: "too_many_subscriptions", message: error.message })
   }
 
   /** `{"action":"join"}`: rooms named `<key>:<value>` with a key of `ROOM_KEYS`. */
   private join(rooms: ReadonlyArray<string>): Answer {
-    const { config, hub, id } = this.context
+    const { id, services: { config, hub } } = this.context
     const refused = checkRooms(config.roomKeys, rooms)
     if (refused !== undefined) return this.refuse(refused)
     return Either.match(hub.unsafeJoin(id, rooms), {
@@ -193,10 +196,11 @@ export class Requests {
   /** `{"action":"auth"}`: a new token for this connection, with the same subject. */
   private refresh(token: string): Effect.Effect<void> {
     const context = this.context
-    if (!context.auth.enabled) {
+    const { auth, hub, limits } = context.services
+    if (!auth.enabled) {
       return this.refuse({ code: "auth_disabled", message: "authentication is not enabled on this hub" })
     }
-    return context.auth.verify(token).pipe(
+    return auth.verify(token).pipe(
       Effect.flatMap((next) =>
         context.principal !== undefined && next.subject !== context.principal.subject
           ? Effect.fail({ message: "the new token's subject (sub) differs from the connection's" })
@@ -204,13 +208,13 @@ export class Requests {
       ),
       Effect.matchEffect({
         onFailure: (error) => {
-          context.limits.refused("token_refresh_refused")
+          limits.refused("token_refresh_refused")
           return this.refuse({ code: "invalid_token", message: `${error.message}; the current token stays in effect` })
         },
         onSuccess: (next) => {
           context.principal = next
           return Effect.zipRight(
-            context.hub.authorize(context.id, next.eventTypes),
+            hub.authorize(context.id, next.eventTypes),
             this.reply(HubMessageType.authenticated, { expires_at: new Date(next.expiresAt).toISOString() })
           )
         }
@@ -223,7 +227,7 @@ export class Requests {
    * it. The connection waits for the broker's confirmation, so a client's publishes stay in order.
    */
   private publish({ data, type }: Publish): Effect.Effect<void> {
-    const { annotations, config, limits, publisher } = this.context
+    const { annotations, services: { config, limits, publisher } } = this.context
     if (Option.isNone(publisher) || !config.clientPublishTypes.some((pattern) => Topic.matches(pattern, type))) {
       limits.refused("publish_forbidden")
       return this.refuse({

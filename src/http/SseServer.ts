@@ -3,9 +3,10 @@
  * as the WebSocket endpoint, for networks and proxies where WebSockets fail
  * and for clients that only read. The HTTP server hands its `GET` requests to
  * this layer (see `UpgradeRoutes.registerStream`) before the platform's own
- * request handling; each stream runs as its own fiber (`SseConnection.serve`)
- * in this layer's `FiberSet`. Closing the layer interrupts every stream, which
- * ends its response: `EventSource` then reconnects (to another instance).
+ * request handling; a stream (`SseConnection.serve`) has a fiber in this
+ * layer's `FiberSet` only while it resumes and while it ends. Closing the layer
+ * ends every stream's response: `EventSource` then reconnects (to another
+ * instance).
  *
  * Before the stream opens, a request gets a plain HTTP answer with a JSON
  * reason, as a WebSocket handshake does (see Admission.ts): 403 foreign
@@ -16,6 +17,7 @@
 import { Duration, Effect, Either, FiberSet, Layer } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { HubConfig, type HubSettings } from "../config/Config.js"
+import * as Connection from "../connection/Connection.js"
 import * as Sse from "../connection/SseConnection.js"
 import type { HubClients } from "../hub/Hub.js"
 import { isEventId } from "../hub/History.js"
@@ -99,10 +101,21 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
       const routes = yield* UpgradeRoutes
       const limits = yield* Limits
       const admission = new Admission(config, limits, yield* Auth)
-      // Released after the route: new requests are dropped (EventSource retries elsewhere), then every stream ends.
+      // The streams' fibers (a resume, an end); released (any left interrupted) after the shutdown below.
       const streams = yield* FiberSet.make()
-      const run = yield* FiberSet.runtime(streams)<HubConfig | HubClients | HubMetrics | Limits>()
+      const run = yield* FiberSet.runtime(streams)<never>()
+      const services: Sse.Services = { ...yield* Connection.services(run), open: new Set() }
       const retry = `retry: ${Duration.toMillis(config.sseRetry)}\n\n`
+      let closing = false
+      // Released after the route: new requests are dropped (EventSource retries elsewhere), then every stream is
+      // ended and its end awaited.
+      yield* Effect.addFinalizer(() =>
+        Effect.suspend(() => {
+          closing = true
+          for (const stream of services.open) stream.shutdown()
+          return FiberSet.awaitEmpty(streams)
+        })
+      )
 
       const handle = (request: IncomingMessage, response: ServerResponse) => {
         response.on("error", () => undefined)
@@ -127,7 +140,9 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
             ...cors
           })
           response.write(retry)
-          run(Sse.serve(response, handshake.right))
+          const stream = Sse.serve(services, response, handshake.right)
+          // Authenticated after the shutdown began: past the streams the shutdown ended.
+          if (closing) stream.shutdown()
         }
         // Without authentication, no fiber before the stream.
         if (!admission.auth.enabled) return open(undefined)

@@ -2,8 +2,8 @@
  * The WebSocket endpoint: a `ws` server that owns no port. The HTTP server
  * hands it the upgrade requests for `wsPath` (see `UpgradeRoutes` in
  * Server.ts) before the platform's own request handling, so a connection
- * costs no HTTP request fiber: a connection's fibers (`Connection.serve`, one
- * while it has work) run in this layer's `FiberSet`. Closing the layer closes
+ * costs no HTTP request fiber: a connection's fibers (`WebSocketConnection.serve`,
+ * one while it has work) run in this layer's `FiberSet`. Closing the layer closes
  * every connection with 1001 and waits for them, then refuses new ones (503).
  *
  * Before the handshake, `upgrade` refuses a foreign origin (403), an address
@@ -16,7 +16,7 @@ import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer as WsServer } from "ws"
 import { Auth, BearerProtocol, type Principal } from "../security/Auth.js"
-import * as Client from "../connection/Connection.js"
+import * as WebSocketConnection from "../connection/WebSocketConnection.js"
 import { HubConfig } from "../config/Config.js"
 import type { HubClients } from "../hub/Hub.js"
 import { Limits } from "../security/Limits.js"
@@ -63,7 +63,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     // The connections' fibers; released (any left interrupted) after the shutdown below, before the server above.
     const fibers = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(fibers)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
-    const services = yield* Client.services
+    const services = yield* WebSocketConnection.services(run)
     let closing = false
 
     const admission = new Admission(config, yield* Limits, yield* Auth)
@@ -87,11 +87,11 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
         // After the shutdown began (authenticated or not): past the connections the shutdown closes.
         if (closing) return refuseHandshake(socket, 503, "the hub is shutting down")
         // No closure below may capture `request`: the connection would keep the whole request alive.
-        const info: Client.Handshake = { remoteAddress: address, principal, since: sinceOf(request.url) }
+        const info: WebSocketConnection.Handshake = { remoteAddress: address, principal, since: sinceOf(request.url) }
         // `ws` answers a bad handshake (400) itself and destroys the socket.
         wss.handleUpgrade(request, socket, head, (ws) => {
           try {
-            Client.serve(services, run, ws, socket, info)
+            WebSocketConnection.serve(services, ws, socket, info)
           } catch (error) {
             // A defect in a connection's setup (it runs in the socket's callback, not in a fiber) ends only it.
             ws.terminate()
@@ -111,7 +111,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         closing = true
-        for (const ws of wss.clients) Client.connectionOf(ws)?.shutdown()
+        for (const ws of wss.clients) WebSocketConnection.connectionOf(ws)?.shutdown()
         return FiberSet.awaitEmpty(fibers)
       })
     )
