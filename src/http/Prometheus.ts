@@ -22,7 +22,15 @@ const connectionRefusals: ReadonlyArray<string> = [
   "too_many_connections_per_ip"
 ] satisfies ReadonlyArray<Refusal>
 
-type Samples = Iterable<readonly [Record<string, string>, number]>
+type Labels = Record<string, string>
+type Samples = Iterable<readonly [Labels, number]>
+
+/** Reads the samples into the metric when it is scraped (the collectors are synchronous). */
+const collectFrom = <M extends Counter | Gauge>(read: () => Samples, put: (metric: M, labels: Labels, value: number) => void) =>
+  function(this: M) {
+    this.reset()
+    for (const [labels, value] of read()) put(this, labels, value)
+  }
 
 const counter = (registry: Registry, name: string, help: string, labelNames: Array<string>, read: () => Samples) =>
   new Counter({
@@ -30,10 +38,7 @@ const counter = (registry: Registry, name: string, help: string, labelNames: Arr
     help,
     labelNames,
     registers: [registry],
-    collect() {
-      this.reset()
-      for (const [labels, value] of read()) this.inc(labels, value)
-    }
+    collect: collectFrom<Counter>(read, (metric, labels, value) => metric.inc(labels, value))
   })
 
 const gauge = (registry: Registry, name: string, help: string, labelNames: Array<string>, read: () => Samples) =>
@@ -42,10 +47,7 @@ const gauge = (registry: Registry, name: string, help: string, labelNames: Array
     help,
     labelNames,
     registers: [registry],
-    collect() {
-      this.reset()
-      for (const [labels, value] of read()) this.set(labels, value)
-    }
+    collect: collectFrom<Gauge>(read, (metric, labels, value) => metric.set(labels, value))
   })
 
 const one = (value: number): Samples => [[{}, value]]
