@@ -27,6 +27,7 @@ import { HubMetrics } from "../ops/Metrics.js"
 import { type DisconnectReason, type ErrorData, HubMessageType, Outbound } from "../protocol/Protocol.js"
 import type { Principal } from "../security/Auth.js"
 import { Limits } from "../security/Limits.js"
+import * as Resume from "./Resume.js"
 
 /**
  * Starts a connection's fiber under the server's supervision (a `FiberSet`'s runtime), at once unless `immediate`
@@ -155,8 +156,9 @@ export abstract class BaseConnection<S extends Services = Services> implements C
   // --- its start -----------------------------------------------------------------
 
   /**
-   * Registers the client. A fiber starts only for what the registration has to say or do (a debug line, a refusal
-   * of its resume, the resume from `since`): a client that just connects has none.
+   * Registers the client, to resume from `since` unless its resume was refused (`refusal`, told to it). A fiber
+   * starts only for what the registration has to say or do (a debug line, the refusal, the resume): a client that
+   * just connects has none.
    */
   protected start(options: RegisterOptions, since: string | undefined, refusal: ErrorData | undefined): void {
     const hub = this.services.hub
@@ -166,14 +168,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
     const then = (next: Effect.Effect<void>) => setup = setup === undefined ? next : Effect.zipRight(setup, next)
     if (this.services.debug) then(Effect.logDebug("client connected").pipe(Effect.annotateLogs(this.annotations)))
     if (refusal !== undefined) then(this.refuse(refusal))
-    if (options.resuming === true) {
-      then(hub.resume(this.id, since!).pipe(
-        Effect.matchEffect({
-          onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
-          onSuccess: (resume) => resume.start
-        })
-      ))
-    }
+    if (options.resuming === true) then(Resume.resume(this, since!))
     if (setup === undefined) this.state = State.idle
     else this.activate(Effect.zipRight(setup, this.next))
   }

@@ -17,7 +17,7 @@ import { Effect, Either, Option } from "effect"
 import type { Auth, Principal } from "../security/Auth.js"
 import { checkPatterns, checkRooms } from "../security/Subscription.js"
 import type { HubSettings } from "../config/Config.js"
-import type { ClientId, HubClients, TooManySubscriptions } from "../hub/Hub.js"
+import type { HubClients } from "../hub/Hub.js"
 import type { Limits } from "../security/Limits.js"
 import {
   type ClientRequest,
@@ -31,6 +31,7 @@ import {
 } from "../protocol/Protocol.js"
 import type { Publisher } from "../rabbitmq/Publisher.js"
 import * as Topic from "../protocol/Topic.js"
+import * as Resume from "./Resume.js"
 
 /** A frame from the client, as its connection received it. */
 export interface Incoming {
@@ -56,18 +57,13 @@ export interface RequestServices {
 }
 
 /** What a connection's requests act on: the connection (see Connection.ts). */
-export interface RequestContext {
-  readonly id: ClientId
+export interface RequestContext extends Resume.Resuming {
   readonly annotations: Readonly<Record<string, unknown>>
   readonly services: RequestServices
   /** Queues a message for the client if its send buffer has room now; false otherwise (nothing queued). */
   sendNow(message: Outbound): boolean
   /** Queues a message for the client once its send buffer has room (after `sendNow` found none). */
   sendWhenRoom(message: Outbound): Effect.Effect<void>
-  /** A reply, at once if the send buffer has room, else once it has. */
-  reply(type: string, data: unknown): Effect.Effect<void>
-  /** A `hub.error`, with a debug-level log line. */
-  refuse(error: ErrorData): Effect.Effect<void>
   /** Who connected (with authentication); replaced by a token refresh. */
   principal: Principal | undefined
   /** Spends a resume of the connection's and its address's allowance; the refusal when there is none left. */
@@ -117,7 +113,7 @@ export class Requests {
         if (refused !== undefined) return this.refuse(refused)
         if (since !== undefined) return this.subscribeSince(event_types, since)
         return Either.match(hub.unsafeSubscribe(id, event_types), {
-          onLeft: (error) => this.tooManySubscriptions(error),
+          onLeft: (error) => Resume.tooManySubscriptions(this.context, error),
           onRight: (now) => this.replyNow(HubMessageType.subscribed, { event_types: now })
         })
       }
@@ -147,39 +143,11 @@ export class Requests {
     return checkPatterns(this.context.services.limits, this.context.principal, patterns)
   }
 
-  /**
-   * `subscribe` with `since`: no live events from here on, then the
-   * subscription, its reply, and the replay (which runs on its own, paced
-   * by the send buffer, while the connection goes on with the next frames).
-   */
+  /** `subscribe` with `since`: the resume path (Resume.ts), once the resume allowance is spent. */
   private subscribeSince(patterns: ReadonlyArray<string>, since: string): Effect.Effect<void> {
-    const { id, services: { hub } } = this.context
     // Before anything changes: a refused resume leaves the subscription (and a resume under way) as it was.
     const refusal = this.context.takeResume()
-    if (refusal !== undefined) return this.refuse(refusal)
-    return Effect.matchEffect(hub.checkSubscribe(id, patterns), {
-      // Refused before the resume replaces one under way: a refusal must leave that one going.
-      onFailure: (error) => this.tooManySubscriptions(error),
-      onSuccess: () =>
-        hub.resume(id, since).pipe(
-          Effect.matchEffect({
-            onFailure: (error) => this.refuse({ code: "invalid_request", message: error.message }),
-            onSuccess: (resume) =>
-              hub.subscribe(id, patterns).pipe(
-                Effect.matchEffect({
-                  onFailure: (error) => Effect.zipRight(resume.cancel, this.tooManySubscriptions(error)),
-                  onSuccess: (now) =>
-                    Effect.zipRight(this.reply(HubMessageType.subscribed, { event_types: now }), resume.start)
-                })
-              )
-          })
-        )
-    })
-  }
-
-  private tooManySubscriptions(error: TooManySubscriptions): Effect.Effect<void> {
-    this.context.services.limits.refused("too_many_subscriptions")
-    return this.refuse({ code: "too_many_subscriptions", message: error.message })
+    return refusal !== undefined ? this.refuse(refusal) : Resume.resume(this.context, since, patterns)
   }
 
   /** `{"action":"join"}`: rooms named `<key>:<value>` with a key of `ROOM_KEYS`. */

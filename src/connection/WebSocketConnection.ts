@@ -23,6 +23,7 @@ import type { Limits } from "../security/Limits.js"
 import { MessageRate, TokenBucket } from "../security/TokenBucket.js"
 import { BaseConnection, type RunFiber, type Services as ConnectionServices, services as connectionServices, State } from "./Connection.js"
 import { type Answer, type Incoming, type RequestContext, Requests } from "./Requests.js"
+import * as Resume from "./Resume.js"
 import * as WebSocketTransport from "./WebSocketTransport.js"
 
 /** Inbound frames waiting to be handled before the socket stops being read. */
@@ -277,20 +278,8 @@ class WsConnection extends BaseConnection<Services> implements RequestContext {
 
   /** Spends a resume of the connection's and its address's allowance; the refusal when there is none left. */
   takeResume(): ErrorData | undefined {
-    const limits = this.services.limits
-    const { resumeRate, resumeRatePerIp } = limits.settings
-    const now = Date.now()
-    this.#resumes ??= new TokenBucket(resumeRate / 60, resumeRate, now)
-    // The connection's own allowance first: a connection over it spends nothing of its address's.
-    let limit = `${resumeRate} per minute on one connection`
-    let seconds = this.#resumes.take(now) ? 0 : this.#resumes.retryAfter(now)
-    if (seconds === 0) {
-      limit = `${resumeRatePerIp} per minute from one address`
-      seconds = limits.takeResume(this.remoteAddress, now)
-    }
-    if (seconds === 0) return undefined
-    limits.refused("resume_rate_limited")
-    return { code: "resume_rate_limited", message: `more than ${limit}: nothing replayed; retry in ${seconds} s` }
+    const { resumeRate } = this.services.limits.settings
+    return Resume.takeAllowance(this, this.#resumes ??= new TokenBucket(resumeRate / 60, resumeRate, Date.now()))
   }
 
   // --- its end --------------------------------------------------------------------
