@@ -4,7 +4,7 @@
  * sockets in websocket.test.ts.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Logger, Schedule } from "effect"
 import { HubConfig } from "../src/config/Config.js"
 import { type Connection, layerLocal } from "../src/hub/Hub.js"
 import { wholeHub } from "./inMemoryHub.js"
@@ -113,4 +113,43 @@ describe("Hub", () => {
       expect(yield* hub.broadcast("x", {})).toBe(0)
       expect(yield* hub.clientCount).toBe(0)
     }).pipe(Effect.provide(TestHub)))
+
+  it.live("a keep-alive that throws is logged and its client dropped; the next ticks still run, for every client", () =>
+    Effect.gen(function*() {
+      const logged: Array<{ level: string; message: string; cause: string }> = []
+      const logger = Logger.make(({ cause, logLevel, message }) =>
+        logged.push({ level: logLevel.label, message: String(message), cause: String(cause) })
+      )
+      const failing = fakeConnection(1)
+      const served = fakeConnection(2)
+      let failingTicks = 0
+      let servedTicks = 0
+      yield* Effect.gen(function*() {
+        const hub = yield* wholeHub
+        yield* hub.register({
+          ...failing.connection,
+          keepAlive: () => {
+            if (failingTicks++ === 0) throw new Error("a keep-alive that throws")
+          }
+        })
+        yield* hub.register({ ...served.connection, keepAlive: () => void servedTicks++ })
+        // Ticks every 10 ms (a quarter of the shortest period).
+        yield* Effect.sync(() => failingTicks >= 3 && servedTicks >= 3).pipe(
+          Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (done) => done })
+        )
+      }).pipe(
+        Effect.provide(layerLocal.pipe(Layer.provide(HubConfig.layer({
+          pingPeriod: Duration.millis(40),
+          pongTimeout: Duration.millis(80),
+          writeTimeout: Duration.millis(40),
+          sseKeepAlive: Duration.millis(40)
+        })))),
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+      )
+      expect(failing.kicks).toEqual(["error"])
+      const errors = logged.filter((line) => line.level === "ERROR")
+      expect(errors).toHaveLength(1)
+      expect(errors[0]!.message).toContain("keep-alive failed")
+      expect(errors[0]!.cause).toContain("a keep-alive that throws")
+    }).pipe(Effect.timeout("5 seconds")))
 })

@@ -3,7 +3,8 @@
  * free port.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Logger, Option, Scope } from "effect"
+import * as net from "node:net"
 import * as ws from "ws"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
@@ -349,6 +350,44 @@ layer(hubLayer({ compressionThreshold: Option.some(1024) }), { excludeTestServic
       expect(bytesRead(plain) - plainBefore).toBeGreaterThan(size)
       expect(bytesRead(deflating) - deflatingBefore).toBeLessThan(size / 4)
     }))
+})
+
+describe("a write that throws", () => {
+  it.live("closes that client (1011) and logs why, while the other clients are served", () =>
+    Effect.gen(function*() {
+      const errors: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => {
+        if (logLevel.label === "ERROR") errors.push(String(message))
+      })
+      const scope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+      const context = yield* Layer.buildWithScope(
+        hubLayer().pipe(Layer.provide(Logger.replace(Logger.defaultLogger, logger))),
+        scope
+      )
+      const url = yield* Effect.provide(wsUrl, context)
+      const hub = Context.get(context, Hub)
+      const [failing, served] = yield* promise(() => Promise.all([1, 2].map(() => TestClient.connect(url))))
+      // The server's end of the failing client's connection throws on its next write, once.
+      const port = (failing!.ws as any)._socket.localPort as number
+      const write = net.Socket.prototype.write
+      let thrown = false
+      net.Socket.prototype.write = function(this: net.Socket, ...args: Array<unknown>) {
+        if (!thrown && this.remotePort === port) {
+          thrown = true
+          throw new Error("a socket that throws")
+        }
+        return (write as (...args: Array<unknown>) => boolean).apply(this, args)
+      } as typeof write
+      yield* Effect.addFinalizer(() => Effect.sync(() => (net.Socket.prototype.write = write)))
+      for (let seq = 0; seq < 5; seq++) yield* hub.broadcast("backtest.completed", { seq })
+      expect(yield* promise(() => failing!.closed)).toEqual({ code: 1011, reason: "internal error" })
+      yield* promise(() => served!.until(() => served!.events.length === 5, "5 events"))
+      expect(served!.events.map((event) => event.data.seq)).toEqual([0, 1, 2, 3, 4])
+      expect(served!.isOpen).toBe(true)
+      expect(thrown).toBe(true)
+      expect(errors.some((message) => message.includes("writing to the client failed"))).toBe(true)
+    }).pipe(Effect.scoped))
 })
 
 describe("without ws's frame encoder", () => {

@@ -22,7 +22,7 @@ import { Cause, Duration, Effect, Exit, FiberId, FiberRef, LogLevel } from "effe
 import type { RuntimeFiber } from "effect/Fiber"
 import { HubConfig } from "../config/Config.js"
 import { type ClientId, type Connection, HubClients, type RegisterOptions } from "../hub/Hub.js"
-import type { Outbox, Transport } from "../hub/Outbox.js"
+import type { Outbox, OutboxOwner, Transport } from "../hub/Outbox.js"
 import { HubMetrics } from "../ops/Metrics.js"
 import { type DisconnectReason, type ErrorData, HubMessageType, Outbound } from "../protocol/Protocol.js"
 import type { Principal } from "../security/Auth.js"
@@ -76,7 +76,7 @@ export const services = (
 export const State = { idle: 0, busy: 1, flooded: 2, ending: 3, erred: 4, closing: 5, closed: 6 } as const
 export type State = (typeof State)[keyof typeof State]
 
-export abstract class BaseConnection<S extends Services = Services> implements Connection {
+export abstract class BaseConnection<S extends Services = Services> implements Connection, OutboxOwner {
   /** Set by `start`, before anything uses it: the hub gives it. */
   id!: ClientId
   /** Who connected, when authentication is enabled (see Auth.ts); a WebSocket's token refresh replaces it. */
@@ -98,7 +98,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
     principal: Principal | undefined
   ) {
     this.principal = principal
-    this.outbox = services.hub.outbox(transport)
+    this.outbox = services.hub.outbox(transport, this)
   }
 
   /** How the client is connected (metrics, logs). */
@@ -234,6 +234,24 @@ export abstract class BaseConnection<S extends Services = Services> implements C
     }
     // Not the work's fiber, so a shutdown does not interrupt it: the close is bounded by its own timers.
     this.services.run(Effect.onExit(this.#finishNow, this.#afterFiber), deferred ? { immediate: false } : undefined)
+  }
+
+  /** A write to its socket threw (see Flusher.ts). */
+  writeFailed(error: unknown): void {
+    this.failed("writing to the client", error)
+  }
+
+  /**
+   * `what` threw, outside its fiber (a write, a socket's callback): logged at Error level, and the connection ends
+   * (WebSocket: 1011); the other clients are served.
+   */
+  protected failed(what: string, error: unknown): void {
+    this.services.run(
+      Effect.logError(`${what} failed; the connection is closed, the other clients are served`, Cause.die(error)).pipe(
+        Effect.annotateLogs(this.annotations)
+      )
+    )
+    this.kick("error")
   }
 
   /** The socket closed under the connection (the client left, or a protocol error closed it). */

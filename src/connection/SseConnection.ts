@@ -64,7 +64,14 @@ class SseConnection extends BaseConnection<Services> {
   /** Listens to the response: the only place its callbacks are set. */
   listen(): void {
     this.response.on("error", () => undefined)
-    this.response.on("close", () => this.socketClosed())
+    this.response.on("close", () => {
+      try {
+        this.socketClosed()
+      } catch (error) {
+        // Thrown in the response's callback, it would end the process.
+        this.failed("ending the stream after its connection closed", error)
+      }
+    })
   }
 
   /** Registers the stream with the subscription its URL asked for, resuming from `since`. */

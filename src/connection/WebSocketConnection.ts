@@ -160,7 +160,13 @@ class WsConnection extends BaseConnection<Services> implements RequestContext {
    */
   static readonly #listeners = {
     message(this: OwnedSocket, data: WebSocket.RawData, isBinary: boolean) {
-      this[owner]!.#onMessage(data, isBinary)
+      const connection = this[owner]!
+      try {
+        connection.#onMessage(data, isBinary)
+      } catch (error) {
+        // Thrown in `ws`'s callback, it would end the process.
+        connection.failed("taking a frame from the client", error)
+      }
     },
     seen(this: OwnedSocket) {
       this[owner]!.#lastSeen = Date.now()
@@ -183,7 +189,11 @@ class WsConnection extends BaseConnection<Services> implements RequestContext {
       const connection = this[owner]!
       // The code of the close frame that ended the connection, unless the hub sent its own first.
       connection.#closeCode ??= code
-      connection.socketClosed()
+      try {
+        connection.socketClosed()
+      } catch (error) {
+        connection.failed("ending the connection after its socket closed", error)
+      }
     }
   }
 

@@ -14,7 +14,7 @@
  * for a bad `types`, `rooms` or `since` (403 for types the token does not
  * allow). CORS headers follow `ALLOWED_ORIGINS`, refusals included.
  */
-import { Duration, Effect, Either, FiberSet, Layer } from "effect"
+import { Cause, Duration, Effect, Either, FiberSet, Layer } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { HubConfig, type HubSettings } from "../config/Config.js"
 import * as Connection from "../connection/Connection.js"
@@ -140,13 +140,28 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
             ...cors
           })
           response.write(retry)
-          const stream = Sse.serve(services, response, handshake.right)
-          // Authenticated after the shutdown began: past the streams the shutdown ended.
-          if (closing) stream.shutdown()
+          try {
+            const stream = Sse.serve(services, response, handshake.right)
+            // Authenticated after the shutdown began: past the streams the shutdown ended.
+            if (closing) stream.shutdown()
+          } catch (error) {
+            // A defect in a stream's setup (it runs in the request's callback, not in a fiber) ends only it.
+            response.destroy()
+            run(Effect.logError("an SSE stream's setup failed; its response is closed", Cause.die(error)))
+          }
         }
         // Without authentication, no fiber before the stream.
         if (!admission.auth.enabled) return open(undefined)
-        run(admission.authenticate(request, address).pipe(Effect.match({ onFailure: refuse, onSuccess: open })))
+        run(admission.authenticate(request, address).pipe(
+          Effect.match({ onFailure: refuse, onSuccess: open }),
+          // A defect after the token's check ends only this request.
+          Effect.catchAllDefect((defect) =>
+            Effect.zipRight(
+              Effect.sync(() => response.destroy()),
+              Effect.logError("an SSE request failed; its response is closed", Cause.die(defect))
+            )
+          )
+        ))
       }
       yield* routes.registerStream(config.ssePath, handle)
     })

@@ -95,14 +95,21 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
           } catch (error) {
             // A defect in a connection's setup (it runs in the socket's callback, not in a fiber) ends only it.
             ws.terminate()
-            run(Effect.logError("client connection failed", Cause.die(error)))
+            run(Effect.logError("a client connection's setup failed; its socket is closed", Cause.die(error)))
           }
         })
       }
       // Without authentication, no fiber before the handshake.
       if (!admission.auth.enabled) return accept(undefined)
       run(admission.authenticate(request, address).pipe(
-        Effect.match({ onFailure: (refused) => refuse(socket, refused), onSuccess: accept })
+        Effect.match({ onFailure: (refused) => refuse(socket, refused), onSuccess: accept }),
+        // A defect after the token's check (in the handshake) ends only this connection.
+        Effect.catchAllDefect((defect) =>
+          Effect.zipRight(
+            Effect.sync(() => socket.destroy()),
+            Effect.logError("a WebSocket handshake failed; its socket is closed", Cause.die(defect))
+          )
+        )
       ))
     }
     yield* routes.register(config.wsPath, upgrade)

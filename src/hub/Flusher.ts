@@ -14,11 +14,18 @@
  *
  * One instance per hub, created by the hub's layer: two hubs in one process
  * flush independently.
+ *
+ * A write that throws ends that outbox's connection (`Flushable.failed`), and
+ * the pass goes on with the others; a callback of the flusher's own that throws
+ * (the end of a pass, a producer waiting for it) is reported (`onError`) and
+ * the next pass runs as usual. Nothing thrown leaves the `setImmediate`.
  */
 
 /** What the flusher writes: an outbox with something pending. */
 export interface Flushable {
   flush(): void
+  /** `flush` threw `error`: what it held is dropped, and the connection it writes for ends. Never throws. */
+  failed(error: unknown): void
 }
 
 /** How long one slice of a flush may write before the event loop runs again. */
@@ -53,12 +60,16 @@ export class Flusher {
   readonly #arrivals = new Float64Array(maxTimedPerPass)
   #timed = 0
   readonly #onPassEnd: ((arrivals: Float64Array, count: number, end: number) => void) | undefined
+  readonly #onError: (what: string, error: unknown) => void
 
   constructor(
     /** Called at the end of each pass with the arrivals of the events it wrote (see `arrived`). */
-    onPassEnd?: (arrivals: Float64Array, count: number, end: number) => void
+    onPassEnd?: (arrivals: Float64Array, count: number, end: number) => void,
+    /** Told when `onPassEnd` or a producer waiting for a pass throws (`what` failed). */
+    onError: (what: string, error: unknown) => void = () => undefined
   ) {
     this.#onPassEnd = onPassEnd
+    this.#onError = onError
   }
 
   /** An event that entered at `at` was queued for the pass under way: its latency ends with the pass. */
@@ -99,16 +110,18 @@ export class Flusher {
 
   readonly #slice = () => {
     const deadline = performance.now() + sliceMillis
-    try {
-      while (this.#next < this.#dirty.length) {
-        this.#dirty[this.#next++].flush()
-        // Reading the clock costs far less than a write; every 16 writes is often enough.
-        if ((this.#next & 15) === 0 && !this.#behind && performance.now() >= deadline) break
+    while (this.#next < this.#dirty.length) {
+      const outbox = this.#dirty[this.#next++]
+      try {
+        outbox.flush()
+      } catch (error) {
+        // One connection's write (or a waiter it calls) failed: that connection ends, the others are written.
+        outbox.failed(error)
       }
-    } finally {
-      // Even if a flush threw (a waiter's bug): the other outboxes must still be written.
-      this.#afterSlice()
+      // Reading the clock costs far less than a write; every 16 writes is often enough.
+      if ((this.#next & 15) === 0 && !this.#behind && performance.now() >= deadline) break
     }
+    this.#afterSlice()
   }
 
   #afterSlice() {
@@ -129,11 +142,21 @@ export class Flusher {
     if (this.#timed > 0) {
       const timed = this.#timed
       this.#timed = 0
-      this.#onPassEnd?.(this.#arrivals, timed, performance.now())
+      try {
+        this.#onPassEnd?.(this.#arrivals, timed, performance.now())
+      } catch (error) {
+        this.#onError("the delivery latency of a pass", error)
+      }
     }
     if (this.#idleWaiters.length === 0) return
     const waiters = this.#idleWaiters
     this.#idleWaiters = []
-    for (const ready of waiters) ready()
+    for (const ready of waiters) {
+      try {
+        ready()
+      } catch (error) {
+        this.#onError("a producer waiting for a pass", error)
+      }
+    }
   }
 }

@@ -15,7 +15,7 @@
  * history in one step, so that a resume sees an event in the history or
  * receives it live, never both nor neither.
  */
-import { Clock, Context, Data, Duration, Effect, Either, FiberRef, Layer, Schedule } from "effect"
+import { Cause, Clock, Context, Data, Duration, Effect, Either, Exit, FiberRef, Layer, Runtime, Schedule } from "effect"
 import { HubConfig, RabbitMqConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
 import { type EventSource, HubMetrics } from "../ops/Metrics.js"
@@ -24,7 +24,7 @@ import { eventIdOf, RecentIds } from "./Dedup.js"
 import { Flusher } from "./Flusher.js"
 import { HubHistory } from "./History.js"
 import { type ClientId, type Connection, Member } from "./Member.js"
-import { Outbox, type Transport } from "./Outbox.js"
+import { Outbox, type OutboxOwner, type Transport } from "./Outbox.js"
 import { Replay } from "./Replay.js"
 import { inRooms, type Subscription, SubscriptionIndex } from "./SubscriptionIndex.js"
 
@@ -146,9 +146,9 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
   readonly unsafeLeave: (id: ClientId, rooms: ReadonlyArray<string>) => ReadonlyArray<string>
   /**
    * A client's send buffer (`WS_SEND_BUFFER` messages), written to `transport` by the hub's flusher (see Outbox.ts,
-   * Flusher.ts): what a connection queues its client's messages in.
+   * Flusher.ts): what a connection queues its client's messages in. `owner` is told if a write throws.
    */
-  readonly outbox: (transport: Transport) => Outbox
+  readonly outbox: (transport: Transport, owner: OutboxOwner) => Outbox
   /**
    * Adds a client with the default subscription (`#`). `allowed` (patterns)
    * limits it: it never receives an event outside them. `resuming`: it will
@@ -425,7 +425,7 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
     unsafeUnsubscribe,
     unsafeJoin,
     unsafeLeave,
-    outbox: (transport) => new Outbox(state.flusher, transport, config.sendBuffer, state.metrics.delivered),
+    outbox: (transport, owner) => new Outbox(state.flusher, transport, config.sendBuffer, state.metrics.delivered, owner),
     register: (connection, options) => Effect.sync(() => unsafeRegister(connection, options)),
     unregister: (id) => Effect.sync(() => unsafeUnregister(id)),
     authorize: (id, allowed) =>
@@ -447,22 +447,64 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
   })
 }
 
+/**
+ * One tick: every client's keep-alive. A client whose keep-alive throws is dropped (`error`) and the failure logged;
+ * the others are served, and the next tick runs as usual.
+ */
+const tick = (index: SubscriptionIndex) =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    let failed: Array<{ readonly id: ClientId; readonly cause: Cause.Cause<never> }> | undefined
+    for (const member of index.members()) {
+      try {
+        member.connection.keepAlive(now)
+      } catch (error) {
+        let cause = Cause.die(error)
+        try {
+          member.connection.kick("error")
+        } catch (kickError) {
+          cause = Cause.sequential(cause, Cause.die(kickError))
+        }
+        ;(failed ??= []).push({ id: member.id, cause })
+      }
+    }
+    if (failed === undefined) return Effect.void
+    return Effect.forEach(failed, ({ cause, id }) =>
+      Effect.logError("a client's keep-alive failed: the client is disconnected, the others are served", cause).pipe(
+        Effect.annotateLogs({ client_id: id })
+      ), { discard: true })
+  })
+
 const make = Effect.gen(function*() {
   const health = yield* Health
   const config = yield* HubConfig
   const metrics = yield* HubMetrics
+  const runtime = yield* Effect.runtime<never>()
   const state: HubState = {
     config,
     metrics,
     history: yield* HubHistory,
     index: new SubscriptionIndex(),
-    flusher: new Flusher(metrics.passEnded),
+    flusher: new Flusher(metrics.passEnded, (what, error) =>
+      Runtime.runFork(runtime)(
+        Effect.logError(`the flusher's call of ${what} failed; the next pass runs as usual`, Cause.die(error))
+      )),
     recentIds: new RecentIds(config.dedupMaxEvents, Duration.toMillis(config.dedupMaxAge))
   }
-  yield* Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    for (const member of state.index.members()) member.connection.keepAlive(now)
-  }).pipe(Effect.repeat(Schedule.spaced(tickOf(state.config))), Effect.forkScoped)
+  // Pings, pong and write timeouts, token expiries: were this loop to stop, no client would be checked any more.
+  yield* tick(state.index).pipe(
+    Effect.catchAllCause((cause) => Effect.logError("the keep-alive tick failed; it runs again at the next tick", cause)),
+    Effect.repeat(Schedule.spaced(tickOf(state.config))),
+    Effect.onExit((exit) =>
+      Exit.isInterrupted(exit) ? Effect.void : Effect.zipRight(
+        Effect.logError(
+          "the keep-alive loop stopped: no client is pinged or timed out any more",
+          Exit.isFailure(exit) ? exit.cause : Cause.empty
+        ),
+        health.set("hub", { status: "down", critical: true, detail: "keep-alive stopped" })
+      )
+    ),
+    Effect.forkScoped
+  )
 
   yield* health.set("hub", { status: "up", critical: true })
   yield* Effect.addFinalizer(() => health.set("hub", { status: "down", critical: true, detail: "shutting down" }))

@@ -52,6 +52,11 @@ export interface Transport {
   close(reason: DisconnectReason): Effect.Effect<void>
 }
 
+/** Who an outbox writes for: told when a write to its transport throws (see `Flushable.failed`). */
+export interface OutboxOwner {
+  writeFailed(error: unknown): void
+}
+
 /** Shared by every outbox that has no waiter (nearly all of them): never written to. */
 const noWaiters: Array<() => void> = []
 
@@ -68,7 +73,9 @@ export class Outbox implements Flushable {
     readonly transport: Transport,
     readonly capacity: number,
     /** Called with the number of messages handed to the socket, and their bytes. */
-    readonly onWritten: (count: number, bytes: number) => void
+    readonly onWritten: (count: number, bytes: number) => void,
+    /** Told if a write throws: its connection ends. */
+    readonly owner: OutboxOwner
   ) {
     this.#behindAt = Math.max(1, Math.min(behindAtMost, Math.floor(capacity / 2)))
   }
@@ -139,5 +146,12 @@ export class Outbox implements Flushable {
     const waiters = this.#waiters
     this.#waiters = noWaiters
     for (const ready of waiters) ready()
+  }
+
+  /** A write threw (see Flusher.ts): what is queued, and whoever waits for room, is dropped; the owner is told. */
+  failed(error: unknown): void {
+    this.#pending.length = 0
+    this.#waiters = noWaiters
+    this.owner.writeFailed(error)
   }
 }
