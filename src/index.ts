@@ -14,7 +14,11 @@ import * as RabbitMqSource from "./rabbitmq/Source.js"
 
 /** The hub with its history, metrics and health services; needs `HubConfig` (and `RabbitMqConfig` in stream mode). */
 export const HubLive = Hub.layerLive
-/** The HTTP server on `HOST:PORT`: the WebSocket and SSE endpoints, `/health` (and `/live`, `/ready`), `/metrics`, `POST /api/v1/events`, `/dashboard`. */
+/**
+ * The HTTP server on `HOST:PORT`: the WebSocket and SSE endpoints, `/health` (and `/live`, `/ready`), `/metrics`,
+ * `POST /api/v1/events`, `/dashboard`. Needs a `Publisher` (`PublisherLive`; without `RABBITMQ_URL` it publishes
+ * nothing, and clients' `publish` is refused).
+ */
 export const HttpServerLive = HttpServer.layer
 /** The RabbitMQ source: consumes the exchange and broadcasts through the hub (nothing when `RABBITMQ_URL` is empty). */
 export const RabbitMqSourceLive = RabbitMqSource.layer

@@ -13,6 +13,7 @@ import {
   HubConnection,
   HubLive,
   Protocol,
+  PublisherLive,
   RabbitMqConfig,
   RabbitMqSourceLive
 } from "../src/index.js"
@@ -20,6 +21,7 @@ import { promise, TestClient } from "./support.js"
 
 const Embedded = Layer.mergeAll(HttpServerLive, RabbitMqSourceLive).pipe(
   Layer.provideMerge(HubLive),
+  Layer.provide(PublisherLive),
   Layer.provide(HubConfig.layer({ host: "127.0.0.1", port: 0 })),
   Layer.provide(RabbitMqConfig.layer({ url: Option.none() })),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))

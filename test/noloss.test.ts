@@ -241,8 +241,13 @@ describe("every instance delivers every event, whatever entered it", () => {
   /** A hub instance as main.ts composes it: the source, and the publisher that POST and clients' publish use. */
   const instance = (rabbit: Partial<RabbitMqSettings>) =>
     RabbitMqSource.layer.pipe(
-      Layer.provideMerge(hubLayer({ publishToken: Option.some(Redacted.make(token)), clientPublishTypes: ["command.#"] }, HubLayers.layerLive)),
-      Layer.provideMerge(Publisher.layer),
+      Layer.provideMerge(
+        hubLayer(
+          { publishToken: Option.some(Redacted.make(token)), clientPublishTypes: ["command.#"] },
+          HubLayers.layerLive,
+          Publisher.layer
+        )
+      ),
       Layer.provide(rabbitConfig(rabbit))
     )
 

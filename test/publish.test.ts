@@ -11,9 +11,10 @@ import { broker, brokerUrl, connect, eventually, freePort, hubLayer, promise, ty
 
 /** The hub with client publishing on for `command.#`, publishing to `exchange` at `url`. */
 const hubPublishingTo = (exchange: string, url = brokerUrl) =>
-  hubLayer({ clientPublishTypes: ["command.#"] }).pipe(
-    Layer.provide(Publisher.layer),
-    Layer.provide(RabbitMqConfig.layer({ url: Option.some(Redacted.make(url)), exchange }))
+  hubLayer(
+    { clientPublishTypes: ["command.#"] },
+    undefined,
+    Publisher.layer.pipe(Layer.provide(RabbitMqConfig.layer({ url: Option.some(Redacted.make(url)), exchange })))
   )
 
 /** A queue bound to `exchange` for `command.#` that records what arrives. */

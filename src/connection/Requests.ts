@@ -13,7 +13,7 @@
  * made for each connection: thousands of idle connections each keep one small
  * object instead of a dozen functions.
  */
-import { Effect, Either, Option } from "effect"
+import { Effect, Either } from "effect"
 import type { Auth, Principal } from "../security/Auth.js"
 import { checkPatterns, checkRooms } from "../security/Subscription.js"
 import type { HubSettings } from "../config/Config.js"
@@ -50,8 +50,8 @@ export interface RequestServices {
   readonly config: HubSettings
   readonly auth: Auth["Type"]
   readonly limits: Limits["Type"]
-  /** Absent when the embedding program provides no publisher: `publish` is then refused. */
-  readonly publisher: Option.Option<Publisher["Type"]>
+  /** Where clients' `publish` goes (disabled without a broker: it then fails with `publish_failed`). */
+  readonly publisher: Publisher["Type"]
   /** Requests are traced (Tracing.ts): each is then answered inside its span, in the fiber. */
   readonly tracing: boolean
 }
@@ -196,16 +196,16 @@ export class Requests {
    */
   private publish({ data, type }: Publish): Effect.Effect<void> {
     const { annotations, services: { config, limits, publisher } } = this.context
-    if (Option.isNone(publisher) || !config.clientPublishTypes.some((pattern) => Topic.matches(pattern, type))) {
+    if (!config.clientPublishTypes.some((pattern) => Topic.matches(pattern, type))) {
       limits.refused("publish_forbidden")
       return this.refuse({
         code: "publish_forbidden",
-        message: config.clientPublishTypes.length === 0 || Option.isNone(publisher)
+        message: config.clientPublishTypes.length === 0
           ? "publishing is not enabled on this hub (WS_PUBLISH_TYPES)"
           : `${JSON.stringify(type)} is not a type clients may publish; allowed: ${config.clientPublishTypes.join(", ")}`
       })
     }
-    return publisher.value.publish(type, Buffer.from(JSON.stringify(data))).pipe(
+    return publisher.publish(type, Buffer.from(JSON.stringify(data))).pipe(
       Effect.matchEffect({
         onFailure: (error) =>
           Effect.zipRight(

@@ -53,8 +53,8 @@ const toBuffer = (data: WebSocket.RawData): Buffer =>
 /** What every WebSocket connection uses besides what every connection does, taken once by the server's layer. */
 export interface Services extends ConnectionServices {
   readonly auth: Auth["Type"]
-  /** Optional: without a publisher (an embedding program that provides none), `publish` is refused. */
-  readonly publisher: Option.Option<Publisher["Type"]>
+  /** Where clients' `publish` goes (`WS_PUBLISH_TYPES`). */
+  readonly publisher: Publisher["Type"]
   /** Spans are recorded (Tracing.ts): requests are then answered in the fiber, each inside its span. */
   readonly tracing: boolean
   /** `WS_FIRST_MESSAGE_TIMEOUT` in milliseconds, if set. */
@@ -66,7 +66,7 @@ export interface Services extends ConnectionServices {
 /** The services, taken once (and `ws`'s frame encoder checked once): each connection then costs no look-up. */
 export const services = (
   run: RunFiber
-): Effect.Effect<Services, never, HubClients | HubConfig | HubMetrics | Auth | Limits> =>
+): Effect.Effect<Services, never, HubClients | HubConfig | HubMetrics | Auth | Limits | Publisher> =>
   Effect.gen(function*() {
     const common = yield* connectionServices(run)
     const encodeFrame = WebSocketTransport.frameEncoder()
@@ -79,7 +79,7 @@ export const services = (
     return {
       ...common,
       auth: yield* Auth,
-      publisher: yield* Effect.serviceOption(Publisher),
+      publisher: yield* Publisher,
       tracing: yield* FiberRef.get(FiberRef.currentTracerEnabled),
       firstMessageTimeout: Option.getOrUndefined(
         Option.map(common.limits.settings.firstMessageTimeout, Duration.toMillis)

@@ -21,12 +21,17 @@ import { HubConfig } from "../config/Config.js"
 import type { HubClients } from "../hub/Hub.js"
 import { Limits } from "../security/Limits.js"
 import type { HubMetrics } from "../ops/Metrics.js"
+import type { Publisher } from "../rabbitmq/Publisher.js"
 import { Admission, type Refused, sinceOf } from "./Admission.js"
 import { refuseHandshake, UpgradeRoutes } from "./UpgradeRoutes.js"
 
 const ignore = () => undefined
 
-export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetrics | UpgradeRoutes | Auth | Limits> = Layer.scopedDiscard(
+export const layer: Layer.Layer<
+  never,
+  never,
+  HubConfig | HubClients | HubMetrics | UpgradeRoutes | Auth | Limits | Publisher
+> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* HubConfig
     const routes = yield* UpgradeRoutes
@@ -62,7 +67,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
     )
     // The connections' fibers; released (any left interrupted) after the shutdown below, before the server above.
     const fibers = yield* FiberSet.make()
-    const run = yield* FiberSet.runtime(fibers)<HubConfig | HubClients | HubMetrics | Auth | Limits>()
+    const run = yield* FiberSet.runtime(fibers)<never>()
     const services = yield* WebSocketConnection.services(run)
     let closing = false
 

@@ -1,7 +1,13 @@
 /** The real hub on a free port, for `layer(...)`, and HTTP requests to it. */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
-import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
-import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } from "../../src/config/Config.js"
+import { Effect, Layer, Logger, LogLevel, Option, Schedule } from "effect"
+import {
+  defaultSecurity,
+  HubConfig,
+  type HubSettings,
+  RabbitMqConfig,
+  type SecuritySettings
+} from "../../src/config/Config.js"
 import * as HttpServer from "../../src/http/Server.js"
 import * as SseServer from "../../src/http/SseServer.js"
 import * as WebSocketServer from "../../src/http/WebSocketServer.js"
@@ -9,6 +15,7 @@ import type { HubHistory } from "../../src/hub/History.js"
 import * as Hub from "../../src/hub/Hub.js"
 import type { Health } from "../../src/ops/Health.js"
 import type { HubMetrics } from "../../src/ops/Metrics.js"
+import { Publisher } from "../../src/rabbitmq/Publisher.js"
 
 /**
  * Security settings for tests: the defaults with the limits lifted that every
@@ -30,17 +37,23 @@ export const testSecurity: SecuritySettings = {
 /** Security settings for a test: `testSecurity` with `overrides`. */
 export const security = (overrides: Partial<SecuritySettings>): SecuritySettings => ({ ...testSecurity, ...overrides })
 
+/** The publisher of a hub without a broker: clients' `publish` fails (`publish_failed`), POSTs are broadcast. */
+export const noBroker = Publisher.layer.pipe(Layer.provide(RabbitMqConfig.layer({ url: Option.none() })))
+
 /**
  * The hub, its HTTP server on 127.0.0.1 with a free port, and every service, for `layer(...)`. Without a RabbitMQ
- * source unless `hub` is `Hub.layerLive` (which reads `RabbitMqConfig`: see `hubWithSource`).
+ * source unless `hub` is `Hub.layerLive` (which reads `RabbitMqConfig`: see `hubWithSource`); `publisher` is where
+ * clients' `publish` and POSTs go (no broker by default).
  */
-export const hubLayer = <R = never>(
+export const hubLayer = <R = never, P = never>(
   overrides: Partial<HubSettings> = {},
-  hub: Layer.Layer<Hub.Hub | Hub.HubClients | HubHistory | HubMetrics | Health, never, HubConfig | R> = Hub.layerLocal
+  hub: Layer.Layer<Hub.Hub | Hub.HubClients | HubHistory | HubMetrics | Health, never, HubConfig | R> = Hub.layerLocal,
+  publisher: Layer.Layer<Publisher, never, P> = noBroker as Layer.Layer<Publisher, never, never>
 ) =>
   Layer.mergeAll(HttpServer.layerServe, WebSocketServer.layer, SseServer.layer).pipe(
     Layer.provideMerge(HttpServer.layerListen),
     Layer.provideMerge(hub),
+    Layer.provideMerge(publisher),
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
     // As the service runs without OTEL_EXPORTER_OTLP_ENDPOINT (Tracing.ts): requests take the path without spans.
     Layer.provide(Layer.setTracerEnabled(false)),
