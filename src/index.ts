@@ -24,8 +24,17 @@ export const HttpServerLive = HttpServer.layer
 export const RabbitMqSourceLive = RabbitMqSource.layer
 /** The logger configured by `LOG_LEVEL` and `LOG_FORMAT`. */
 export const LoggingLive = Logging.layer
-/** Bounds the graceful shutdown by `SHUTDOWN_TIMEOUT` and reports it on `/health`. */
-export const ShutdownLive = Shutdown.layer
+/**
+ * The first step of a graceful shutdown, for any program behind a load balancer: readiness turns 503, and clients
+ * are served for `SHUTDOWN_DRAIN_DELAY` before anything stops. Provide it last (released first). See docs/library.md.
+ */
+export const DrainLive = Shutdown.layerDrain
+/**
+ * Only for a program run by `NodeRuntime.runMain`: a second SIGTERM/SIGINT is logged instead of killing the
+ * process mid-shutdown, and the process exits (status 1) if the shutdown outlasts `SHUTDOWN_TIMEOUT`. Provide it
+ * first (released last); its signal listeners are removed when its scope closes. See docs/library.md.
+ */
+export const SignalsLive = Shutdown.layer
 /** Publishing to the exchange with confirms: `Publisher.publishEvent`, clients' `publish`, `POST /api/v1/events`. */
 export const PublisherLive = Publisher.layer
 

@@ -20,12 +20,14 @@ import * as RabbitMqSource from "./rabbitmq/Source.js"
 import * as Shutdown from "./ops/Shutdown.js"
 import * as Tracing from "./ops/Tracing.js"
 
-const MainLive = Shutdown.layer.pipe(
+const MainLive = Shutdown.layerDrain.pipe(
   // Built last, so released first: the drain comes before anything stops.
   Layer.provideMerge(RabbitMqSource.layer.pipe(Layer.provideMerge(HttpServer.layer))),
   Layer.provide(Hub.layerLive),
   // Clients' `publish` requests and POST /api/v1/events go through the exchange; closed after the HTTP server.
   Layer.provide(Publisher.layer),
+  // Built before the rest, so released after it: a second signal is logged, not fatal, until the shutdown is over.
+  Layer.provide(Shutdown.layer),
   // RabbitMqConfig reaches the hub too: in stream mode its history uses stream ids from the start.
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
   Layer.provide(Logging.layer),

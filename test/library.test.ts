@@ -4,7 +4,7 @@
  */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Layer, Logger, LogLevel, Option, Schema, Stream } from "effect"
+import { Chunk, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Schema, Scope, Stream } from "effect"
 import { WebSocket } from "ws"
 import {
   HttpServerLive,
@@ -15,7 +15,8 @@ import {
   Protocol,
   PublisherLive,
   RabbitMqConfig,
-  RabbitMqSourceLive
+  RabbitMqSourceLive,
+  SignalsLive
 } from "../src/index.js"
 import { promise, TestClient } from "./support.js"
 
@@ -63,3 +64,14 @@ it.scopedLive("another Effect service consumes the hub through the client's Laye
       ["custom.two", { n: 2 }]
     ])
   }).pipe(Effect.provide(Embedded)))
+
+it.effect("SignalsLive listens to SIGTERM and SIGINT while its scope is open, and no longer once it is closed", () =>
+  Effect.gen(function*() {
+    const listeners = () => [process.listenerCount("SIGTERM"), process.listenerCount("SIGINT")]
+    const before = listeners()
+    const scope = yield* Scope.make()
+    yield* Layer.buildWithScope(SignalsLive.pipe(Layer.provide(HubConfig.layer())), scope)
+    expect(listeners()).toEqual(before.map((count) => count + 1))
+    yield* Scope.close(scope, Exit.void)
+    expect(listeners()).toEqual(before)
+  }))
