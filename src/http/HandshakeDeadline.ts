@@ -7,7 +7,7 @@
  * up to 90 s. Upgraded sockets leave Node's list of checked connections, so the
  * check costs nothing per WebSocket client.
  */
-import { Duration } from "effect"
+import { Duration, Effect, type Scope } from "effect"
 import type { Server, ServerOptions } from "node:http"
 import type { Duplex } from "node:stream"
 import type { SecuritySettings } from "../config/Config.js"
@@ -35,11 +35,16 @@ const answer = (status: string, reason: string) => {
 
 /**
  * Answers what Node's HTTP parser refuses as Node would (408, 431, 400), with a
- * JSON reason, and reports the timeouts (`onTimeout`) for the metrics.
+ * JSON reason, and reports the timeouts (`onTimeout`) for the metrics, for the
+ * lifetime of the scope.
  */
-export const guard = (server: Server, deadline: Duration.Duration, onTimeout: () => void): void => {
+export const guard = (
+  server: Server,
+  deadline: Duration.Duration,
+  onTimeout: () => void
+): Effect.Effect<void, never, Scope.Scope> => {
   const timeout = answer("408 Request Timeout", `request headers not complete within ${Duration.format(deadline)}`)
-  server.on("clientError", (error: Error & { code?: string }, socket: Duplex) => {
+  const onClientError = (error: Error & { code?: string }, socket: Duplex) => {
     if (error.code === "ERR_HTTP_REQUEST_TIMEOUT") onTimeout()
     // An in-flight response has started writing: nothing more can be said on this socket.
     const inFlight = (socket as Duplex & { _httpMessage?: { _headerSent?: boolean } })._httpMessage
@@ -53,5 +58,9 @@ export const guard = (server: Server, deadline: Duration.Duration, onTimeout: ()
       )
     }
     socket.destroy()
-  })
+  }
+  return Effect.acquireRelease(
+    Effect.sync(() => void server.on("clientError", onClientError)),
+    () => Effect.sync(() => void server.off("clientError", onClientError))
+  )
 }

@@ -23,7 +23,7 @@ import * as HandshakeDeadline from "./HandshakeDeadline.js"
 import { problem } from "./Problem.js"
 import * as PublishRoute from "./PublishRoute.js"
 import * as StatusRoutes from "./StatusRoutes.js"
-import { UpgradeRoutes } from "./UpgradeRoutes.js"
+import * as UpgradeRoutes from "./UpgradeRoutes.js"
 import * as SseServer from "./SseServer.js"
 import * as WebSocketServer from "./WebSocketServer.js"
 
@@ -97,8 +97,8 @@ export const layerSecurity = Layer.merge(Auth.layer, Limits.layer)
 const listenBacklog = 4096
 
 /**
- * A Node HTTP server listening on `HOST`:`PORT`, with its upgrade requests
- * routable (`UpgradeRoutes`), and what guards it (`Auth`, `Limits`).
+ * A Node HTTP server listening on `HOST`:`PORT`, with its upgrade and stream
+ * requests routable (`UpgradeRoutes`), and what guards it (`Auth`, `Limits`).
  */
 export const layerListen = Layer.unwrapEffect(
   Effect.map(HubConfig, (config) => {
@@ -106,10 +106,10 @@ export const layerListen = Layer.unwrapEffect(
     return Layer.mergeAll(
       // Node's default backlog (511) overflows when thousands of clients reconnect at once (after a deploy, a network
       // cut): the kernel drops their SYNs and they wait 1, 3, 7 s for a retry. The kernel caps it at somaxconn.
-      NodeHttpServer.layer(() => server, { host: config.host, port: config.port, backlog: listenBacklog }),
-      Layer.succeed(UpgradeRoutes, UpgradeRoutes.install(server)),
+      UpgradeRoutes.layer(server, { host: config.host, port: config.port, backlog: listenBacklog }),
+      NodeHttpServer.layerContext,
       // Handshake timeouts are counted with the other refusals.
-      Layer.effectDiscard(Effect.map(Limits, (limits) =>
+      Layer.scopedDiscard(Effect.flatMap(Limits, (limits) =>
         HandshakeDeadline.guard(server, config.security.handshakeTimeout, () => limits.refused("handshake_timeout"))
       )).pipe(Layer.provideMerge(layerSecurity))
     )
