@@ -1,10 +1,10 @@
 /**
  * The WebSocket endpoint: a `ws` server that owns no port. The HTTP server
- * hands it the upgrade requests for `wsPath` (see `UpgradeRoutes` in
- * Server.ts) before the platform's own request handling, so a connection
- * costs no HTTP request fiber: a connection's fibers (`WebSocketConnection.serve`,
- * one while it has work) run in this layer's `FiberSet`. Closing the layer closes
- * every connection with 1001 and waits for them, then refuses new ones (503).
+ * hands it the upgrade requests for `wsPath` (see UpgradeRoutes.ts) before the
+ * platform's own request handling, so a connection costs no HTTP request
+ * fiber: a connection's fibers (`WebSocketConnection.serve`, one while it has
+ * work) run in this layer's `FiberSet`. Closing the layer closes every
+ * connection with 1001 and waits for them, then refuses new ones (503).
  *
  * Before the handshake, `upgrade` refuses a foreign origin (403), an address
  * opening connections too fast (429), a client over the connection limits
