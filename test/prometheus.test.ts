@@ -3,7 +3,7 @@
  * and parsed with a real Prometheus text parser.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Option, Redacted } from "effect"
+import { Duration, Effect, Option, Redacted } from "effect"
 import { Hub } from "../src/hub/Hub.js"
 import {
   baseUrl,
@@ -16,10 +16,13 @@ import {
   hubWithSource,
   post,
   promise,
+  security,
   tcpProxy,
-  uniqueNames
+  TestClient,
+  uniqueNames,
+  wsUrl
 } from "./support.js"
-import { scrape, valueOf } from "./support/prometheus.js"
+import { type Scrape, scrape, valueOf } from "./support/prometheus.js"
 
 const token = "metrics-token"
 const auth = { authorization: `Bearer ${token}` }
@@ -108,13 +111,48 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), metricsMaxEven
         expect(scraped.families.has(name), name).toBe(true)
       }
     }))
+})
 
+const origin = "https://app.example.com"
+
+layer(
+  hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30), security: security({ allowedOrigins: [origin] }) }),
+  { excludeTestServices: true }
+)("GET /metrics for Prometheus: refusals and kicks", (it) => {
   it.scoped("counts refused connections by reason and slow-consumer kicks", () =>
     Effect.gen(function*() {
-      const scraped = yield* scrape()
-      expect(scraped.families.get("hub_connections_refused_total")?.type).toBe("COUNTER")
-      expect(valueOf(scraped, "hub_slow_consumer_kicks_total")).toBeTypeOf("number")
-      expect(valueOf(scraped, "hub_history_events")).toBeGreaterThanOrEqual(0)
+      const hub = yield* Hub
+      const url = yield* wsUrl
+      const before = yield* scrape()
+      const delta = (after: Scrape, name: string, labels: Record<string, string> = {}) =>
+        (valueOf(after, name, labels) ?? 0) - (valueOf(before, name, labels) ?? 0)
+      // A connection refused (a foreign origin), and a request refused (a malformed pattern) on an open one.
+      const refused = yield* promise(() =>
+        TestClient.connect(url, { headers: { origin: "https://evil.example.com" } }).then(
+          () => "open",
+          (error: Error) => error.message
+        )
+      )
+      expect(refused).toBe("HTTP 403")
+      const fast = yield* connect()
+      const error = yield* promise(() => fast.request({ action: "subscribe", event_types: ["a..b"] }, "hub.error"))
+      expect(error.data.code).toBe("invalid_pattern")
+      // A client that stops reading, while events of 64 KB come: dropped once its send buffer (8) is full.
+      const slow = yield* connect()
+      ;(slow.ws as any)._socket.pause()
+      const payload = "x".repeat(64 * 1024)
+      const count = 200
+      for (let seq = 0; seq < count; seq++) {
+        yield* hub.broadcast("backtest.completed", { seq, payload })
+        yield* promise(() => fast.until(() => fast.events.length === seq + 1, `event ${seq}`))
+      }
+      const after = yield* eventually(scrape(), (s) => delta(s, "hub_slow_consumer_kicks_total") > 0)
+      expect(delta(after, "hub_slow_consumer_kicks_total")).toBe(1)
+      expect(delta(after, "hub_disconnects_total", { reason: "slow_consumer" })).toBe(1)
+      expect(delta(after, "hub_connections_refused_total", { reason: "origin_refused" })).toBe(1)
+      expect(delta(after, "hub_requests_refused_total", { reason: "invalid_pattern" })).toBe(1)
+      expect(delta(after, "hub_history_events")).toBe(count)
+      ;(slow.ws as any)._socket.resume()
     }))
 })
 
