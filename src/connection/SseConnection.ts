@@ -39,7 +39,7 @@ export interface Services extends ConnectionServices {
 export const serve = (services: Services, response: ServerResponse, info: SseHandshake): { readonly shutdown: () => void } => {
   const connection = new SseConnection(services, response, info)
   connection.listen()
-  connection.open(info)
+  connection.begin(info)
   return connection
 }
 
@@ -75,7 +75,7 @@ class SseConnection extends BaseConnection<Services> {
   }
 
   /** Registers the stream with the subscription its URL asked for, resuming from `since`. */
-  open(info: SseHandshake): void {
+  begin(info: SseHandshake): void {
     this.services.open.add(this)
     const resuming = info.since !== undefined
     this.start({ allowed: info.principal?.eventTypes, resuming, patterns: info.patterns, rooms: info.rooms }, info.since, undefined)

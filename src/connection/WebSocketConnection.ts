@@ -95,7 +95,7 @@ export const services = (
 export const serve = (services: Services, ws: WebSocket, socket: Duplex, info: Handshake): void => {
   const connection = new WsConnection(services, ws, socket, info)
   connection.listen()
-  connection.open(info.since)
+  connection.begin(info.since)
 }
 
 /** The socket's own connection, for the shared listeners. */
@@ -210,7 +210,7 @@ class WsConnection extends BaseConnection<Services> implements RequestContext {
   }
 
   /** Registers the client, resuming from the URL's `since` unless its resumes are spent. */
-  open(since: string | undefined): void {
+  begin(since: string | undefined): void {
     // A `?since=` over the resume rate: the client is told, and goes live instead.
     const refusal = since === undefined ? undefined : this.takeResume()
     this.start({ allowed: this.principal?.eventTypes, resuming: since !== undefined && refusal === undefined }, since, refusal)

@@ -77,8 +77,9 @@ abstract class WebSocketTransport {
   bytesWritten = 0
   constructor(readonly ws: ws.WebSocket, readonly socket: Duplex, readonly settings: WebSocketSettings) {}
 
+  /** A socket the peer dropped may not have told `ws` yet: the TCP socket is looked at too. */
   get open(): boolean {
-    return this.ws.readyState === WebSocket.OPEN
+    return this.ws.readyState === WebSocket.OPEN && !this.socket.destroyed
   }
 
   onDrain(drained: () => void): void {
