@@ -116,8 +116,14 @@ export const make = Effect.gen(function*() {
     counter(registry, name, help, [], () => (key in sources("rabbitmq") ? one(sources("rabbitmq")[key]!) : []))
   rabbit("hub_rabbitmq_connections_total", "connections", "RabbitMQ sessions established")
   rabbit("hub_rabbitmq_reconnects_total", "reconnects", "RabbitMQ reconnection attempts")
-  rabbit("hub_rabbitmq_messages_consumed_total", "events_consumed", "RabbitMQ messages broadcast")
+  rabbit("hub_rabbitmq_messages_consumed_total", "events_consumed", "RabbitMQ events taken live (not refilled, not read again)")
   rabbit("hub_rabbitmq_messages_rejected_total", "events_rejected", "RabbitMQ messages that were not events")
+  rabbit("hub_rabbitmq_events_refilled_total", "events_refilled", "stream events read back into the history at start (not sent)")
+  rabbit("hub_rabbitmq_messages_reread_total", "duplicates_dropped", "stream messages read again after a reconnect, skipped")
+  rabbit("hub_rabbitmq_events_moved_total", "events_moved", "events this instance moved from the ingest queue into the stream")
+  rabbit("hub_rabbitmq_moves_repeated_total", "moves_repeated", "stream messages skipped: moved a second time")
+  rabbit("hub_rabbitmq_moves_after_hole_total", "moves_after_hole", "stream messages skipped: after a refused move (moved again)")
+  rabbit("hub_rabbitmq_stream_holes_total", "stream_holes", "times retention removed stream events before this hub read them")
 
   let defaults = false
   return {
