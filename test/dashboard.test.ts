@@ -6,7 +6,20 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Option, Redacted } from "effect"
 import { mkdirSync } from "node:fs"
-import { baseUrl, broker, connect, consuming, get, hubLayer, hubWithSource, promise, TestClient, uniqueNames, wsUrl } from "./support.js"
+import {
+  baseUrl,
+  broker,
+  connect,
+  consuming,
+  get,
+  hubLayer,
+  hubWithSource,
+  postChunked,
+  promise,
+  TestClient,
+  uniqueNames,
+  wsUrl
+} from "./support.js"
 import { browser } from "./support/chromium.js"
 
 const token = "dashboard-secret-token"
@@ -101,6 +114,11 @@ layer(hubLayer({ dashboardToken: Option.some(Redacted.make(token)) }), { exclude
         expect(login.status).toBe(303)
         expect(login.headers.get("location")).toBe("/dashboard")
         expect(login.headers.get("set-cookie")).toMatch(/^hub_dashboard=[^;]+; Path=\/dashboard; HttpOnly; SameSite=Strict/)
+        // A form without Content-Length that goes on and on is answered 413, not dropped.
+        const endless = yield* promise(() =>
+          postChunked(`${base}/dashboard/login`, { "content-type": "application/x-www-form-urlencoded" }, () => "t".repeat(1024))
+        )
+        expect(endless.status).toBe(413)
         void connect
       }))
   }

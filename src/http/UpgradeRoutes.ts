@@ -11,6 +11,7 @@
 import { Context, Effect, type Scope } from "effect"
 import { type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http"
 import type { Duplex } from "node:stream"
+import { boundedReason } from "./Problem.js"
 
 /**
  * Answers a handshake with an HTTP error and a JSON reason, then closes the
@@ -18,7 +19,7 @@ import type { Duplex } from "node:stream"
  */
 export const refuseHandshake = (socket: Duplex, status: number, error: string, headers: Readonly<Record<string, string>> = {}) => {
   if (socket.destroyed) return
-  const body = JSON.stringify({ error })
+  const body = JSON.stringify({ error: boundedReason(error) })
   const head = {
     connection: "close",
     "content-type": "application/json",

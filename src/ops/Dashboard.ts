@@ -23,6 +23,7 @@ import { Hub, HubClients } from "../hub/Hub.js"
 import { HubHistory } from "../hub/History.js"
 import type { Connection } from "../hub/Member.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
+import * as Body from "../http/Body.js"
 import { problem } from "../http/Problem.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { dashboardPage, loginPage } from "./DashboardPage.js"
@@ -32,6 +33,8 @@ import { HubMetrics } from "./Metrics.js"
 const cookieName = "hub_dashboard"
 /** Tail events held for a browser that reads slowly; past it, tail events are dropped (never the stream). */
 const tailBuffer = 1000
+/** Largest sign-in form, in bytes (413 above): a token fits many times over. */
+const loginMaxBody = 16 * 1024
 /** A session lasts this long; then the token is asked again. */
 const sessionSeconds = 12 * 60 * 60
 
@@ -110,8 +113,13 @@ export const routes = Effect.gen(function*() {
 
   const login = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
-    const form = yield* Effect.orElseSucceed(request.urlParamsBody, () => [] as ReadonlyArray<[string, string]>)
-    return signIn(form.find(([name]) => name === "token")?.[1] ?? "")
+    const body = yield* Effect.either(Body.readText(request, loginMaxBody))
+    if (body._tag === "Left") {
+      return body.left === "too_large"
+        ? problem(413, `the sign-in form is larger than ${loginMaxBody} bytes`, Body.closeAfter)
+        : problem(400, "the body could not be read", Body.closeAfter)
+    }
+    return signIn(new URLSearchParams(body.right).get("token") ?? "")
   })
 
   const snapshot = Effect.gen(function*() {
@@ -169,9 +177,19 @@ export const routes = Effect.gen(function*() {
     if (!(request.headers["content-type"] ?? "").startsWith("application/json")) {
       return problem(415, "send the test event as application/json")
     }
-    const body = yield* Effect.either(request.json)
-    if (body._tag === "Left") return problem(400, "body is not valid JSON")
-    const event = Schema.decodeUnknownEither(TestEvent)(body.right)
+    const text = yield* Effect.either(Body.readText(request, config.publishMaxBody))
+    if (text._tag === "Left") {
+      return text.left === "too_large"
+        ? problem(413, `body larger than ${config.publishMaxBody} bytes`, Body.closeAfter)
+        : problem(400, "the body could not be read", Body.closeAfter)
+    }
+    let json: unknown
+    try {
+      json = JSON.parse(text.right)
+    } catch {
+      return problem(400, "body is not valid JSON")
+    }
+    const event = Schema.decodeUnknownEither(TestEvent)(json)
     if (event._tag === "Left") return problem(400, `invalid event: ${formatParseError(event.left)}`)
     const { data, type } = event.right
     if (Option.isSome(publisher)) {

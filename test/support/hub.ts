@@ -1,6 +1,7 @@
 /** The real hub on a free port, for `layer(...)`, and HTTP requests to it. */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
+import { request as httpRequest } from "node:http"
 import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } from "../../src/config/Config.js"
 import * as HttpServer from "../../src/http/Server.js"
 import * as SseServer from "../../src/http/SseServer.js"
@@ -79,3 +80,38 @@ export const get = (path: string) =>
       return { status: response.status, body: text.startsWith("{") ? JSON.parse(text) : text }
     }))
 
+
+/**
+ * POSTs a body without `Content-Length` (`Transfer-Encoding: chunked`): the given chunks, or chunks from `next`
+ * until the answer arrives (an endless body). Resolves with the answer's status and text.
+ */
+export const postChunked = (
+  url: string,
+  headers: Record<string, string>,
+  chunks: ReadonlyArray<string> | (() => string)
+): Promise<{ status: number; body: string }> =>
+  new Promise((resolve, reject) => {
+    let answered = false
+    const req = httpRequest(url, { method: "POST", headers: { "content-type": "application/json", ...headers } }, (res) => {
+      answered = true
+      let body = ""
+      res.setEncoding("utf8")
+      res.on("data", (chunk: string) => (body += chunk))
+      res.on("end", () => {
+        req.destroy()
+        resolve({ status: res.statusCode ?? 0, body })
+      })
+    })
+    // The hub may close the connection once it has answered, before the body's end.
+    req.on("error", (error) => answered || reject(error))
+    if (typeof chunks !== "function") {
+      for (const chunk of chunks) req.write(chunk)
+      req.end()
+      return
+    }
+    const pump = () => {
+      while (!answered && !req.destroyed && req.write(chunks())) {}
+      if (!answered && !req.destroyed) req.once("drain", pump)
+    }
+    pump()
+  })
