@@ -4,7 +4,7 @@
  */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Layer, Logger, LogLevel, Option, Schema, Stream } from "effect"
+import { Chunk, Effect, Fiber, Layer, Option, Schema, Stream } from "effect"
 import { WebSocket } from "ws"
 import {
   HttpServerLive,
@@ -17,12 +17,13 @@ import {
   RabbitMqSourceLive
 } from "../src/index.js"
 import { promise, TestClient } from "./support.js"
+import { testLogging } from "./support/heldLogs.js"
 
 const Embedded = Layer.mergeAll(HttpServerLive, RabbitMqSourceLive).pipe(
   Layer.provideMerge(HubLive),
   Layer.provide(HubConfig.layer({ host: "127.0.0.1", port: 0 })),
   Layer.provide(RabbitMqConfig.layer({ url: Option.none() })),
-  Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+  Layer.provide(testLogging)
 )
 
 it.scopedLive("an embedding program broadcasts through the hub's layers", () =>

@@ -1,12 +1,13 @@
 /** The real hub on a free port, for `layer(...)`, and HTTP requests to it. */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
-import { Effect, Layer, Logger, LogLevel, Schedule } from "effect"
+import { Effect, Layer, Schedule } from "effect"
 import { request as httpRequest } from "node:http"
 import { defaultSecurity, HubConfig, type HubSettings, type SecuritySettings } from "../../src/config/Config.js"
 import * as HttpServer from "../../src/http/Server.js"
 import * as SseServer from "../../src/http/SseServer.js"
 import * as WebSocketServer from "../../src/http/WebSocketServer.js"
 import * as Hub from "../../src/hub/Hub.js"
+import { testLogging } from "./heldLogs.js"
 
 /**
  * Security settings for tests: the defaults with the limits lifted that every
@@ -36,10 +37,8 @@ export const hubLayer = (overrides: Partial<HubSettings> = {}) =>
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
     // As the service runs without OTEL_EXPORTER_OTLP_ENDPOINT (Tracing.ts): requests take the path without spans.
     Layer.provide(Layer.setTracerEnabled(false)),
-    // TEST_LOG_LEVEL=Debug shows the hub's logs while debugging a test.
-    Layer.provide(Logger.minimumLogLevel(
-      LogLevel.allLevels.find((level) => level.label === process.env.TEST_LOG_LEVEL?.toUpperCase()) ?? LogLevel.Warning
-    ))
+    // Held, and shown for a failing test; TEST_LOG_LEVEL=debug shows them as they come (heldLogs.ts).
+    Layer.provide(testLogging)
   )
 
 /** `http://127.0.0.1:PORT` of the server under test. */
