@@ -54,6 +54,12 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
    * methods, such as a CORS preflight, go on to the platform's routes).
    */
   readonly registerStream: (path: string, handler: StreamHandler) => Effect.Effect<void, never, Scope.Scope>
+  /**
+   * The server is closing (its routes are gone): from now on every answer ends its connection, and a request that
+   * comes on a kept-alive connection is answered 503 instead of being left without an answer, which kept the server
+   * from closing (and the shutdown waiting) for as long as its client waited.
+   */
+  readonly closing: Effect.Effect<void>
 }>() {
   /**
    * Installs the routing on `server` (before anything listens to it) and
@@ -63,12 +69,32 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
     const handlers = new Map<string, UpgradeHandler>()
     const streams = new Map<string, StreamHandler>()
     const emit = server.emit
+    let closing = false
+    // Requests being answered: once the server is closing, their connections must end with their answers.
+    const answering = new Set<ServerResponse>()
+    const endConnectionAfter = (response: ServerResponse) => {
+      if (!response.headersSent) response.setHeader("connection", "close")
+      // An answer already under way (a stream) keeps its connection alive: once it is done, the server, which closed
+      // its idle connections when it began closing, closes this one too.
+      response.once("finish", () => setImmediate(() => server.closeIdleConnections()))
+    }
     server.emit = function(this: Server, event: string | symbol, ...args: Array<any>) {
-      if (event === "request" && streams.size > 0) {
+      if (event === "request") {
         const [request, response] = args as [IncomingMessage, ServerResponse]
-        const handler = request.method === "GET" ? streams.get(pathOf(request.url)) : undefined
+        if (closing) {
+          response.setHeader("connection", "close")
+        } else {
+          answering.add(response)
+          response.once("close", () => answering.delete(response))
+        }
+        const handler = request.method === "GET" && streams.size > 0 ? streams.get(pathOf(request.url)) : undefined
         if (handler !== undefined) {
           handler(request, response)
+          return true
+        }
+        // Nothing would answer it (the platform's handler is gone, or not there yet): the client is told.
+        if (server.listenerCount("request") === 0) {
+          notServing(response, closing ? "the hub is shutting down" : "the hub is starting")
           return true
         }
       } else if (event === "upgrade") {
@@ -99,9 +125,27 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
         Effect.acquireRelease(
           Effect.sync(() => streams.set(path, handler)),
           () => Effect.sync(() => streams.set(path, dropStream))
-        )
+        ),
+      closing: Effect.sync(() => {
+        if (closing) return
+        closing = true
+        for (const response of answering) endConnectionAfter(response)
+        answering.clear()
+      })
     }
   }
+}
+
+/** 503 with a JSON reason, and the connection closed after it. */
+const notServing = (response: ServerResponse, error: string) => {
+  const body = JSON.stringify({ error })
+  response.writeHead(503, {
+    connection: "close",
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(body)),
+    "retry-after": "1"
+  })
+  response.end(body)
 }
 
 const pathOf = (url: string | undefined) => {
