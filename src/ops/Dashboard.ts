@@ -136,6 +136,8 @@ export const routes = Effect.gen(function*() {
       clients: yield* hub.clientCount,
       clients_by_transport: yield* hub.clientCountByTransport,
       events_received: counters.received,
+      // Fanned out to clients: neither a stream's refill nor a repeat dropped by its event_id.
+      events_broadcast: counters.eventsBroadcast,
       events_by_type: Object.fromEntries(Array.from(counters.eventsByType, ([type, entry]) => [type, entry.broadcast])),
       deliveries: counters.messagesDelivered,
       disconnects: counters.disconnects,

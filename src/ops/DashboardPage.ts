@@ -104,8 +104,7 @@ const onStats = (s) => {
   clientsChart.setData([times, clientsSeries])
   deliveriesChart.setData([times, deliveriesSeries])
   typesChart.setData([times, ...(topTypes.length ? topTypes.map((t) => typeSeries.get(t)) : [times.map(() => 0)])])
-  const received = (x) => Object.values(x.events_received).reduce((a, b) => a + b, 0)
-  $("events-rate").textContent = previous ? Math.round((received(s) - received(previous)) / dt) : 0
+  $("events-rate").textContent = previous ? Math.round((s.events_broadcast - previous.events_broadcast) / dt) : 0
   $("deliveries-rate").textContent = Math.round(deliveriesSeries.at(-1))
   previous = s
 }
@@ -182,7 +181,7 @@ export const dashboardPage = ({ publishing }: { readonly publishing: boolean }) 
 <p id="stale-note">Waiting for the first figures from the hub</p>
 <section class="wide"><div class="figures">
 <div class="figure">Connected clients<b id="clients">-</b><span class="by" id="clients-by"></span></div>
-<div class="figure">Events/s<b id="events-rate">-</b></div>
+<div class="figure">Events broadcast/s<b id="events-rate">-</b></div>
 <div class="figure">Deliveries/s<b id="deliveries-rate">-</b></div>
 <div class="figure">History depth<b id="history">-</b></div>
 <div class="figure">RabbitMQ<b id="rabbitmq">-</b></div>
