@@ -68,11 +68,9 @@ export const useHub = <M extends EventMap = EventMap>(): HubClient<M> => {
 /** The connection state, re-rendering on every change. */
 export const useHubState = (): ConnectionState => {
   const client = useHub()
-  return useSyncExternalStore(
-    (notify) => client.onState(notify),
-    () => opening.has(client) ? "connecting" : client.state,
-    () => "disconnected"
-  )
+  const state = () => opening.has(client) ? "connecting" : client.state
+  // On a server the provider's client is never opened: its page says `connecting`, as the first render in a browser.
+  return useSyncExternalStore((notify) => client.onState(notify), state, state)
 }
 
 /** Is the event in every one of `rooms` (`run_id:789e0123`: its data's `run_id` is `789e0123`)? */

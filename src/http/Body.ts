@@ -26,6 +26,8 @@ export const closeAfter = { connection: "close" } as const
 
 const fromNode = (message: IncomingMessage, max: number) =>
   Effect.async<string, BodyError>((resume) => {
+    // Read by someone else already: nothing more will come.
+    if (message.readableEnded) return resume(Effect.fail("unreadable"))
     const chunks: Array<Buffer> = []
     let size = 0
     let over = false
