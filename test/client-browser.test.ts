@@ -84,13 +84,15 @@ describe("the client in Chromium", () => {
     expect(result.seqs).toEqual(range(0, 20))
   }, 60_000)
 
-  it("React under StrictMode: the provider opens one socket, and the hooks show the state and the events", async () => {
+  it("React under StrictMode: the provider opens one socket, and the hooks show the state (from connecting) and the events", async () => {
     hub = await LiveHub.start("stream")
     page = await browser.page(`/react.html?hub=${encodeURIComponent(hub.directUrl)}`)
     await page.waitForFunction(() => document.getElementById("out")?.textContent?.startsWith("connected 0"))
     await hub.publish(0, 5, 100)
     await page.waitForFunction(() => document.getElementById("out")?.textContent?.startsWith("connected 5"))
     expect(await page.evaluate(() => (window as any).__sockets)).toBe(1)
+    // The first state rendered is the client's first state (`connecting`), never the closed client's `disconnected`.
+    expect(await page.evaluate(() => (window as any).__states)).toEqual(["connecting", "connected"])
     const metrics = await (await fetch(`http://127.0.0.1:${hub.port}/metrics`)).json() as any
     expect(metrics.websocket.connected_clients).toBe(1)
   }, 60_000)

@@ -33,7 +33,7 @@ describe("the client in Node (ws) against the real hub", () => {
     const silent = createServer((socket) => sockets.push(socket)) // accepts, never answers the handshake
     await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve))
     const port = (silent.address() as { port: number }).port
-    const client = connect(`ws://127.0.0.1:${port}/api/v1/ws/events`, { WebSocket: WebSocket as never })
+    const client = connect(`ws://127.0.0.1:${port}/api/v1/ws/events`, { WebSocket })
     await until(() => sockets.length === 1, "the TCP connection")
     const errors: Array<unknown> = []
     const onError = (error: unknown) => errors.push(error)
@@ -50,7 +50,7 @@ describe("the client in Node (ws) against the real hub", () => {
 
   it("stream mode: two network cuts and a restart at 100 events/s lose nothing and duplicate nothing", async () => {
     hub = await LiveHub.start("stream")
-    const client = connect(hub.url, { WebSocket: WebSocket as never, eventTypes: ["test.#"], minDelay: 100, maxDelay: 1000 })
+    const client = connect(hub.url, { WebSocket, eventTypes: ["test.#"], minDelay: 100, maxDelay: 1000 })
     const seqs: Array<number> = []
     const gaps: Array<Gap> = []
     client.on("test.tick", (event) => seqs.push(seqOf(event)))
@@ -72,7 +72,7 @@ describe("the client in Node (ws) against the real hub", () => {
 
   it("queue mode: a restart gives the application a gap event (the hub cannot place the old id)", async () => {
     hub = await LiveHub.start("queue")
-    const client = connect(hub.url, { WebSocket: WebSocket as never, minDelay: 100, maxDelay: 1000 })
+    const client = connect(hub.url, { WebSocket, minDelay: 100, maxDelay: 1000 })
     const seqs: Array<number> = []
     const gaps: Array<Gap> = []
     client.on("#", (event) => seqs.push(seqOf(event)))
@@ -101,7 +101,7 @@ describe("the client in Node (ws) against the real hub", () => {
       yield* Effect.promise(() => until(() => (connection.client.lastId ?? "") !== "", "an event"))
       yield* Effect.promise(() => live.cut(300))
       return Chunk.toArray(yield* Fiber.join(fiber))
-    }).pipe(Effect.provide(HubConnection.layer(hub.url, { WebSocket: WebSocket as never })))))
+    }).pipe(Effect.provide(HubConnection.layer(hub.url, { WebSocket })))))
     expect(received).toEqual(range(0, 300))
   }, 60_000)
 })

@@ -4,9 +4,24 @@
  * RabbitMQ, and a screenshot in test-results/ for a person to look at.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Option, Redacted } from "effect"
+import { Duration, Effect, Layer, Option, Redacted } from "effect"
 import { mkdirSync } from "node:fs"
-import { baseUrl, broker, connect, consuming, get, hubLayer, hubWithSource, promise, TestClient, uniqueNames, wsUrl } from "./support.js"
+import {
+  baseUrl,
+  broker,
+  connect,
+  consuming,
+  get,
+  hubLayer,
+  hubWithSource,
+  postChunked,
+  promise,
+  TestClient,
+  uniqueNames,
+  wsUrl
+} from "./support.js"
+import * as Dashboard from "../src/http/Dashboard.js"
+import { Health } from "../src/ops/Health.js"
 import { browser } from "./support/chromium.js"
 
 const token = "dashboard-secret-token"
@@ -31,7 +46,9 @@ describe("the dashboard in Chromium", () => {
         expect(cookies).toHaveLength(1)
         expect(cookies[0]).toMatchObject({ name: "hub_dashboard", httpOnly: true, sameSite: "Strict" })
         expect(cookies[0]!.value).not.toContain(token)
-        yield* promise(() => page.locator("#status.live").waitFor())
+        yield* promise(() => page.locator("#feed.live").waitFor())
+        // The hub's health and this page's own feed are shown apart, each with its label.
+        expect(yield* promise(() => page.locator("header").textContent())).toMatch(/hub health\s*ok\s*this page's feed\s*live/)
 
         // An event published to RabbitMQ appears in the tail.
         const published = Date.now()
@@ -51,6 +68,12 @@ describe("the dashboard in Chromium", () => {
         const clients = yield* promise(() => Promise.all([1, 2, 3].map(() => TestClient.connect(url))))
         yield* promise(() =>
           page.waitForFunction((n) => document.getElementById("clients")!.textContent === String(n), clientsBefore + 3)
+        )
+        // The figure is /metrics' connected_clients: every client, this page's own stream included.
+        const metrics = yield* get("/metrics")
+        expect(metrics.body.websocket.connected_clients).toBe(clientsBefore + 3)
+        expect(yield* promise(() => page.locator("#clients-by").textContent())).toBe(
+          `ws ${clientsBefore + 2}, sse 0, dashboard 1`
         )
         expect(yield* promise(() => page.locator("#tail li[data-type='other.event']").count())).toBe(0)
         yield* promise(() => page.click("#pause"))
@@ -77,6 +100,40 @@ describe("the dashboard in Chromium", () => {
     }), { timeout: 60_000 })
 })
 
+// Snapshots once a minute: what the page shows between two comes from the health changes sent at once.
+layer(
+  hubLayer({ dashboardToken: Option.some(Redacted.make(token)) }).pipe(
+    Layer.provide(Layer.succeed(Dashboard.StatsInterval, Duration.minutes(1)))
+  ),
+  { excludeTestServices: true }
+)("the dashboard's health", (it) => {
+  it.scoped("a health change shows at once, not at the next snapshot; the clients figure is /metrics'", () =>
+    Effect.gen(function*() {
+      const base = yield* baseUrl
+      const chromium = yield* browser
+      const page = yield* promise(() => chromium.newPage())
+      yield* promise(() => page.goto(`${base}/dashboard?token=${token}`))
+      yield* promise(() => page.locator("#feed.live").waitFor())
+      expect(yield* promise(() => page.locator("#health").textContent())).toBe("ok")
+      // Only this page's stream is connected: 1 on both sides.
+      expect(yield* promise(() => page.locator("#clients").textContent())).toBe("1")
+      expect((yield* get("/metrics")).body.websocket.connected_clients).toBe(1)
+      const health = yield* Health
+      const shows = (text: string) =>
+        promise(() => page.waitForFunction((text) => document.getElementById("health")!.textContent === text, text))
+      // As a shutdown's drain does: /health answers 503 from here on, and so must the page say.
+      yield* health.set("hub", { status: "down", critical: true, detail: "shutting down" })
+      expect((yield* get("/health")).status).toBe(503)
+      yield* shows("unavailable (hub: shutting down)")
+      yield* health.set("hub", { status: "up", critical: true })
+      yield* shows("ok")
+      yield* health.set("rabbitmq", { status: "down", critical: false, detail: "connection lost" })
+      yield* shows("degraded (rabbitmq: connection lost)")
+      expect(yield* promise(() => page.locator("#feed").textContent())).toBe("live")
+      yield* promise(() => page.close())
+    }))
+})
+
 layer(hubLayer({ dashboardToken: Option.some(Redacted.make(token)) }), { excludeTestServices: true })(
   "dashboard sign-in",
   (it) => {
@@ -101,6 +158,11 @@ layer(hubLayer({ dashboardToken: Option.some(Redacted.make(token)) }), { exclude
         expect(login.status).toBe(303)
         expect(login.headers.get("location")).toBe("/dashboard")
         expect(login.headers.get("set-cookie")).toMatch(/^hub_dashboard=[^;]+; Path=\/dashboard; HttpOnly; SameSite=Strict/)
+        // A form without Content-Length that goes on and on is answered 413, not dropped.
+        const endless = yield* promise(() =>
+          postChunked(`${base}/dashboard/login`, { "content-type": "application/x-www-form-urlencoded" }, () => "t".repeat(1024))
+        )
+        expect(endless.status).toBe(413)
         void connect
       }))
   }

@@ -4,7 +4,7 @@
  */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
-import { Chunk, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Schema, Scope, Stream } from "effect"
+import { Chunk, Effect, Exit, Fiber, Layer, Option, Schema, Scope, Stream } from "effect"
 import { WebSocket } from "ws"
 import {
   HttpServerLive,
@@ -19,13 +19,14 @@ import {
   SignalsLive
 } from "../src/index.js"
 import { promise, TestClient } from "./support.js"
+import { testLogging } from "./support/heldLogs.js"
 
 const Embedded = Layer.mergeAll(HttpServerLive, RabbitMqSourceLive).pipe(
   Layer.provideMerge(HubLive),
   Layer.provide(PublisherLive),
   Layer.provide(HubConfig.layer({ host: "127.0.0.1", port: 0 })),
   Layer.provide(RabbitMqConfig.layer({ url: Option.none() })),
-  Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+  Layer.provide(testLogging)
 )
 
 it.scopedLive("an embedding program broadcasts through the hub's layers", () =>
@@ -58,7 +59,7 @@ it.scopedLive("another Effect service consumes the hub through the client's Laye
       yield* hub.broadcast("custom.one", { n: 1 })
       yield* hub.broadcast("custom.two", { n: 2 })
       return yield* Fiber.join(events)
-    }).pipe(Effect.provide(HubConnection.layer(url, { eventTypes: ["custom.#"], WebSocket: WebSocket as never })))
+    }).pipe(Effect.provide(HubConnection.layer(url, { eventTypes: ["custom.#"], WebSocket })))
     expect(Chunk.toArray(received).map((event) => [event.type, event.data])).toEqual([
       ["custom.one", { n: 1 }],
       ["custom.two", { n: 2 }]

@@ -156,6 +156,31 @@ layer(
     }))
 })
 
+layer(hubLayer({ security: security({ connectionRate: 1, connectionBurst: 1 }) }), { excludeTestServices: true })(
+  "refusals in the Prometheus metrics",
+  (it) => {
+    it.scoped("a handshake refused is a refused connection; a refused subscribe, a refused request", () =>
+      Effect.gen(function*() {
+        const client = yield* connect()
+        // The burst of one is spent: the next handshake from this address is refused (429).
+        const url = yield* wsUrl
+        const refused = yield* promise(() => TestClient.connect(url).then(() => "opened", (error: Error) => error.message))
+        expect(refused).toBe("HTTP 429")
+        const reply = yield* promise(() =>
+          client.request({ action: "subscribe", event_types: ["bad*pattern"] }, "hub.error")
+        )
+        expect(reply.data.code).toBe("invalid_pattern")
+        const scraped = yield* scrape()
+        expect(valueOf(scraped, "hub_connections_refused_total", { reason: "connection_rate_limited" })).toBe(1)
+        expect(valueOf(scraped, "hub_requests_refused_total", { reason: "invalid_pattern" })).toBe(1)
+        const requests = scraped.families.get("hub_requests_refused_total")!.metrics.map((m) => m.labels!.reason)
+        expect(requests).not.toContain("connection_rate_limited")
+        const connections = scraped.families.get("hub_connections_refused_total")!.metrics.map((m) => m.labels!.reason)
+        expect(connections).not.toContain("invalid_pattern")
+      }))
+  }
+)
+
 describe("RabbitMQ metrics", () => {
   it.scopedLive("shows the consumer up, and counts consumed and rejected messages", () =>
     Effect.gen(function*() {

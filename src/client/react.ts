@@ -31,13 +31,26 @@ export interface HubProviderProps {
   readonly children?: ReactNode
 }
 
+/**
+ * The providers' own clients that are not opened yet. A provider creates its client closed (`lazy`) and opens it
+ * after mounting; until then the hooks show `connecting`, the first state of a client that opens at once, rather
+ * than the closed client's `disconnected`.
+ */
+const opening = new WeakSet<HubClient<any>>()
+
 /** Holds one connection for the components below it. */
 export const HubProvider = ({ url, options, client, children }: HubProviderProps) => {
-  const [own] = useState(() => client ? undefined : new HubClient(url ?? "", { ...options, lazy: true }))
+  const [own] = useState(() => {
+    if (client) return undefined
+    const created = new HubClient(url ?? "", { ...options, lazy: true })
+    opening.add(created)
+    return created
+  })
   const closing = useRef<ReturnType<typeof setTimeout> | undefined>(undefined)
   useEffect(() => {
     if (!own) return
     clearTimeout(closing.current)
+    opening.delete(own)
     own.open()
     // Deferred: StrictMode unmounts and remounts at once, and the remount cancels this.
     return () => void (closing.current = setTimeout(() => own.close(), 0))
@@ -55,11 +68,9 @@ export const useHub = <M extends EventMap = EventMap>(): HubClient<M> => {
 /** The connection state, re-rendering on every change. */
 export const useHubState = (): ConnectionState => {
   const client = useHub()
-  return useSyncExternalStore(
-    (notify) => client.onState(notify),
-    () => client.state,
-    () => "disconnected"
-  )
+  const state = () => opening.has(client) ? "connecting" : client.state
+  // On a server the provider's client is never opened: its page says `connecting`, as the first render in a browser.
+  return useSyncExternalStore((notify) => client.onState(notify), state, state)
 }
 
 /** Is the event in every one of `rooms` (`run_id:789e0123`: its data's `run_id` is `789e0123`)? */

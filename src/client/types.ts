@@ -49,22 +49,31 @@ export interface ClientError {
   readonly retryIn?: number
 }
 
-/** The browser-compatible WebSocket constructor the client uses (the global one, or `ws`'s in Node). */
+/**
+ * An event handler property the client sets. Typed as a method (compared both ways, not only contravariantly), so
+ * that implementations whose handlers take richer events fit as they are: the DOM's `WebSocket`, and `ws`'s, whose
+ * `onmessage` takes its own `MessageEvent` (a plain function type would make `connect(url, { WebSocket })` a type
+ * error under `strict`).
+ */
+export type HandlerProperty<E> = { handle(event: E): void }["handle"] | null
+
+/** The browser-compatible WebSocket the client uses (the global one, or `ws`'s in Node). */
 export interface WebSocketLike {
   readonly readyState: number
-  onopen: ((event: unknown) => void) | null
-  onmessage: ((event: { data: unknown }) => void) | null
-  onclose: ((event: { code: number; reason: string }) => void) | null
-  onerror: ((event: unknown) => void) | null
+  onopen: HandlerProperty<unknown>
+  onmessage: HandlerProperty<{ data: unknown }>
+  onclose: HandlerProperty<{ code: number; reason: string }>
+  onerror: HandlerProperty<unknown>
   send(data: string): void
   close(code?: number, reason?: string): void
 }
+/** Its constructor: `globalThis.WebSocket` in browsers, `import WebSocket from "ws"` in Node, without a cast. */
 export type WebSocketConstructor = new (url: string, protocols?: string | Array<string>) => WebSocketLike
 
 export interface EventSourceLike {
-  onopen: ((event: unknown) => void) | null
-  onmessage: ((event: { data: string }) => void) | null
-  onerror: ((event: unknown) => void) | null
+  onopen: HandlerProperty<unknown>
+  onmessage: HandlerProperty<{ data: string }>
+  onerror: HandlerProperty<unknown>
   close(): void
 }
 export type EventSourceConstructor = new (url: string) => EventSourceLike

@@ -14,7 +14,7 @@
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Deferred, Effect, Exit, Option, Queue, Redacted, Schema, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Option, Queue, Redacted, Schema, Stream } from "effect"
 import { createHash, createHmac, timingSafeEqual } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
@@ -23,15 +23,23 @@ import { Hub, HubClients } from "../hub/Hub.js"
 import { HubHistory } from "../hub/History.js"
 import type { Connection } from "../hub/Member.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
+import * as Body from "../http/Body.js"
 import { problem } from "../http/Problem.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { dashboardPage, loginPage } from "./DashboardPage.js"
 import { Health } from "../ops/Health.js"
 import { HubMetrics } from "../ops/Metrics.js"
 
+/** How often the dashboard's stream sends a snapshot of the counters (besides health changes, sent at once). */
+export class StatsInterval extends Context.Reference<StatsInterval>()("event-hub/DashboardStatsInterval", {
+  defaultValue: (): Duration.Duration => Duration.seconds(1)
+}) {}
+
 const cookieName = "hub_dashboard"
 /** Tail events held for a browser that reads slowly; past it, tail events are dropped (never the stream). */
 const tailBuffer = 1000
+/** Largest sign-in form, in bytes (413 above): a token fits many times over. */
+const loginMaxBody = 16 * 1024
 /** A session lasts this long; then the token is asked again. */
 const sessionSeconds = 12 * 60 * 60
 
@@ -110,8 +118,13 @@ export const routes = Effect.gen(function*() {
 
   const login = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
-    const form = yield* Effect.orElseSucceed(request.urlParamsBody, () => [] as ReadonlyArray<[string, string]>)
-    return signIn(form.find(([name]) => name === "token")?.[1] ?? "")
+    const body = yield* Effect.either(Body.readText(request, loginMaxBody))
+    if (body._tag === "Left") {
+      return body.left === "too_large"
+        ? problem(413, `the sign-in form is larger than ${loginMaxBody} bytes`, Body.closeAfter)
+        : problem(400, "the body could not be read", Body.closeAfter)
+    }
+    return signIn(new URLSearchParams(body.right).get("token") ?? "")
   })
 
   const snapshot = Effect.gen(function*() {
@@ -119,19 +132,28 @@ export const routes = Effect.gen(function*() {
     const { counters } = metrics
     return {
       at: Date.now(),
-      clients: Object.fromEntries(counters.connected),
+      // The count of GET /metrics (`connected_clients`): every client, open dashboards (this one) included.
+      clients: yield* hub.clientCount,
+      clients_by_transport: yield* hub.clientCountByTransport,
       events_received: counters.received,
+      // Fanned out to clients: neither a stream's refill nor a repeat dropped by its event_id.
+      events_broadcast: counters.eventsBroadcast,
       events_by_type: Object.fromEntries(Array.from(counters.eventsByType, ([type, entry]) => [type, entry.broadcast])),
       deliveries: counters.messagesDelivered,
       disconnects: counters.disconnects,
       rabbitmq: { ...(report.checks.rabbitmq ?? { status: "disabled" }), ...(counters.sources.get("rabbitmq") ?? {}) },
       history: Option.match(history, { onNone: () => 0, onSome: (h) => h.size }),
-      status: report.status
+      status: report.status,
+      checks: report.checks
     }
   })
 
-  /** The SSE stream: a snapshot every second, and every event as the hub fans it out. */
+  /**
+   * The SSE stream: a snapshot every second and at once when the health changes (a shutdown's 503 shows without
+   * waiting for the next second), every event as the hub fans it out, and a last `end` event saying why it ends.
+   */
   const stream = Stream.unwrapScoped(Effect.gen(function*() {
+    const interval = yield* StatsInterval
     const tail = yield* Queue.dropping<string>(tailBuffer)
     const kicked = yield* Deferred.make<void>()
     const connection: Connection = {
@@ -145,12 +167,19 @@ export const routes = Effect.gen(function*() {
       keepAlive: () => undefined
     }
     yield* Effect.acquireRelease(clients.register(connection), () => clients.unregister(connection.id))
-    const stats = Stream.concat(Stream.make(undefined), Stream.tick("1 second")).pipe(
+    // The first snapshot comes from `changes`, which starts with the health now.
+    const stats = Stream.merge(health.changes, Stream.tick(interval).pipe(Stream.drop(1))).pipe(
       Stream.mapEffect(() => snapshot),
       Stream.map((s) => `event: stats\ndata: ${JSON.stringify(s)}\n\n`)
     )
+    let reason = "closed"
+    const ended = Effect.race(
+      Effect.as(Deferred.await(kicked), "too slow"),
+      Effect.as(Deferred.await(closing), "the hub is shutting down")
+    ).pipe(Effect.map((why) => void (reason = why)))
     return Stream.merge(stats, Stream.fromQueue(tail)).pipe(
-      Stream.interruptWhen(Effect.race(Deferred.await(kicked), Deferred.await(closing))),
+      Stream.interruptWhen(ended),
+      Stream.concat(Stream.suspend(() => Stream.make(`event: end\ndata: ${JSON.stringify({ reason })}\n\n`))),
       Stream.encodeText
     )
   }))
@@ -169,9 +198,19 @@ export const routes = Effect.gen(function*() {
     if (!(request.headers["content-type"] ?? "").startsWith("application/json")) {
       return problem(415, "send the test event as application/json")
     }
-    const body = yield* Effect.either(request.json)
-    if (body._tag === "Left") return problem(400, "body is not valid JSON")
-    const event = Schema.decodeUnknownEither(TestEvent)(body.right)
+    const text = yield* Effect.either(Body.readText(request, config.publishMaxBody))
+    if (text._tag === "Left") {
+      return text.left === "too_large"
+        ? problem(413, `body larger than ${config.publishMaxBody} bytes`, Body.closeAfter)
+        : problem(400, "the body could not be read", Body.closeAfter)
+    }
+    let json: unknown
+    try {
+      json = JSON.parse(text.right)
+    } catch {
+      return problem(400, "body is not valid JSON")
+    }
+    const event = Schema.decodeUnknownEither(TestEvent)(json)
     if (event._tag === "Left") return problem(400, `invalid event: ${formatParseError(event.left)}`)
     const { data, type } = event.right
     if (Option.isSome(publisher)) {

@@ -9,8 +9,17 @@ const style = `
 body{font:14px system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 header{display:flex;gap:1rem;align-items:center;padding:.6rem 1rem;background:#1d2330;color:#fff}
 header h1{font-size:1rem;margin:0;font-weight:600}
-#status{padding:.1rem .5rem;border-radius:.3rem;background:#8a6d00}
-#status.live{background:#2b7a3d}
+header .label{opacity:.75}
+#feed,#health{padding:.1rem .5rem;border-radius:.3rem;background:#8a6d00}
+#feed.live{background:#2b7a3d}
+#feed.down{background:#a61e1e}
+#health.ok{background:#2b7a3d}
+#health.unavailable{background:#a61e1e}
+#health.unknown{background:#5c6270}
+main.stale .figure b,main.stale section>div,main.stale table{opacity:.35;filter:grayscale(1)}
+#stale-note{display:none;grid-column:1/-1;margin:0;padding:.5rem .8rem;border-radius:.4rem;background:#fff3bf}
+main.stale #stale-note{display:block}
+.by{font-size:.8rem;opacity:.8}
 main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:1rem;padding:1rem}
 section{background:#fff;border-radius:.4rem;padding:.8rem;box-shadow:0 1px 2px #0002}
 h2{font-size:.9rem;margin:0 0 .5rem}
@@ -43,12 +52,47 @@ const rebuildTypes = () => {
 }
 rebuildTypes()
 const push = (array, value) => { array.push(value); if (array.length > windowSize) array.shift() }
-const clientsOf = (s) => Object.entries(s.clients).filter(([t]) => t !== "dashboard").reduce((n, [, v]) => n + v, 0)
+// What the page knows, and since when. The feed is this page's own stream; the health is the hub's. When the feed
+// is down or silent, nothing shown is current: the figures are greyed and the health becomes unknown.
+const staleAfter = 3000
+let lastStats = 0, feed = "connecting"
+// Why the hub ended the feed, until a new snapshot comes (EventSource reconnects on its own).
+let endedBecause
+const setFeed = (state, text) => { feed = state; $("feed").textContent = text; $("feed").className = state }
+const setHealth = (status, detail) => {
+  $("health").textContent = status + (detail ? " (" + detail + ")" : "")
+  $("health").className = status
+}
+const markStale = (why) => {
+  $("main").classList.add("stale")
+  $("stale-note").textContent = why + (lastStats ? "; the figures below are from " + new Date(lastStats).toLocaleTimeString() : "")
+  setHealth("unknown")
+  $("rabbitmq").textContent = "unknown"
+}
+setInterval(() => {
+  if (feed === "live" && Date.now() - lastStats > staleAfter) { setFeed("down", "silent"); markStale("No news from the hub for " + staleAfter / 1000 + " s") }
+}, 500)
+// A snapshot sent at once on a health change can follow the previous one closely: it updates the figures, not the
+// per-second rates and charts, which need a second between two snapshots.
 const onStats = (s) => {
+  lastStats = Date.now()
+  endedBecause = undefined
+  if (feed !== "live") setFeed("live", "live")
+  $("main").classList.remove("stale")
+  $("clients").textContent = s.clients
+  $("clients-by").textContent = Object.entries(s.clients_by_transport).map(([t, n]) => t + " " + n).join(", ")
+  $("history").textContent = s.history
+  $("rabbitmq").textContent = s.rabbitmq.status + (s.rabbitmq.detail ? " (" + s.rabbitmq.detail + ")" : "")
+  $("reconnects").textContent = s.rabbitmq.reconnects ?? 0
+  const notUp = Object.entries(s.checks).filter(([, c]) => c.status !== "up" && c.status !== "disabled")
+  setHealth(s.status, notUp.map(([name, c]) => name + ": " + (c.detail ?? c.status)).join(", "))
+  $("disconnects").innerHTML = Object.entries(s.disconnects).filter(([, n]) => n > 0)
+    .map(([reason, n]) => "<tr><td>" + reason + "</td><td>" + n + "</td></tr>").join("") || "<tr><td>none yet</td></tr>"
   const seconds = s.at / 1000
-  const dt = previous ? Math.max(0.001, seconds - previous.at / 1000) : 1
+  if (previous && seconds - previous.at / 1000 < 0.5) return
+  const dt = previous ? seconds - previous.at / 1000 : 1
   push(times, seconds)
-  push(clientsSeries, clientsOf(s))
+  push(clientsSeries, s.clients)
   push(deliveriesSeries, previous ? (s.deliveries - previous.deliveries) / dt : 0)
   for (const type of new Set([...Object.keys(s.events_by_type), ...typeSeries.keys()])) {
     if (!typeSeries.has(type)) typeSeries.set(type, times.slice(0, -1).map(() => 0))
@@ -60,16 +104,8 @@ const onStats = (s) => {
   clientsChart.setData([times, clientsSeries])
   deliveriesChart.setData([times, deliveriesSeries])
   typesChart.setData([times, ...(topTypes.length ? topTypes.map((t) => typeSeries.get(t)) : [times.map(() => 0)])])
-  $("clients").textContent = clientsOf(s)
-  const received = (x) => Object.values(x.events_received).reduce((a, b) => a + b, 0)
-  $("events-rate").textContent = previous ? Math.round((received(s) - received(previous)) / dt) : 0
+  $("events-rate").textContent = previous ? Math.round((s.events_broadcast - previous.events_broadcast) / dt) : 0
   $("deliveries-rate").textContent = Math.round(deliveriesSeries.at(-1))
-  $("history").textContent = s.history
-  $("rabbitmq").textContent = s.rabbitmq.status + (s.rabbitmq.detail ? " (" + s.rabbitmq.detail + ")" : "")
-  $("reconnects").textContent = s.rabbitmq.reconnects ?? 0
-  $("health").textContent = s.status
-  $("disconnects").innerHTML = Object.entries(s.disconnects).filter(([, n]) => n > 0)
-    .map(([reason, n]) => "<tr><td>" + reason + "</td><td>" + n + "</td></tr>").join("") || "<tr><td>none yet</td></tr>"
   previous = s
 }
 const words = (text) => text === "" ? [] : text.split(".")
@@ -112,8 +148,17 @@ if (publish) publish.onsubmit = async (ev) => {
   $("publish-result").textContent = response.status + " " + JSON.stringify(await response.json())
 }
 const source = new EventSource("/dashboard/stream")
-source.addEventListener("open", () => { $("status").textContent = "live"; $("status").className = "live" })
-source.addEventListener("error", () => { $("status").textContent = "reconnecting"; $("status").className = "" })
+// Live only once a snapshot came: an open stream that says nothing yet shows nothing current.
+source.addEventListener("open", () => { if (feed !== "live") setFeed("connecting", "connecting") })
+source.addEventListener("error", () => {
+  setFeed("down", "reconnecting")
+  markStale(endedBecause ? "The hub ended this page's feed: " + endedBecause : "This page lost its connection to the hub")
+})
+source.addEventListener("end", (m) => {
+  endedBecause = JSON.parse(m.data).reason
+  setFeed("down", "ended")
+  markStale("The hub ended this page's feed: " + endedBecause)
+})
 source.addEventListener("stats", (m) => onStats(JSON.parse(m.data)))
 source.addEventListener("event", (m) => onEvent(JSON.parse(m.data)))
 `
@@ -129,11 +174,14 @@ export const dashboardPage = ({ publishing }: { readonly publishing: boolean }) 
 <html lang="en"><head><meta charset="utf-8"><title>Event hub dashboard</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="/dashboard/assets/uPlot.min.css"><style>${style}</style></head>
-<body><header><h1>Event hub</h1><span id="status">connecting</span><span>health: <b id="health">?</b></span></header>
-<main>
+<body><header><h1>Event hub</h1>
+<span class="label">hub health</span><b id="health" class="unknown">unknown</b>
+<span class="label">this page's feed</span><span id="feed" class="connecting">connecting</span></header>
+<main id="main" class="stale">
+<p id="stale-note">Waiting for the first figures from the hub</p>
 <section class="wide"><div class="figures">
-<div class="figure">Connected clients<b id="clients">-</b></div>
-<div class="figure">Events/s<b id="events-rate">-</b></div>
+<div class="figure">Connected clients<b id="clients">-</b><span class="by" id="clients-by"></span></div>
+<div class="figure">Events broadcast/s<b id="events-rate">-</b></div>
 <div class="figure">Deliveries/s<b id="deliveries-rate">-</b></div>
 <div class="figure">History depth<b id="history">-</b></div>
 <div class="figure">RabbitMQ<b id="rabbitmq">-</b></div>

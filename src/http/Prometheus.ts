@@ -14,13 +14,46 @@ import type { Refusal } from "../security/Limits.js"
 import { Health, type HealthReport } from "../ops/Health.js"
 import { HubMetrics } from "../ops/Metrics.js"
 
-/** The refusals that concern opening a connection (the rest refuse requests on an open one, or HTTP publishes). */
-const connectionRefusals: ReadonlyArray<string> = [
+/** Refusals of a connection before it opens (a WebSocket handshake, an SSE stream): `hub_connections_refused_total`. */
+const connectionRefusals = [
   "origin_refused",
   "unauthorized",
   "too_many_connections",
-  "too_many_connections_per_ip"
-] satisfies ReadonlyArray<Refusal>
+  "too_many_connections_per_ip",
+  "connection_rate_limited",
+  "handshake_timeout"
+] as const satisfies ReadonlyArray<Refusal>
+
+/** Refusals of a request, on an open connection or over HTTP: `hub_requests_refused_total`. */
+const requestRefusals = [
+  "resume_rate_limited",
+  "token_refresh_refused",
+  "rate_limited",
+  "too_many_subscriptions",
+  "invalid_pattern",
+  "forbidden_event_types",
+  "publish_forbidden",
+  "publish_unauthorized",
+  "publish_rate_limited",
+  "publish_too_large"
+] as const satisfies ReadonlyArray<Refusal>
+
+/**
+ * The rest close an open connection, and are counted with every other end in `hub_disconnects_total`
+ * (`first_message_timeout`, `token_expired`, `rate_limited`), not as refused connections or requests.
+ */
+const closingRefusals = ["first_message_timeout", "token_expired", "rate_limit_closed"] as const satisfies ReadonlyArray<
+  Refusal
+>
+/** A new kind of refusal must be placed in one of the three lists: this fails to compile until it is. */
+type Unplaced = Exclude<
+  Refusal,
+  (typeof connectionRefusals)[number] | (typeof requestRefusals)[number] | (typeof closingRefusals)[number]
+>
+export const everyRefusalPlaced: [Unplaced] extends [never] ? true : Unplaced = true
+
+const refusedOf = (kinds: ReadonlyArray<string>, security: Record<string, number>) =>
+  Object.entries(security).filter(([name]) => kinds.includes(name))
 
 type Labels = Record<string, string>
 type Samples = Iterable<readonly [Labels, number]>
@@ -81,9 +114,9 @@ export const make = Effect.gen(function*() {
   counter(registry, "hub_connections_opened_total", "Client connections accepted, by transport", ["transport"], () =>
     by("transport", counters.opened))
   counter(registry, "hub_connections_refused_total", "Connections refused before they opened, by reason", ["reason"], () =>
-    by("reason", Object.entries(sources("security")).filter(([name]) => connectionRefusals.includes(name))))
+    by("reason", refusedOf(connectionRefusals, sources("security"))))
   counter(registry, "hub_requests_refused_total", "Client requests and HTTP publishes refused, by reason", ["reason"], () =>
-    by("reason", Object.entries(sources("security")).filter(([name]) => !connectionRefusals.includes(name))))
+    by("reason", refusedOf(requestRefusals, sources("security"))))
   counter(registry, "hub_disconnects_total", "Clients disconnected, by reason", ["reason"], () =>
     by("reason", Object.entries(counters.disconnects)))
   counter(registry, "hub_slow_consumer_kicks_total", "Clients dropped because their send buffer was full", [], () =>

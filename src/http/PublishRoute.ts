@@ -13,6 +13,7 @@ import * as Tracing from "../ops/Tracing.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { Limits } from "../security/Limits.js"
+import * as Body from "./Body.js"
 import { problem } from "./Problem.js"
 
 /** One event in the body of `POST /api/v1/events`. */
@@ -85,21 +86,21 @@ export const make = (token: Redacted.Redacted) =>
     /** The events of the body, or the 400/413 answer. */
     const readEvents = (request: HttpServerRequest.HttpServerRequest) =>
       Effect.gen(function*() {
-        const tooLarge = () => {
+        const text = yield* Effect.either(Body.readText(request, config.publishMaxBody))
+        if (Either.isLeft(text)) {
+          if (text.left === "unreadable") return Either.left(problem(400, "the body could not be read", Body.closeAfter))
           limits.refused("publish_too_large")
-          return Either.left(problem(413, `body larger than ${config.publishMaxBody} bytes`))
+          return Either.left(problem(413, `body larger than ${config.publishMaxBody} bytes`, Body.closeAfter))
         }
-        if (Number(request.headers["content-length"] ?? 0) > config.publishMaxBody) return tooLarge()
-        const text = yield* request.text.pipe(
-          HttpServerRequest.withMaxBodySize(Option.some(config.publishMaxBody)),
-          Effect.option
-        )
-        if (Option.isNone(text)) return tooLarge()
         let json: unknown
         try {
-          json = JSON.parse(text.value)
+          json = JSON.parse(text.right)
         } catch {
           return Either.left(problem(400, "body is not valid JSON; expected {\"type\": \"...\", \"data\": {...}}"))
+        }
+        // Said before decoding: the schema's message would quote the whole array.
+        if (Array.isArray(json) && json.length > maxEventsPerPublish) {
+          return Either.left(problem(400, `invalid event: at most ${maxEventsPerPublish} events per request, got ${json.length}`))
         }
         return Either.mapLeft(decodePublish(json), (error) => problem(400, `invalid event: ${formatParseError(error)}`))
       })

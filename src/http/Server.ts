@@ -71,14 +71,22 @@ export const corsMiddleware = (config: HubConfig["Type"]) =>
     credentials: false
   })
 
-/** Serves the routes on whatever `HttpServer` is provided. */
+/**
+ * Serves the routes on whatever `HttpServer` is provided. When they are released, the server is told it is closing
+ * (`UpgradeRoutes.closing`): no connection is kept alive past its answer, and nothing is left unanswered.
+ */
 export const layerServe: Layer.Layer<
   never,
   never,
-  HttpServer.HttpServer | HubConfig | Hub | HubClients | HubHistory | HubMetrics | Health | Limits
+  HttpServer.HttpServer | HubConfig | Hub | HubClients | HubHistory | HubMetrics | Health | Limits | UpgradeRoutes.UpgradeRoutes
 > = Layer.unwrapScoped(
-  Effect.zipWith(makeRouter, HubConfig, (router, config) =>
-    HttpServer.serve(router, corsMiddleware(config)).pipe(
+  Effect.gen(function*() {
+    const router = yield* makeRouter
+    const config = yield* HubConfig
+    const upgrades = yield* UpgradeRoutes.UpgradeRoutes
+    // Registered before the routes are served, so run once they are gone.
+    yield* Effect.addFinalizer(() => upgrades.closing)
+    return HttpServer.serve(router, corsMiddleware(config)).pipe(
       // The dashboard's address may hold its token (?token=): never recorded in a span.
       HttpMiddleware.withTracerDisabledWhen((request) => request.url.startsWith("/dashboard")),
       Layer.tap(() =>
@@ -87,7 +95,8 @@ export const layerServe: Layer.Layer<
             address: HttpServer.formatAddress(server.address)
           })))
       )
-    ))
+    )
+  })
 )
 
 /** Authentication and limits, shared by the WebSocket endpoint and the HTTP routes. */

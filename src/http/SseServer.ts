@@ -27,6 +27,7 @@ import { Auth, type Principal } from "../security/Auth.js"
 import { isOriginAllowed, Limits } from "../security/Limits.js"
 import { checkPatterns, checkRooms } from "../security/Subscription.js"
 import { Admission, queryOf, type Refused } from "./Admission.js"
+import { boundedReason } from "./Problem.js"
 import { UpgradeRoutes } from "./UpgradeRoutes.js"
 
 /** CORS for a stream (no preflight: `EventSource` sends a simple `GET`): the allowed origin, and `Vary: Origin`. */
@@ -84,7 +85,8 @@ const handshakeOf = (
 /** A plain HTTP answer with a JSON reason. */
 const answer = (response: ServerResponse, refused: Refused, headers: Record<string, string>) => {
   if (response.headersSent || response.destroyed) return
-  const body = JSON.stringify(refused.code === undefined ? { error: refused.error } : { error: refused.error, code: refused.code })
+  const error = boundedReason(refused.error)
+  const body = JSON.stringify(refused.code === undefined ? { error } : { error, code: refused.code })
   response.writeHead(refused.status, {
     "content-type": "application/json",
     "content-length": String(Buffer.byteLength(body)),

@@ -20,6 +20,7 @@ import { Cause, Context, Effect, Layer, Runtime, type Scope } from "effect"
 import { type IncomingMessage, type Server, ServerResponse, STATUS_CODES } from "node:http"
 import type { ListenOptions, Socket } from "node:net"
 import type { Duplex } from "node:stream"
+import { boundedReason } from "./Problem.js"
 
 /**
  * Answers a handshake with an HTTP error and a JSON reason, then closes the
@@ -27,7 +28,7 @@ import type { Duplex } from "node:stream"
  */
 export const refuseHandshake = (socket: Duplex, status: number, error: string, headers: Readonly<Record<string, string>> = {}) => {
   if (socket.destroyed) return
-  const body = JSON.stringify({ error })
+  const body = JSON.stringify({ error: boundedReason(error) })
   const head = {
     connection: "close",
     "content-type": "application/json",
@@ -62,16 +63,16 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
    * methods, such as a CORS preflight, go on to the platform's routes).
    */
   readonly registerStream: (path: string, handler: StreamHandler) => Effect.Effect<void, never, Scope.Scope>
+  /**
+   * The server is closing (its routes are gone): from now on every answer ends its connection, and a request that
+   * comes on a kept-alive connection is answered 503 instead of being left without an answer, which kept the server
+   * from closing (and the shutdown waiting) for as long as its client waited.
+   */
+  readonly closing: Effect.Effect<void>
 }>() {}
 
 /** What answers a plain request: a stream's handler, the platform's. */
 type RequestHandler = StreamHandler
-
-/** A `request` that arrives once nothing serves it (the platform's routes are gone: shutdown). */
-const unavailable: RequestHandler = (_request, response) => {
-  const body = JSON.stringify({ error: "the hub is shutting down" })
-  response.writeHead(503, { connection: "close", "content-type": "application/json" }).end(body)
-}
 
 /**
  * The routing of `server`'s requests (`UpgradeRoutes`), and the platform's `HttpServer` listening on it with
@@ -87,6 +88,19 @@ export const layer = (
     const streams = new Map<string, StreamHandler>()
     /** The platform's handler (the routes), while it serves. */
     let platform: RequestHandler | undefined = undefined
+    let served = false
+    let closing = false
+    // Requests being answered: once the server is closing, their connections must end with their answers.
+    const answering = new Set<ServerResponse>()
+    const endConnectionAfter = (response: ServerResponse) => {
+      if (!response.headersSent) response.setHeader("connection", "close")
+      // An answer already under way (a stream) keeps its connection alive: once it is done, the server, which closed
+      // its idle connections when it began closing, closes this one too.
+      response.once("finish", () => setImmediate(() => server.closeIdleConnections()))
+    }
+    /** A request that arrives while nothing serves it (before the routes, or after them: shutdown). */
+    const unavailable: RequestHandler = (_request, response) =>
+      notServing(response, served ? "the hub is shutting down" : "the hub is starting")
 
     /** A handler threw in the server's callback, where it would end the process: logged, and only it is closed. */
     const failed = (what: string, error: unknown, close: () => void) => {
@@ -95,6 +109,12 @@ export const layer = (
     }
     const onRequest = (request: IncomingMessage, response: ServerResponse) => {
       try {
+        if (closing) {
+          response.setHeader("connection", "close")
+        } else {
+          answering.add(response)
+          response.once("close", () => answering.delete(response))
+        }
         const stream = streams.size > 0 && request.method === "GET" ? streams.get(pathOf(request.url)) : undefined
         ;(stream ?? platform ?? unavailable)(request, response)
       } catch (error) {
@@ -136,7 +156,10 @@ export const layer = (
         Effect.acquireRelease(
           Effect.map(
             NodeHttpServer.makeHandler(app, middleware!) as Effect.Effect<RequestHandler>,
-            (handler) => void (platform = handler)
+            (handler) => {
+              platform = handler
+              served = true
+            }
           ),
           () => Effect.sync(() => void (platform = undefined))
         )
@@ -151,10 +174,28 @@ export const layer = (
         Effect.acquireRelease(
           Effect.sync(() => void streams.set(path, handler)),
           () => Effect.sync(() => void streams.set(path, dropStream))
-        )
+        ),
+      closing: Effect.sync(() => {
+        if (closing) return
+        closing = true
+        for (const response of answering) endConnectionAfter(response)
+        answering.clear()
+      })
     })
     return Context.make(UpgradeRoutes, routes).pipe(Context.add(HttpServer.HttpServer, httpServer))
   }))
+
+/** 503 with a JSON reason, and the connection closed after it. */
+const notServing = (response: ServerResponse, error: string) => {
+  const body = JSON.stringify({ error })
+  response.writeHead(503, {
+    connection: "close",
+    "content-type": "application/json",
+    "content-length": String(Buffer.byteLength(body)),
+    "retry-after": "1"
+  })
+  response.end(body)
+}
 
 const pathOf = (url: string | undefined) => {
   const query = (url ?? "/").indexOf("?")

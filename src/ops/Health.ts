@@ -3,7 +3,7 @@
  * sets its own state here. The hub is critical (503 while it cannot serve
  * clients); a source being down only degrades the service.
  */
-import { Context, Effect, Layer, Ref } from "effect"
+import { Context, Effect, Layer, Stream, SubscriptionRef } from "effect"
 
 export type ComponentStatus = "up" | "starting" | "down" | "disabled"
 
@@ -24,12 +24,18 @@ export interface HealthReport {
 export class Health extends Context.Tag("event-hub/Health")<Health, {
   readonly set: (component: string, state: ComponentState) => Effect.Effect<void>
   readonly report: Effect.Effect<HealthReport>
+  /** The report now, then each time it changes (the dashboard shows a change at once, not at its next tick). */
+  readonly changes: Stream.Stream<HealthReport>
 }>() {
   static readonly layer: Layer.Layer<Health> = Layer.effect(
     Health,
-    Effect.map(Ref.make(new Map<string, ComponentState>()), (components) => ({
-      set: (component, state) => Ref.update(components, (all) => new Map(all).set(component, state)),
-      report: Effect.map(Ref.get(components), summarize)
+    Effect.map(SubscriptionRef.make(new Map<string, ComponentState>()), (components) => ({
+      set: (component, state) => SubscriptionRef.update(components, (all) => new Map(all).set(component, state)),
+      report: Effect.map(SubscriptionRef.get(components), summarize),
+      changes: components.changes.pipe(
+        Stream.map(summarize),
+        Stream.changesWith((a, b) => JSON.stringify(a) === JSON.stringify(b))
+      )
     }))
   )
 }

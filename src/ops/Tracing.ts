@@ -15,7 +15,7 @@ import * as HttpTraceContext from "@effect/platform/HttpTraceContext"
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Config, Effect, FiberRef, Layer, Option, type Tracer } from "effect"
+import { Config, Duration, Effect, FiberRef, Layer, Option, type Tracer } from "effect"
 
 export interface TracingSettings {
   /** Where spans are POSTed (the full URL, ending in `/v1/traces`). */
@@ -23,7 +23,17 @@ export interface TracingSettings {
   readonly serviceName: string
   /** Longest wait before a batch of spans is sent. */
   readonly exportDelayMillis?: number
+  /** Longest wait for the last spans to be exported when the layer is released (default `shutdownFlushMillis`). */
+  readonly shutdownFlushMillis?: number
 }
+
+/**
+ * How long a shutdown waits for the last spans to reach the collector. A collector that answers takes a few
+ * milliseconds; one that cannot be reached would hold the shutdown through the exporter's retries (up to the SDK's
+ * 3 s), and only after requests or events, which make spans: issue 23's slow stops after a POST, with nothing logged.
+ * Past this the last spans are dropped.
+ */
+export const shutdownFlushMillis = 300
 
 /** The exporter's URL from the standard variables: the traces endpoint as is, or the base endpoint + `/v1/traces`. */
 export const settingsFromEnv: Config.Config<Option.Option<TracingSettings>> = Config.all({
@@ -40,10 +50,11 @@ export const settingsFromEnv: Config.Config<Option.Option<TracingSettings>> = Co
   return disabled ? Option.none() : Option.map(url, (url) => ({ url, serviceName }))
 }))
 
-/** Exports spans to `settings.url`; the batch is flushed when the layer is released. */
+/** Exports spans to `settings.url`; the batch is flushed when the layer is released, for a bounded time. */
 export const layerOtlp = (settings: TracingSettings): Layer.Layer<never> =>
   Layer.discard(NodeSdk.layer(() => ({
     resource: { serviceName: settings.serviceName },
+    shutdownTimeout: Duration.millis(settings.shutdownFlushMillis ?? shutdownFlushMillis),
     spanProcessor: new BatchSpanProcessor(
       new OTLPTraceExporter({ url: settings.url }),
       settings.exportDelayMillis === undefined ? undefined : { scheduledDelayMillis: settings.exportDelayMillis }

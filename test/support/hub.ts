@@ -1,6 +1,7 @@
 /** The real hub on a free port, for `layer(...)`, and HTTP requests to it. */
 import { HttpServer as PlatformHttpServer } from "@effect/platform"
-import { Effect, Layer, Logger, LogLevel, Option, Schedule } from "effect"
+import { Effect, Layer, Option, Schedule } from "effect"
+import { request as httpRequest } from "node:http"
 import {
   defaultSecurity,
   HubConfig,
@@ -16,6 +17,7 @@ import * as Hub from "../../src/hub/Hub.js"
 import type { Health } from "../../src/ops/Health.js"
 import type { HubMetrics } from "../../src/ops/Metrics.js"
 import { Publisher } from "../../src/rabbitmq/Publisher.js"
+import { testLogging } from "./heldLogs.js"
 
 /**
  * Security settings for tests: the defaults with the limits lifted that every
@@ -57,10 +59,8 @@ export const hubLayer = <R = never, P = never>(
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
     // As the service runs without OTEL_EXPORTER_OTLP_ENDPOINT (Tracing.ts): requests take the path without spans.
     Layer.provide(Layer.setTracerEnabled(false)),
-    // TEST_LOG_LEVEL=Debug shows the hub's logs while debugging a test.
-    Layer.provide(Logger.minimumLogLevel(
-      LogLevel.allLevels.find((level) => level.label === process.env.TEST_LOG_LEVEL?.toUpperCase()) ?? LogLevel.Warning
-    ))
+    // Held, and shown for a failing test; TEST_LOG_LEVEL=debug shows them as they come (heldLogs.ts).
+    Layer.provide(testLogging)
   )
 
 /** `http://127.0.0.1:PORT` of the server under test. */
@@ -101,3 +101,38 @@ export const get = (path: string) =>
       return { status: response.status, body: text.startsWith("{") ? JSON.parse(text) : text }
     }))
 
+
+/**
+ * POSTs a body without `Content-Length` (`Transfer-Encoding: chunked`): the given chunks, or chunks from `next`
+ * until the answer arrives (an endless body). Resolves with the answer's status and text.
+ */
+export const postChunked = (
+  url: string,
+  headers: Record<string, string>,
+  chunks: ReadonlyArray<string> | (() => string)
+): Promise<{ status: number; body: string }> =>
+  new Promise((resolve, reject) => {
+    let answered = false
+    const req = httpRequest(url, { method: "POST", headers: { "content-type": "application/json", ...headers } }, (res) => {
+      answered = true
+      let body = ""
+      res.setEncoding("utf8")
+      res.on("data", (chunk: string) => (body += chunk))
+      res.on("end", () => {
+        req.destroy()
+        resolve({ status: res.statusCode ?? 0, body })
+      })
+    })
+    // The hub may close the connection once it has answered, before the body's end.
+    req.on("error", (error) => answered || reject(error))
+    if (typeof chunks !== "function") {
+      for (const chunk of chunks) req.write(chunk)
+      req.end()
+      return
+    }
+    const pump = () => {
+      while (!answered && !req.destroyed && req.write(chunks())) {}
+      if (!answered && !req.destroyed) req.once("drain", pump)
+    }
+    pump()
+  })
