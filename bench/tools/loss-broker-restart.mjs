@@ -11,7 +11,7 @@
 // a whole `stop` and `start` of the node (same data, same ports). Publishing lasts SECONDS, or longer when the
 // restarts take longer (each `rabbitmqctl` call is slow on a busy machine): until 3 s after the second restart. At the end (every event confirmed, then every
 // client holding all of them or QUIET_MS (10000) without anything new) it prints a JSON report and a line per
-// client: received, lost (confirmed, never received), duplicated (the same publisher+seq twice), out of order (per
+// client: received, lost (confirmed, never received), duplicated (the same publisher+seq twice), out of order (among events sent once, per
 // publisher, a seq below one already received after dropping duplicates), `hub.history_gap` notices, delivery
 // latency; the lost events as ranges with when they were created and confirmed; and per hub, its counters from
 // /metrics and its warning/error log lines. Exits 1 if anything was lost, duplicated, out of order or unconfirmed.

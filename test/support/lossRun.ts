@@ -14,8 +14,9 @@
  * - `EventSchedule`: creates events at a steady rate over the publishers, whether or not a broker is up (what
  *   cannot be sent waits in the publisher's outbox, as an application's outbox does);
  * - `tally`: per client, received, lost (confirmed, never received), duplicated (the same publisher+seq twice),
- *   out of order (per publisher, a seq below one already received, after dropping duplicates), history gaps; and
- *   the lost events as ranges, with when they were created and confirmed.
+ *   out of order (per publisher, a seq below one already received, after dropping duplicates, among the events
+ *   sent once: one sent again after a nack or a lost channel was published after later ones by its publisher),
+ *   history gaps; and the lost events as ranges, with when they were created and confirmed.
  */
 import * as amqp from "amqplib"
 import { randomUUID } from "node:crypto"
@@ -247,6 +248,8 @@ export class CarefulPublisher {
   readonly confirmedAt: Array<number> = []
   nacked = 0
   resent = 0
+  /** Events sent more than once: their place among the others is the publisher's doing, not the broker's. */
+  readonly resentSeqs = new Set<number>()
   channelLosses = 0
   private channel: amqp.ConfirmChannel | undefined
   private connection: amqp.ChannelModel | undefined
@@ -296,7 +299,10 @@ export class CarefulPublisher {
       const entry = this.pending.get(seq)
       if (entry === undefined || entry.inFlight) continue
       entry.inFlight = true
-      if (entry.sends++ > 0) this.resent++
+      if (entry.sends++ > 0) {
+        this.resent++
+        this.resentSeqs.add(seq)
+      }
       try {
         channel.publish(this.exchange, this.routingKey, entry.body, {
           persistent: true,
@@ -518,6 +524,7 @@ export const tally = (
   publishers: ReadonlyArray<CarefulPublisher>,
   since: number
 ): Tally => {
+  const resent = new Map(publishers.map((publisher) => [publisher.name, publisher.resentSeqs]))
   const perClient = clients.map((client): ClientTally => {
     const seen = new Map(publishers.map((publisher) => [publisher.name, new Set<number>()]))
     const highest = new Map<string, number>()
@@ -533,6 +540,9 @@ export const tally = (
       }
       set.add(event.seq)
       latencies.push(event.at - event.createdAt)
+      // An event its publisher sent again (nacked, or its channel lost before the confirm) was published again
+      // after later ones: its order is the publisher's, not kept or broken by the path.
+      if (resent.get(event.publisher)!.has(event.seq)) continue
       const top = highest.get(event.publisher) ?? -1
       if (event.seq < top) outOfOrder++
       else highest.set(event.publisher, event.seq)
