@@ -4,7 +4,7 @@
  * break only the hub's own connection, through a TCP proxy (`tcpProxy`).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Either, Layer, Option, Redacted, Schedule } from "effect"
+import { Cause, Chunk, Duration, Effect, Either, Exit, Layer, Option, Redacted, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { defaultEventTypeMap } from "../src/config/Config.js"
@@ -122,6 +122,21 @@ const toEventRight = (key: string, body: object) => {
   const result = RabbitMqSource.toEvent(key, Buffer.from(JSON.stringify(body)), defaultEventTypeMap)
   return Either.getOrThrow(result)
 }
+
+describe("building the source's layer", () => {
+  it.scopedLive("in stream mode over a hub whose history gives local ids, fails to build and names the layer to use", () =>
+    Effect.gen(function*() {
+      // Hub.layerLocal (via hubLayer) does not read RabbitMqConfig: its history cannot use stream ids.
+      const exit = yield* Effect.exit(Layer.build(
+        RabbitMqSource.layer.pipe(
+          Layer.provideMerge(hubLayer()),
+          Layer.provide(rabbitConfig({ ...uniqueNames("build"), mode: "stream" }))
+        )
+      ))
+      expect(exit._tag).toBe("Failure")
+      expect(String(Exit.isFailure(exit) ? Cause.squash(exit.cause) : "")).toContain("HubLive (Hub.layerLive)")
+    }))
+})
 
 describe("RabbitMQ source", () => {
   it.scopedLive("delivers published events to subscribed clients, renamed, in publish order", () =>
