@@ -23,6 +23,7 @@ import {
   describeTally,
   EventSchedule,
   HubProcess,
+  LossRun,
   ResumingClient,
   tally
 } from "./support/lossRun.js"
@@ -38,16 +39,11 @@ const settle = 3
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 let cluster: RabbitCluster | undefined
-const hubs: Array<HubProcess> = []
-const clients: Array<ResumingClient> = []
-const publishers: Array<CarefulPublisher> = []
-let schedule: EventSchedule | undefined
+const run = new LossRun()
+const { clients, hubs, publishers } = run
 
 afterAll(async () => {
-  schedule?.stop()
-  for (const client of clients) client.close()
-  await Promise.all(publishers.map((publisher) => publisher.close()))
-  await Promise.all(hubs.map((hub) => hub.stop()))
+  await run.stop()
   await cluster?.destroy()
 }, 90_000)
 
@@ -79,7 +75,7 @@ describe("the loss of a cluster node under two hubs (stream mode, three nodes)",
     await Promise.all(publishers.map((publisher) => publisher.connect()))
 
     // The scenario's timetable (how long to publish between steps); every step waits for its own condition.
-    schedule = new EventSchedule(publishers, rate, 0, true)
+    const schedule = run.schedule = new EventSchedule(publishers, rate, 0, true)
     step("publishing")
     await schedule.at(settle)
     await Promise.all(clients.map(async (client) => {

@@ -22,6 +22,7 @@ import {
   describeTally,
   EventSchedule,
   HubProcess,
+  LossRun,
   ResumingClient,
   tally
 } from "./support/lossRun.js"
@@ -37,16 +38,11 @@ const settle = 3
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 let node: RabbitNode | undefined
-const hubs: Array<HubProcess> = []
-const clients: Array<ResumingClient> = []
-const publishers: Array<CarefulPublisher> = []
-let schedule: EventSchedule | undefined
+const run = new LossRun()
+const { clients, hubs, publishers } = run
 
 afterAll(async () => {
-  schedule?.stop()
-  for (const client of clients) client.close()
-  await Promise.all(publishers.map((publisher) => publisher.close()))
-  await Promise.all(hubs.map((hub) => hub.stop()))
+  await run.stop()
   await node?.destroy()
 }, 60_000)
 
@@ -71,7 +67,7 @@ describe("a restart of the broker under two hubs (stream mode)", () => {
 
     // The scenario's timetable (how long to publish between steps), not a synchronisation: every step waits for
     // its own condition (the broker running, the hubs consuming).
-    schedule = new EventSchedule(publishers, rate, 0, true)
+    const schedule = run.schedule = new EventSchedule(publishers, rate, 0, true)
     step("publishing")
     await schedule.at(settle)
     // Events flow to every client before the first restart.

@@ -331,6 +331,22 @@ describe("every instance delivers every event, whatever entered it", () => {
       expect(seqs(client)).toEqual([1])
     }), { timeout: 60_000 })
 
+  it.scopedLive("an event no queue takes is never acknowledged as published: the publisher fails with the reason", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      // The exchange exists and no queue is bound to it: RabbitMQ would confirm the message and drop it.
+      yield* promise(() => publisher.channel.assertExchange(names.exchange, "topic", { durable: true }))
+      const error = yield* Effect.flip(
+        Effect.flatMap(Publisher, (hubPublisher) => hubPublisher.publishEvent("backtest.completed", { seq: 0 })).pipe(
+          Effect.provide(Publisher.layer),
+          Effect.provide(rabbitConfig(names))
+        )
+      )
+      expect(error.reason).toBe("Unroutable")
+      expect(error.message).toContain("no queue took the event")
+    }), { timeout: 30_000 })
+
   it.scopedLive("the library's publish goes through the broker to every instance; broadcast stays local", () =>
     Effect.gen(function*() {
       const publisher = yield* broker

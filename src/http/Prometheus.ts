@@ -10,47 +10,9 @@
 import { Effect } from "effect"
 import { collectDefaultMetrics, Counter, Gauge, type Registry } from "prom-client"
 import { HubHistory } from "../hub/History.js"
-import type { Refusal } from "../security/Limits.js"
+import { connectionRefusals, requestRefusals } from "../security/Limits.js"
 import { Health, type HealthReport } from "../ops/Health.js"
 import { HubMetrics } from "../ops/Metrics.js"
-
-/** Refusals of a connection before it opens (a WebSocket handshake, an SSE stream): `hub_connections_refused_total`. */
-const connectionRefusals = [
-  "origin_refused",
-  "unauthorized",
-  "too_many_connections",
-  "too_many_connections_per_ip",
-  "connection_rate_limited",
-  "handshake_timeout"
-] as const satisfies ReadonlyArray<Refusal>
-
-/** Refusals of a request, on an open connection or over HTTP: `hub_requests_refused_total`. */
-const requestRefusals = [
-  "resume_rate_limited",
-  "token_refresh_refused",
-  "rate_limited",
-  "too_many_subscriptions",
-  "invalid_pattern",
-  "forbidden_event_types",
-  "publish_forbidden",
-  "publish_unauthorized",
-  "publish_rate_limited",
-  "publish_too_large"
-] as const satisfies ReadonlyArray<Refusal>
-
-/**
- * The rest close an open connection, and are counted with every other end in `hub_disconnects_total`
- * (`first_message_timeout`, `token_expired`, `rate_limited`), not as refused connections or requests.
- */
-const closingRefusals = ["first_message_timeout", "token_expired", "rate_limit_closed"] as const satisfies ReadonlyArray<
-  Refusal
->
-/** A new kind of refusal must be placed in one of the three lists: this fails to compile until it is. */
-type Unplaced = Exclude<
-  Refusal,
-  (typeof connectionRefusals)[number] | (typeof requestRefusals)[number] | (typeof closingRefusals)[number]
->
-export const everyRefusalPlaced: [Unplaced] extends [never] ? true : Unplaced = true
 
 const refusedOf = (kinds: ReadonlyArray<string>, security: Record<string, number>) =>
   Object.entries(security).filter(([name]) => kinds.includes(name))

@@ -11,20 +11,21 @@ import { HubMetrics } from "../ops/Metrics.js"
 import { AddressBuckets } from "./AddressBuckets.js"
 import { TokenBucket } from "./TokenBucket.js"
 
-/** Names of the `security` counters in `/metrics`: one per kind of refusal. */
-export const refusals = [
+/** Refusals of a connection before it opens (a WebSocket handshake, an SSE stream): `hub_connections_refused_total`. */
+export const connectionRefusals = [
   "origin_refused",
   "unauthorized",
   "too_many_connections",
   "too_many_connections_per_ip",
   "connection_rate_limited",
-  "handshake_timeout",
+  "handshake_timeout"
+] as const
+
+/** Refusals of a request, on an open connection or over HTTP: `hub_requests_refused_total`. */
+export const requestRefusals = [
   "resume_rate_limited",
-  "first_message_timeout",
-  "token_expired",
   "token_refresh_refused",
   "rate_limited",
-  "rate_limit_closed",
   "too_many_subscriptions",
   "invalid_pattern",
   "forbidden_event_types",
@@ -33,6 +34,15 @@ export const refusals = [
   "publish_rate_limited",
   "publish_too_large"
 ] as const
+
+/**
+ * Refusals that close an open connection, counted with every other end in `hub_disconnects_total`, not as refused
+ * connections or requests.
+ */
+export const closingRefusals = ["first_message_timeout", "token_expired", "rate_limit_closed"] as const
+
+/** Names of the `security` counters in `/metrics`: one per kind of refusal, each in one of the three kinds above. */
+export const refusals = [...connectionRefusals, ...requestRefusals, ...closingRefusals] as const
 export type Refusal = (typeof refusals)[number]
 
 export type ConnectionRefusal = "too_many_connections" | "too_many_connections_per_ip"

@@ -621,3 +621,18 @@ export const describeTally = (result: Tally): string =>
     `nacked ${result.nacked}); lost ${result.totals.lost} in all (at most ${result.totals.maxLostPerClient} per client), ` +
     `duplicated ${result.totals.duplicated}, out of order ${result.totals.outOfOrder}, history_gap ${result.totals.historyGaps}`
   ].join("\n")
+
+/** What a loss run starts, stopped at its end (`afterAll`) whatever happened: schedule, clients, publishers, hubs. */
+export class LossRun {
+  readonly hubs: Array<HubProcess> = []
+  readonly clients: Array<ResumingClient> = []
+  readonly publishers: Array<CarefulPublisher> = []
+  schedule: EventSchedule | undefined
+
+  async stop(): Promise<void> {
+    this.schedule?.stop()
+    for (const client of this.clients) client.close()
+    await Promise.all(this.publishers.map((publisher) => publisher.close()))
+    await Promise.all(this.hubs.map((hub) => hub.stop()))
+  }
+}
