@@ -1,9 +1,10 @@
 /**
- * One session of the RabbitMQ source: one connection, one channel, one
- * consumer, as a `Stream` that emits once consuming and fails when any of
- * them is lost (the source retries it with a `Schedule`). What is declared
- * and how deliveries are handled belong to the consume mode (`QueueMode.ts`,
- * `StreamMode.ts`).
+ * One session of the RabbitMQ source: one connection (to the first of the
+ * broker's nodes that answers), one confirm channel, one consumer, as a
+ * `Stream` that emits once consuming and fails when any of them is lost (the
+ * source retries it with a `Schedule`). What is declared and how deliveries
+ * are handled belong to the consume mode (`QueueMode.ts`, `StreamMode.ts`,
+ * `Ingest.ts`).
  */
 import * as amqp from "amqplib"
 import { Cause, Data, Deferred, Effect, Exit, FiberId, Redacted, Runtime, type Scope, Stream } from "effect"

@@ -1,7 +1,9 @@
 /**
  * The RabbitMQ source: consumes the publishers' topic exchange and
  * broadcasts every event through the hub, in one of two modes: stream mode
- * (the default; `StreamMode.ts`) or queue mode (`QueueMode.ts`).
+ * (the default; `StreamMode.ts` reads the stream, and `Ingest.ts` moves the
+ * ingest queue into it, each in sessions of its own) or queue mode
+ * (`QueueMode.ts`).
  *
  * One session (`Session.ts`: connect, declare, consume) is a `Stream`;
  * losing the connection or the channel fails it, and `Stream.retry` starts a
