@@ -440,12 +440,12 @@ export class RabbitNode {
     })
   }
 
-  /** `rabbitmqctl stop_app`: the node stays up, the broker application (and every listener) stops. */
+  /** `rabbitmqctl -n <this node> stop_app`: the node stays up, the broker application (and every listener) stops. */
   stopApp(): Promise<void> {
     return this.timed("stop_app", async () => void (await this.ctl(["stop_app"])))
   }
 
-  /** `rabbitmqctl start_app`, then `await_startup`: resolves once the broker runs again and accepts guest. */
+  /** `rabbitmqctl -n <this node> start_app`, then `await_startup`: resolves once the broker runs again and accepts guest. */
   startApp(): Promise<void> {
     return this.timed("start_app", async () => {
       await this.ctl(["start_app"])
@@ -454,7 +454,7 @@ export class RabbitNode {
     })
   }
 
-  /** `rabbitmqctl stop` (the whole node, data kept); resolves once its process has exited and left epmd. */
+  /** `rabbitmqctl -n <this node> stop` (the whole node, data kept); resolves once its process has exited and left epmd. */
   stop(): Promise<void> {
     return this.timed("stop", async () => {
       await this.ctl(["stop"])
