@@ -10,7 +10,7 @@
  * itself.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { ConfigError, Effect, Layer, Logger } from "effect"
+import { Cause, Config, Effect, Exit, Layer, Logger, Runtime } from "effect"
 import { HubConfig, RabbitMqConfig } from "./config/Config.js"
 import * as HttpServer from "./http/Server.js"
 import * as Hub from "./hub/Hub.js"
@@ -43,10 +43,15 @@ const describe = (error: unknown): string => {
 
 const main = Layer.launch(MainLive).pipe(
   Effect.tapError((error) =>
-    Effect.logFatal(ConfigError.isConfigError(error) ? `invalid configuration ${error}` : `cannot start: ${describe(error)}`)
+    Effect.logFatal(error instanceof Config.ConfigError ? `invalid configuration ${error}` : `cannot start: ${describe(error)}`)
   ),
   // Until LOG_FORMAT has been read (or if it is invalid), log JSON.
-  Effect.provide(Logger.json)
+  Effect.provide(Logger.layer([Logger.consoleJson]))
 )
 
-NodeRuntime.runMain(main, { disablePrettyLogger: true, disableErrorReporting: true })
+NodeRuntime.runMain(main, {
+  disableErrorReporting: true,
+  // SIGTERM and SIGINT interrupt the program: a graceful stop, so exit 0 (Effect 4 reports 130 by default).
+  teardown: (exit, onExit) =>
+    Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause) ? onExit(0) : Runtime.defaultTeardown(exit, onExit)
+})

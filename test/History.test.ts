@@ -2,7 +2,7 @@
  * The history on its own: ids, bounds, and where a `since` stands.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Either, Layer } from "effect"
+import { ConfigProvider, Duration, Effect, Result, Layer } from "effect"
 import { HubConfig, RabbitMqConfig } from "../src/config/Config.js"
 import { History, streamId } from "../src/hub/History.js"
 import { Outbound } from "../src/protocol/Protocol.js"
@@ -134,17 +134,17 @@ describe("History", () => {
 })
 
 const fromEnv = <A, E>(layer: Layer.Layer<A, E>, env: Record<string, string>) =>
-  Effect.either(Effect.flatMap(Effect.context<A>(), Effect.succeed).pipe(
+  Effect.result(Effect.flatMap(Effect.context<A>(), Effect.succeed).pipe(
     Effect.provide(layer.pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))))
   ))
 
 describe("history and stream settings", () => {
   it.effect("default to 10,000 events for 10 minutes, stream mode, and a 24 h / 1 GiB stream", () =>
     Effect.gen(function*() {
-      const hub = Either.getOrThrow(yield* fromEnv(HubConfig.fromEnv, {}))
-      const rabbit = Either.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {}))
-      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Type"]
-      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Type"]
+      const hub = Result.getOrThrow(yield* fromEnv(HubConfig.fromEnv, {}))
+      const rabbit = Result.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {}))
+      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Service"]
+      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Service"]
       expect(hubSettings.historyMaxEvents).toBe(10_000)
       expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(600_000)
       expect(rabbitSettings.mode).toBe("stream")
@@ -155,15 +155,15 @@ describe("history and stream settings", () => {
 
   it.effect("are read from HISTORY_MAX_EVENTS, HISTORY_MAX_AGE, RABBITMQ_MODE, RABBITMQ_STREAM, RABBITMQ_STREAM_MAX_*", () =>
     Effect.gen(function*() {
-      const hub = Either.getOrThrow(yield* fromEnv(HubConfig.fromEnv, { HISTORY_MAX_EVENTS: "500", HISTORY_MAX_AGE: "1h" }))
-      const rabbit = Either.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {
+      const hub = Result.getOrThrow(yield* fromEnv(HubConfig.fromEnv, { HISTORY_MAX_EVENTS: "500", HISTORY_MAX_AGE: "1h" }))
+      const rabbit = Result.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {
         RABBITMQ_MODE: "stream",
         RABBITMQ_STREAM: "hub.events",
         RABBITMQ_STREAM_MAX_AGE: "7h",
         RABBITMQ_STREAM_MAX_BYTES: "5000000"
       }))
-      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Type"]
-      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Type"]
+      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Service"]
+      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Service"]
       expect(hubSettings.historyMaxEvents).toBe(500)
       expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(3_600_000)
       expect(rabbitSettings).toMatchObject({ mode: "stream", stream: "hub.events", streamMaxBytes: 5_000_000 })
@@ -174,7 +174,7 @@ describe("history and stream settings", () => {
     Effect.gen(function*() {
       const queueOf = (env: Record<string, string>) =>
         Effect.map(fromEnv(RabbitMqConfig.fromEnv, env), (context) =>
-          (Either.getOrThrow(context).unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Type"]).queue)
+          (Result.getOrThrow(context).unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Service"]).queue)
       expect(yield* queueOf({})).toBe(`websocket_events_queue.${hostname()}.8080`)
       expect(yield* queueOf({ PORT: "9001" })).toBe(`websocket_events_queue.${hostname()}.9001`)
       expect(yield* queueOf({ HUB_INSTANCE_ID: "hub-0" })).toBe("websocket_events_queue.hub-0")
@@ -185,15 +185,15 @@ describe("history and stream settings", () => {
     Effect.gen(function*() {
       const settings = (env: Record<string, string>) =>
         Effect.map(fromEnv(HubConfig.fromEnv, env), (context) =>
-          Either.map(context, (c) => c.unsafeMap.get(HubConfig.key) as HubConfig["Type"]))
-      const defaults = Either.getOrThrow(yield* settings({}))
+          Result.map(context, (c) => c.unsafeMap.get(HubConfig.key) as HubConfig["Service"]))
+      const defaults = Result.getOrThrow(yield* settings({}))
       expect(defaults.dedupMaxEvents).toBe(10_000)
       expect(Duration.toMinutes(defaults.dedupMaxAge)).toBe(10)
-      const off = Either.getOrThrow(yield* settings({ DEDUP_MAX_EVENTS: "0", DEDUP_MAX_AGE: "1h" }))
+      const off = Result.getOrThrow(yield* settings({ DEDUP_MAX_EVENTS: "0", DEDUP_MAX_AGE: "1h" }))
       expect(off.dedupMaxEvents).toBe(0)
       expect(Duration.toHours(off.dedupMaxAge)).toBe(1)
       const refused = yield* settings({ DEDUP_MAX_EVENTS: "-1" })
-      expect(Either.isLeft(refused) && String(refused.left)).toContain("DEDUP_MAX_EVENTS")
+      expect(Result.isFailure(refused) && String(refused.failure)).toContain("DEDUP_MAX_EVENTS")
     }))
 
   it.effect.each<[Record<string, string>, string]>([
@@ -202,12 +202,12 @@ describe("history and stream settings", () => {
   ])("refuse %j", ([env, name]) =>
     Effect.gen(function*() {
       const result = yield* fromEnv(HubConfig.fromEnv, env)
-      expect(Either.isLeft(result) && String(result.left)).toContain(name)
+      expect(Result.isFailure(result) && String(result.failure)).toContain(name)
     }))
 
   it.effect("refuse an unknown RABBITMQ_MODE", () =>
     Effect.gen(function*() {
       const result = yield* fromEnv(RabbitMqConfig.fromEnv, { RABBITMQ_MODE: "streams" })
-      expect(Either.isLeft(result) && String(result.left)).toContain("RABBITMQ_MODE")
+      expect(Result.isFailure(result) && String(result.failure)).toContain("RABBITMQ_MODE")
     }))
 })

@@ -149,7 +149,7 @@ const run = (ops: ReadonlyArray<any>) => Effect.gen(function*() {
       }
       case "badresume": {
         const m = model.get(o.id); if (!m) break
-        yield* Effect.either(hub.resume(o.id, "undefined"))
+        yield* Effect.result(hub.resume(o.id, "undefined"))
         if (m.resumeToken === undefined) m.catchingUp = false
         break
       }
@@ -157,7 +157,7 @@ const run = (ops: ReadonlyArray<any>) => Effect.gen(function*() {
         const m = model.get(o.id); if (!m) break
         m.rooms = new Set([...(m.rooms ?? []), ...o.r])
         if (m.rooms.size === 0) m.rooms = undefined
-        yield* Effect.either(hub.join(o.id, o.r))
+        yield* Effect.result(hub.join(o.id, o.r))
         break
       }
       case "leave": {

@@ -42,7 +42,7 @@ const manualConnection = (id: number) => {
   return { connection, received, kicks, drain, seqs }
 }
 
-const broadcast = (hub: { readonly broadcast: Hub["Type"]["broadcast"] }, from: number, to: number) =>
+const broadcast = (hub: { readonly broadcast: Hub["Service"]["broadcast"] }, from: number, to: number) =>
   Effect.forEach(Array.from({ length: to - from }, (_, i) => from + i), (seq) =>
     hub.broadcast("backtest.completed", { seq }), { discard: true })
 

@@ -3,7 +3,7 @@
  * token buckets, pattern checks, pattern coverage for `event_types`.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { ConfigProvider, Duration, Effect, Result, Layer, Option, Redacted } from "effect"
 import type { IncomingMessage } from "node:http"
 import { defaultSecurity, HubConfig } from "../src/config/Config.js"
 import * as Topic from "../src/protocol/Topic.js"
@@ -94,10 +94,10 @@ describe("TokenBucket and MessageRate", () => {
 describe("Topic.check", () => {
   const limits = { maxPatternLength: 30, maxPatternWords: 4 }
   it.each(["backtest.completed", "backtest.*", "optimization.#", "#", "*.*.x", "a-b.c_d"])("accepts %j", (pattern) => {
-    expect(Either.isRight(Topic.check(pattern, limits))).toBe(true)
+    expect(Result.isSuccess(Topic.check(pattern, limits))).toBe(true)
   })
   it.each(["a..b", ".a", "a.", "a b", "a\tb", "ab*", "#x.y", "a.b.c.d.e", "x".repeat(31)])("refuses %j", (pattern) => {
-    expect(Either.isLeft(Topic.check(pattern, limits))).toBe(true)
+    expect(Result.isFailure(Topic.check(pattern, limits))).toBe(true)
   })
 })
 

@@ -1,7 +1,7 @@
 /**
  * The client's state machine with a fake clock and a fake socket: the test plays the hub frame by frame.
  */
-import { Effect, Either, Schedule, Schema, Scope, Exit } from "effect"
+import { Effect, Result, Schedule, Schema, Scope, Exit } from "effect"
 import { beforeEach, describe, expect, it } from "vitest"
 import { type ClientError, type ClientOptions, connect, type ConnectionState, type Gap, matches } from "../src/client/client.js"
 import { make as makeEffectClient } from "../src/client/effect.js"
@@ -249,7 +249,7 @@ describe("client state machine", () => {
     hub.on("#", (event) => got.push(event))
     accept()
     const payload = Outbound.message("backtest.completed", { job_id: "1" }, new Date(0), idOf(1)).payload.toString()
-    expect(Either.isRight(Schema.decodeUnknownEither(ServerMessage)(JSON.parse(payload)))).toBe(true)
+    expect(Result.isSuccess(Schema.decodeUnknownResult(ServerMessage)(JSON.parse(payload)))).toBe(true)
     FakeSocket.last.message(payload)
     expect(got).toEqual([JSON.parse(payload)])
   })
@@ -335,7 +335,7 @@ describe("client state machine", () => {
 
   it("Effect client: reconnection follows the Schedule (a schedule that ends gives up), and the scope closes the client", () => {
     const scope = Effect.runSync(Scope.make())
-    const service = Effect.runSync(Scope.extend(
+    const service = Effect.runSync(Scope.provide(
       makeEffectClient("ws://hub/x", { WebSocket: FakeSocket, environment: clock, schedule: Schedule.spaced("3 seconds").pipe(Schedule.intersect(Schedule.recurs(2))) }),
       scope
     ))
@@ -351,7 +351,7 @@ describe("client state machine", () => {
     expect(errors.at(-1)).toMatchObject({ fatal: true })
     expect(FakeSocket.instances).toHaveLength(3)
 
-    const again = Effect.runSync(Scope.extend(makeEffectClient("ws://hub/y", { WebSocket: FakeSocket, environment: clock }), scope))
+    const again = Effect.runSync(Scope.provide(makeEffectClient("ws://hub/y", { WebSocket: FakeSocket, environment: clock }), scope))
     accept()
     expect(again.client.state).toBe("connected")
     Effect.runSync(Scope.close(scope, Exit.void))

@@ -94,10 +94,10 @@ describe("the client in Node (ws) against the real hub", () => {
     const live = hub
     const received = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
       const connection = yield* HubConnection
-      const fiber = yield* connection.events("test.#").pipe(Stream.take(300), Stream.map(seqOf), Stream.runCollect, Effect.fork)
+      const fiber = yield* connection.events("test.#").pipe(Stream.take(300), Stream.map(seqOf), Stream.runCollect, Effect.forkChild)
       yield* connection.states.pipe(Stream.filter((state) => state === "connected"), Stream.take(1), Stream.runDrain)
       const publishing = Effect.promise(() => live.publish(0, 300, 100))
-      yield* Effect.fork(publishing)
+      yield* Effect.forkChild(publishing)
       yield* Effect.promise(() => until(() => (connection.client.lastId ?? "") !== "", "an event"))
       yield* Effect.promise(() => live.cut(300))
       return Chunk.toArray(yield* Fiber.join(fiber))

@@ -150,7 +150,7 @@ layer(hubLayer({ maxMessageSize, sendBuffer: 1024 }), { excludeTestServices: tru
           yield* hub.broadcast("fuzz.event", { seq: sent++ })
           yield* Effect.sleep("1 millis")
         }
-      }).pipe(Effect.fork)
+      }).pipe(Effect.forkChild)
       const started = Date.now()
       yield* promise(() => fuzz(url, 60, 1000))
       fuzzing = false

@@ -2,7 +2,7 @@
  * Embedding: another Effect program composes the hub's Layers from the
  * package entry and broadcasts its own events (the seed's hub.BroadcastEvent).
  */
-import { HttpServer as PlatformHttpServer } from "@effect/platform"
+import * as PlatformHttpServer from "effect/http/HttpServer"
 import { expect, it } from "@effect/vitest"
 import { Chunk, Effect, Exit, Fiber, Layer, Option, Schema, Scope, Stream } from "effect"
 import { WebSocket } from "ws"
@@ -53,7 +53,7 @@ it.scopedLive("another Effect service consumes the hub through the client's Laye
     const url = `ws://127.0.0.1:${port}/api/v1/ws/events`
     const received = yield* Effect.gen(function*() {
       const connection = yield* HubConnection
-      const events = yield* Stream.runCollect(Stream.take(connection.events("custom.#"), 2)).pipe(Effect.fork)
+      const events = yield* Stream.runCollect(Stream.take(connection.events("custom.#"), 2)).pipe(Effect.forkChild)
       yield* Stream.runDrain(Stream.takeUntil(connection.states, (state) => state === "connected"))
       yield* hub.broadcast("other.event", { n: 0 })
       yield* hub.broadcast("custom.one", { n: 1 })

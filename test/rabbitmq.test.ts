@@ -4,7 +4,7 @@
  * break only the hub's own connection, through a TCP proxy (`tcpProxy`).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Cause, Chunk, Duration, Effect, Either, Exit, Layer, Option, Redacted, Schedule } from "effect"
+import { Cause, Chunk, Duration, Effect, Result, Exit, Layer, Option, Redacted, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { defaultEventTypeMap } from "../src/config/Config.js"
@@ -85,17 +85,17 @@ describe("toEvent", () => {
     ["null", "not a JSON object"]
   ])("rejects the body %s", (body, reason) => {
     const result = RabbitMqSource.toEvent("task.completed", Buffer.from(body), defaultEventTypeMap)
-    expect(Either.isLeft(result) && result.left).toContain(reason)
+    expect(Result.isFailure(result) && result.failure).toContain(reason)
   })
 
   it("rejects routing keys that cannot be event types", () => {
-    expect(Either.isLeft(RabbitMqSource.toEvent("hub.error", Buffer.from("{}"), {}))).toBe(true)
-    expect(Either.isLeft(RabbitMqSource.toEvent("", Buffer.from("{}"), {}))).toBe(true)
+    expect(Result.isFailure(RabbitMqSource.toEvent("hub.error", Buffer.from("{}"), {}))).toBe(true)
+    expect(Result.isFailure(RabbitMqSource.toEvent("", Buffer.from("{}"), {}))).toBe(true)
   })
 
   it("uses a configured table instead of the default", () => {
     const result = RabbitMqSource.toEvent("task.completed", Buffer.from("{}"), { "task.completed": "job.done" })
-    expect(result).toEqual(Either.right({ type: "job.done", data: {} }))
+    expect(result).toEqual(Result.succeed({ type: "job.done", data: {} }))
   })
 
   it("never shows the password of the URL", () => {
@@ -120,7 +120,7 @@ describe("toEvent", () => {
 
 const toEventRight = (key: string, body: object) => {
   const result = RabbitMqSource.toEvent(key, Buffer.from(JSON.stringify(body)), defaultEventTypeMap)
-  return Either.getOrThrow(result)
+  return Result.getOrThrow(result)
 }
 
 describe("building the source's layer", () => {

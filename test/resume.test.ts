@@ -60,7 +60,7 @@ const connectSince = (since?: string) =>
 const broadcastRange = (from: number, to: number, type = "backtest.completed") =>
   Effect.flatMap(Hub, (hub) =>
     Effect.forEach(range(from, to), (seq) =>
-      Effect.zipRight(
+      Effect.andThen(
         hub.broadcast(type, { seq }),
         Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
       ), { discard: true }))
@@ -83,7 +83,7 @@ layer(hubLayer({ sendBuffer: 256 }), { excludeTestServices: true })("resume (cla
       // Wait for the hub to have noticed the departure, so that nothing is sent to the old socket.
       yield* eventually(Effect.flatMap(Hub, (hub) => hub.clientCount), (n) => n === 0)
       yield* broadcastRange(10, 510)
-      const publishing = yield* Effect.fork(broadcastRange(510, 1510))
+      const publishing = yield* Effect.forkChild(broadcastRange(510, 1510))
       const client = yield* connectSince(since)
       yield* Fiber.join(publishing)
       yield* promise(() => client.until(() => lastSeq(client) === 1509, "event 1509", 20_000))
@@ -264,7 +264,7 @@ describe("resume with RabbitMQ", () => {
         yield* publishRange(publisher, names.exchange, 10, 510)
         // The hub has them all before the client comes back.
         yield* eventually(Effect.flatMap(HubMetrics, (m) => m.snapshot), (s) => s.sources.rabbitmq?.events_consumed === 510)
-        const publishing = yield* Effect.fork(publishRange(publisher, names.exchange, 510, 1510))
+        const publishing = yield* Effect.forkChild(publishRange(publisher, names.exchange, 510, 1510))
         const client = yield* connectSince(since)
         yield* Fiber.join(publishing)
         yield* promise(() => client.until(() => lastSeq(client) === 1509, "event 1509", 30_000))
@@ -288,7 +288,7 @@ describe("resume with RabbitMQ", () => {
       yield* Effect.scoped(Effect.gen(function*() {
         yield* consuming
         const fresh = yield* connectSince()
-        const publishing = yield* Effect.fork(publishRange(publisher, names.exchange, 510, 1510))
+        const publishing = yield* Effect.forkChild(publishRange(publisher, names.exchange, 510, 1510))
         const client = yield* connectSince(since)
         yield* Fiber.join(publishing)
         yield* promise(() => client.until(() => lastSeq(client) === 1509, "event 1509", 30_000))
@@ -350,7 +350,7 @@ describe("resume with RabbitMQ", () => {
       }))
       yield* publishRange(publisher, names.exchange, 100, 600)
       const client = yield* onSecond(Effect.gen(function*() {
-        const publishing = yield* Effect.fork(publishRange(publisher, names.exchange, 600, 1100))
+        const publishing = yield* Effect.forkChild(publishRange(publisher, names.exchange, 600, 1100))
         const client = yield* connectSince(since)
         yield* Fiber.join(publishing)
         return client

@@ -70,7 +70,7 @@ layer(hubLayer({ historyMaxEvents: 1_000_000 }), { excludeTestServices: true })(
       let produced = 0
       let stop = false
       // As fast as the hub takes them: 20 events per turn of the event loop, so that sockets still get written.
-      const producer = yield* Effect.fork(Effect.gen(function*() {
+      const producer = yield* Effect.forkChild(Effect.gen(function*() {
         while (!stop) {
           for (let i = 0; i < 20; i++) yield* hub.broadcast("backtest.completed", { seq: produced++ })
           yield* promise(() => new Promise((resolve) => setImmediate(resolve)))

@@ -90,7 +90,7 @@ it.scopedLive("a browser EventSource resumes across a hub restart (stream mode) 
 
     // About 100 events per second, published to the exchange for the whole test.
     const total = 600
-    const publishing = yield* Effect.fork(promise(async () => {
+    const publishing = yield* Effect.forkChild(promise(async () => {
       for (let seq = 0; seq < total; seq++) {
         await publisher.publish(names.exchange, "backtest.completed", { seq })
         await new Promise((resolve) => setTimeout(resolve, 10))

@@ -19,7 +19,7 @@ const types = (client: SseClient) => client.messages.map((message) => message.ty
 const broadcastRange = (from: number, to: number) =>
   Effect.flatMap(Hub, (hub) =>
     Effect.forEach(range(from, to), (seq) =>
-      Effect.zipRight(hub.broadcast("backtest.completed", { seq }), Effect.void)))
+      Effect.andThen(hub.broadcast("backtest.completed", { seq }), Effect.void)))
 
 /** A stream that has received events `0..count-1` (and so knows their ids). */
 const readerOf = (count: number) =>

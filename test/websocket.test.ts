@@ -520,7 +520,7 @@ describe("shutdown", () => {
       for (let i = 0; i < 7; i++) yield* hub.broadcast("backtest.completed", { payload })
       for (let i = 0; i < 12; i++) stuck.ws.send("ping")
 
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
       expect(yield* promise(() => idle.closed)).toEqual({ code: 1001, reason: "server shutting down" })
       expect(yield* promise(() => subscribed.closed)).toEqual({ code: 1001, reason: "server shutting down" })
       // The stuck client does not answer the close frame: the server waits for it (at most 2 s) and meanwhile

@@ -7,7 +7,7 @@
  *     yield* hub.events("backtest.#").pipe(Stream.runForEach((event) => Effect.log(event.type)))
  *   }).pipe(Effect.provide(HubConnection.layer("ws://localhost:8080/api/v1/ws/events", { WebSocket })))
  */
-import { Context, Data, Effect, Layer, Option, Schedule, ScheduleDecision, ScheduleIntervals, type Scope, Stream } from "effect"
+import { Context, Data, Duration, Effect, Exit, Layer, Option, Queue, Schedule, type Scope, Stream } from "effect"
 import { HubClient } from "./client.js"
 import type { ClientError, ClientOptions, ConnectionState, EventMap, EventOf, Gap, LiveData } from "./types.js"
 
@@ -17,10 +17,10 @@ export type * from "./types.js"
 export class HubRequestError extends Data.TaggedError("HubRequestError")<{ readonly message: string }> {}
 
 /** The default: about 0.5 s doubling with jitter, never more than 20 s apart. */
-export const defaultSchedule: Schedule.Schedule<unknown, ClientError> = Schedule.exponential("500 millis").pipe(
-  Schedule.jittered,
-  Schedule.union(Schedule.spaced("20 seconds"))
-)
+export const defaultSchedule: Schedule.Schedule<unknown, ClientError> = Schedule.min([
+  Schedule.jittered(Schedule.exponential("500 millis")),
+  Schedule.spaced("20 seconds")
+])
 
 export interface EffectClientOptions extends Omit<ClientOptions, "retryDelay" | "lazy"> {
   /** When to reconnect; the schedule restarts after every connection that worked. Ending it gives up. */
@@ -45,22 +45,20 @@ export interface HubConnectionService<M extends EventMap = EventMap> {
 
 /** A listener of the client as an unbounded stream (the client never waits for its consumers). */
 const fromListener = <A>(add: (emit: (a: A) => void) => () => void): Stream.Stream<A> =>
-  Stream.async<A>((emit) => {
-    const remove = add((a) => void emit.single(a))
-    return Effect.sync(remove)
-  }, "unbounded")
+  Stream.callback<A>((queue) => {
+    const remove = add((a) => void Queue.offerUnsafe(queue, a))
+    return Effect.addFinalizer(() => Effect.sync(remove))
+  })
 
 /** Steps a pure schedule by hand: the client asks for each delay synchronously. */
 const delays = (schedule: Schedule.Schedule<unknown, ClientError>) => {
-  let state = schedule.initial
+  const start = () => Effect.runSync(Schedule.toStep(schedule))
+  let step = start()
   return (attempt: number, error: ClientError): number | undefined => {
-    if (attempt === 0) state = schedule.initial
-    const now = Date.now()
-    const [next, , decision] = Effect.runSync(schedule.step(now, error, state))
-    state = next
-    return ScheduleDecision.isDone(decision)
-      ? undefined
-      : Math.max(0, ScheduleIntervals.start(decision.intervals) - now)
+    if (attempt === 0) step = start()
+    // A step that fails has ended the schedule: the client gives up.
+    const exit = Effect.runSyncExit(step(Date.now(), error))
+    return Exit.isSuccess(exit) ? Math.max(0, Duration.toMillis(exit.value[1])) : undefined
   }
 }
 
@@ -80,7 +78,7 @@ export const make = <M extends EventMap = EventMap>(
       gaps: fromListener((emit) => client.onGap(emit)),
       lives: fromListener((emit) => client.onLive(emit)),
       states: Stream.concat(Stream.sync(() => client.state), fromListener((emit) => client.onState(emit))),
-      lastId: Effect.sync(() => Option.fromNullable(client.lastId)),
+      lastId: Effect.sync(() => Option.fromNullishOr(client.lastId)),
       publish: (type, data) =>
         Effect.tryPromise({
           try: () => client.publish(type, data),
@@ -90,11 +88,11 @@ export const make = <M extends EventMap = EventMap>(
   )
 
 /** The hub connection as a service. */
-export class HubConnection extends Context.Tag("effect-event-hub/client/HubConnection")<
+export class HubConnection extends Context.Service<
   HubConnection,
   HubConnectionService
->() {
+>()("effect-event-hub/client/HubConnection") {
   static layer = (url: string, options: EffectClientOptions = {}): Layer.Layer<HubConnection> =>
-    Layer.scoped(HubConnection, make(url, options))
+    Layer.effect(HubConnection, make(url, options))
 }
 

@@ -6,7 +6,7 @@
  * Embedding programs can skip the environment entirely and provide the
  * services with `Layer.succeed(HubConfig, {...})` (see `HubConfig.make`).
  */
-import { Config, ConfigError, Context, Duration, Either, Layer, LogLevel, Option, Redacted } from "effect"
+import { Config, ConfigProvider, Context, Duration, Effect, Layer, type LogLevel, Option, Redacted, Result } from "effect"
 import { readFileSync } from "node:fs"
 import { hostname } from "node:os"
 import * as Topic from "../protocol/Topic.js"
@@ -14,6 +14,10 @@ import * as Topic from "../protocol/Topic.js"
 // ---------------------------------------------------------------------------
 // Parsing helpers
 // ---------------------------------------------------------------------------
+
+/** A refused value: the message names the variable, as every configuration error does. */
+export const invalidSetting = (name: string, message: string): Config.ConfigError =>
+  new Config.ConfigError(new ConfigProvider.SourceError({ message: `${name}: ${message}` }))
 
 const unitMillis: Record<string, number> = {
   ns: 1e-6,
@@ -50,32 +54,32 @@ export const parseGoDuration = (text: string): number | undefined => {
  * It must be at least 1 ms: a zero period or timeout is never what was meant.
  */
 export const goDuration = (name: string, defaultValue: Duration.Duration): Config.Config<Duration.Duration> =>
-  Config.string(name).pipe(
-    Config.mapOrFail((text) => {
+  Config.String(name).pipe(
+    Config.mapEffect((text) => {
       const millis = parseGoDuration(text)
       if (millis === undefined) {
-        return Either.left(
-          ConfigError.InvalidData([name], `expected a duration such as 5s, 250ms or 1m30s, got ${JSON.stringify(text)}`)
+        return Effect.fail(
+          invalidSetting(name, `expected a duration such as 5s, 250ms or 1m30s, got ${JSON.stringify(text)}`)
         )
       }
       return millis < 1
-        ? Either.left(ConfigError.InvalidData([name], `must be at least 1ms, got ${JSON.stringify(text)}`))
-        : Either.right(Duration.millis(millis))
+        ? Effect.fail(invalidSetting(name, `must be at least 1ms, got ${JSON.stringify(text)}`))
+        : Effect.succeed(Duration.millis(millis))
     }),
     Config.withDefault(defaultValue)
   )
 
 const positiveInt = (name: string, defaultValue: number): Config.Config<number> =>
-  Config.integer(name).pipe(
+  Config.Int(name).pipe(
     Config.withDefault(defaultValue),
-    Config.mapOrFail((n) =>
-      n > 0 ? Either.right(n) : Either.left(ConfigError.InvalidData([name], `expected a positive integer, got ${n}`))
+    Config.mapEffect((n) =>
+      n > 0 ? Effect.succeed(n) : Effect.fail(invalidSetting(name, `expected a positive integer, got ${n}`))
     )
   )
 
 /** An optional secret: unset or empty means "off". */
 const optionalSecret = (name: string): Config.Config<Option.Option<Redacted.Redacted>> =>
-  Config.option(Config.redacted(name)).pipe(
+  Config.option(Config.Redacted(name)).pipe(
     Config.map(Option.filter((value) => Redacted.value(value).length > 0))
   )
 
@@ -160,35 +164,35 @@ export const defaultSecurity: SecuritySettings = {
 const defaultJwksCacheMaxAge = Duration.minutes(10)
 
 const optionalString = (name: string): Config.Config<Option.Option<string>> =>
-  Config.string(name).pipe(Config.option, Config.map(Option.filter((value) => value.trim().length > 0)))
+  Config.String(name).pipe(Config.option, Config.map(Option.filter((value) => value.trim().length > 0)))
 
 /** A duration setting that may be left unset (or set to `0` / `off`) to disable what it limits. */
 const optionalDuration = (name: string): Config.Config<Option.Option<Duration.Duration>> =>
-  Config.string(name).pipe(
+  Config.String(name).pipe(
     Config.withDefault(""),
-    Config.mapOrFail((text) => {
+    Config.mapEffect((text) => {
       const trimmed = text.trim()
-      if (trimmed === "" || trimmed === "0" || trimmed.toLowerCase() === "off") return Either.right(Option.none())
+      if (trimmed === "" || trimmed === "0" || trimmed.toLowerCase() === "off") return Effect.succeed(Option.none())
       const millis = parseGoDuration(trimmed)
       return millis === undefined || millis < 1
-        ? Either.left(ConfigError.InvalidData([name], `expected a duration such as 30s, or off; got ${JSON.stringify(text)}`))
-        : Either.right(Option.some(Duration.millis(millis)))
+        ? Effect.fail(invalidSetting(name, `expected a duration such as 30s, or off; got ${JSON.stringify(text)}`))
+        : Effect.succeed(Option.some(Duration.millis(millis)))
     })
   )
 
-const allowedOriginsConfig = Config.string("ALLOWED_ORIGINS").pipe(
+const allowedOriginsConfig = Config.String("ALLOWED_ORIGINS").pipe(
   Config.withDefault("*"),
-  Config.mapOrFail((text) => {
+  Config.mapEffect((text) => {
     const list = text.split(",").map((origin) => origin.trim().replace(/\/+$/, "")).filter((origin) => origin.length > 0)
     if (list.length === 0) {
-      return Either.left(ConfigError.InvalidData(["ALLOWED_ORIGINS"], "expected * or a comma-separated list of origins"))
+      return Effect.fail(invalidSetting("ALLOWED_ORIGINS", "expected * or a comma-separated list of origins"))
     }
-    if (list.includes("*")) return Either.right(["*"])
+    if (list.includes("*")) return Effect.succeed(["*"])
     const bad = list.find((origin) => !/^https?:\/\/[^/\s]+$/i.test(origin))
     return bad === undefined
-      ? Either.right(list.map((origin) => origin.toLowerCase()))
-      : Either.left(
-        ConfigError.InvalidData(["ALLOWED_ORIGINS"], `expected origins such as https://app.example.com, got ${JSON.stringify(bad)}`)
+      ? Effect.succeed(list.map((origin) => origin.toLowerCase()))
+      : Effect.fail(
+        invalidSetting("ALLOWED_ORIGINS", `expected origins such as https://app.example.com, got ${JSON.stringify(bad)}`)
       )
   })
 )
@@ -199,29 +203,29 @@ const authKeysConfig: Config.Config<AuthKeySource> = Config.all({
   publicKey: optionalString("AUTH_JWT_PUBLIC_KEY"),
   cacheMaxAge: goDuration("AUTH_JWKS_CACHE_MAX_AGE", defaultJwksCacheMaxAge)
 }).pipe(
-  Config.mapOrFail(({ cacheMaxAge, jwksUrl, publicKey, secret }): Either.Either<AuthKeySource, ConfigError.ConfigError> => {
+  Config.mapEffect(({ cacheMaxAge, jwksUrl, publicKey, secret }): Effect.Effect<AuthKeySource, Config.ConfigError> => {
     const set = [Option.isSome(secret), Option.isSome(jwksUrl), Option.isSome(publicKey)].filter(Boolean).length
     if (set > 1) {
-      return Either.left(ConfigError.InvalidData(
-        ["AUTH_JWT_SECRET"],
+      return Effect.fail(invalidSetting(
+        "AUTH_JWT_SECRET",
         "set only one of AUTH_JWT_SECRET, AUTH_JWKS_URL and AUTH_JWT_PUBLIC_KEY (mixing symmetric and asymmetric keys invites algorithm confusion)"
       ))
     }
     if (Option.isSome(secret)) {
       return Redacted.value(secret.value).length < 32
-        ? Either.left(ConfigError.InvalidData(["AUTH_JWT_SECRET"], "must be at least 32 characters (256 bits for HS256)"))
-        : Either.right({ _tag: "secret", secret: secret.value })
+        ? Effect.fail(invalidSetting("AUTH_JWT_SECRET", "must be at least 32 characters (256 bits for HS256)"))
+        : Effect.succeed({ _tag: "secret", secret: secret.value })
     }
     if (Option.isSome(jwksUrl)) {
       let url: URL
       try {
         url = new URL(jwksUrl.value.trim())
       } catch {
-        return Either.left(ConfigError.InvalidData(["AUTH_JWKS_URL"], "expected an http(s) URL"))
+        return Effect.fail(invalidSetting("AUTH_JWKS_URL", "expected an http(s) URL"))
       }
       return url.protocol === "https:" || url.protocol === "http:"
-        ? Either.right({ _tag: "jwks", url, cacheMaxAge })
-        : Either.left(ConfigError.InvalidData(["AUTH_JWKS_URL"], "expected an http(s) URL"))
+        ? Effect.succeed({ _tag: "jwks", url, cacheMaxAge })
+        : Effect.fail(invalidSetting("AUTH_JWKS_URL", "expected an http(s) URL"))
     }
     if (Option.isSome(publicKey)) {
       const text = publicKey.value.trim()
@@ -230,18 +234,18 @@ const authKeysConfig: Config.Config<AuthKeySource> = Config.all({
         try {
           key = readFileSync(text, "utf8").trim()
         } catch (error) {
-          return Either.left(ConfigError.InvalidData(["AUTH_JWT_PUBLIC_KEY"], `cannot read the file ${text}: ${String(error)}`))
+          return Effect.fail(invalidSetting("AUTH_JWT_PUBLIC_KEY", `cannot read the file ${text}: ${String(error)}`))
         }
       }
-      return Either.right({ _tag: "publicKey", key })
+      return Effect.succeed({ _tag: "publicKey", key })
     }
-    return Either.right({ _tag: "none" })
+    return Effect.succeed({ _tag: "none" })
   })
 )
 
 const securitySettings: Config.Config<SecuritySettings> = Config.all({
   allowedOrigins: allowedOriginsConfig,
-  trustProxy: Config.boolean("TRUST_PROXY").pipe(Config.withDefault(defaultSecurity.trustProxy)),
+  trustProxy: Config.Boolean("TRUST_PROXY").pipe(Config.withDefault(defaultSecurity.trustProxy)),
   authKeys: authKeysConfig,
   authIssuer: optionalString("AUTH_JWT_ISSUER"),
   authAudience: optionalString("AUTH_JWT_AUDIENCE"),
@@ -250,8 +254,8 @@ const securitySettings: Config.Config<SecuritySettings> = Config.all({
   messageRate: positiveInt("WS_RATE_LIMIT", defaultSecurity.messageRate),
   messageBurst: positiveInt("WS_RATE_BURST", defaultSecurity.messageBurst),
   maxPatternLength: positiveInt("WS_MAX_PATTERN_LENGTH", defaultSecurity.maxPatternLength).pipe(
-    Config.mapOrFail((n) =>
-      n <= 255 ? Either.right(n) : Either.left(ConfigError.InvalidData(["WS_MAX_PATTERN_LENGTH"], `at most 255, got ${n}`))
+    Config.mapEffect((n) =>
+      n <= 255 ? Effect.succeed(n) : Effect.fail(invalidSetting("WS_MAX_PATTERN_LENGTH", `at most 255, got ${n}`))
     )
   ),
   maxPatternWords: positiveInt("WS_MAX_PATTERN_WORDS", defaultSecurity.maxPatternWords),
@@ -364,29 +368,29 @@ export const defaultHubSettings: HubSettings = {
 }
 
 /** The rules that tie settings together. */
-const checkHubSettings = (settings: HubSettings): Either.Either<HubSettings, ConfigError.ConfigError> => {
-  if (!Duration.lessThan(settings.pingPeriod, settings.pongTimeout)) {
-    return Either.left(ConfigError.InvalidData(
-      ["WS_PING_PERIOD"],
+const checkHubSettings = (settings: HubSettings): Effect.Effect<HubSettings, Config.ConfigError> => {
+  if (!Duration.isLessThan(settings.pingPeriod, settings.pongTimeout)) {
+    return Effect.fail(invalidSetting(
+      "WS_PING_PERIOD",
       `must be shorter than WS_PONG_TIMEOUT (${Duration.format(settings.pongTimeout)}), or every client that ` +
         `only listens is closed before it is pinged; got ${Duration.format(settings.pingPeriod)}`
     ))
   }
-  if (!Duration.lessThan(settings.shutdownDrainDelay, settings.shutdownTimeout)) {
-    return Either.left(ConfigError.InvalidData(
-      ["SHUTDOWN_DRAIN_DELAY"],
+  if (!Duration.isLessThan(settings.shutdownDrainDelay, settings.shutdownTimeout)) {
+    return Effect.fail(invalidSetting(
+      "SHUTDOWN_DRAIN_DELAY",
       `must be shorter than SHUTDOWN_TIMEOUT (${Duration.format(settings.shutdownTimeout)}), or the process exits ` +
         `before clients are closed; got ${Duration.format(settings.shutdownDrainDelay)}`
     ))
   }
   for (const pattern of settings.clientPublishTypes) {
     const checked = Topic.check(pattern, settings.security)
-    if (Either.isLeft(checked)) return Either.left(ConfigError.InvalidData(["WS_PUBLISH_TYPES"], checked.left))
+    if (Result.isFailure(checked)) return Effect.fail(invalidSetting("WS_PUBLISH_TYPES", checked.failure))
   }
-  return Either.right(settings)
+  return Effect.succeed(settings)
 }
 
-export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, HubSettings>() {
+export class HubConfig extends Context.Service<HubConfig, HubSettings>()("event-hub/HubConfig") {
   /** Settings with every default, overridden by `overrides`: handy for embedding and tests. */
   static make(overrides: Partial<HubSettings> = {}): HubSettings {
     return { ...defaultHubSettings, ...overrides }
@@ -396,22 +400,22 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
     return Layer.succeed(HubConfig, HubConfig.make(overrides))
   }
   /** The settings read from the environment (see the README's table). */
-  static readonly fromEnv: Layer.Layer<HubConfig, ConfigError.ConfigError> = Layer.effect(
+  static readonly fromEnv: Layer.Layer<HubConfig, Config.ConfigError> = Layer.effect(
     HubConfig,
     Config.all({
-      host: Config.string("HOST").pipe(Config.withDefault(defaultHubSettings.host)),
-      port: Config.port("PORT").pipe(Config.withDefault(defaultHubSettings.port)),
+      host: Config.String("HOST").pipe(Config.withDefault(defaultHubSettings.host)),
+      port: Config.Port("PORT").pipe(Config.withDefault(defaultHubSettings.port)),
       wsPath: Config.succeed(defaultHubSettings.wsPath),
       maxMessageSize: positiveInt("WS_MAX_MESSAGE_SIZE", defaultHubSettings.maxMessageSize),
       sendBuffer: positiveInt("WS_SEND_BUFFER", defaultHubSettings.sendBuffer),
       compressionThreshold: optionalString("WS_COMPRESSION_THRESHOLD").pipe(
-        Config.mapOrFail((text) => {
-          if (Option.isNone(text)) return Either.right(Option.none())
+        Config.mapEffect((text) => {
+          if (Option.isNone(text)) return Effect.succeed(Option.none())
           const threshold = Number(text.value)
           return Number.isInteger(threshold) && threshold > 0
-            ? Either.right(Option.some(threshold))
-            : Either.left(ConfigError.InvalidData(
-              ["WS_COMPRESSION_THRESHOLD"],
+            ? Effect.succeed(Option.some(threshold))
+            : Effect.fail(invalidSetting(
+              "WS_COMPRESSION_THRESHOLD",
               `expected a positive number of bytes, or empty for no compression; got ${JSON.stringify(text.value)}`
             ))
         })
@@ -424,19 +428,19 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       publishToken: optionalSecret("PUBLISH_TOKEN"),
       publishMaxBody: positiveInt("PUBLISH_MAX_BODY", defaultHubSettings.publishMaxBody),
       security: securitySettings,
-      clientPublishTypes: Config.string("WS_PUBLISH_TYPES").pipe(
+      clientPublishTypes: Config.String("WS_PUBLISH_TYPES").pipe(
         Config.withDefault(defaultHubSettings.clientPublishTypes.join(",")),
         Config.map((patterns) => patterns.split(",").map((pattern) => pattern.trim()).filter((pattern) => pattern !== ""))
       ),
-      roomKeys: Config.string("ROOM_KEYS").pipe(
+      roomKeys: Config.String("ROOM_KEYS").pipe(
         Config.withDefault(defaultHubSettings.roomKeys.join(",")),
         Config.map((keys) => keys.split(",").map((key) => key.trim()).filter((key) => key !== "")),
-        Config.mapOrFail((keys) => {
+        Config.mapEffect((keys) => {
           const bad = keys.find((key) => !/^[A-Za-z0-9_.-]{1,64}$/.test(key))
           return bad === undefined
-            ? Either.right(keys)
-            : Either.left(ConfigError.InvalidData(
-              ["ROOM_KEYS"],
+            ? Effect.succeed(keys)
+            : Effect.fail(invalidSetting(
+              "ROOM_KEYS",
               `${JSON.stringify(bad)} is not a field name (letters, digits, _ . -, at most 64)`
             ))
         })
@@ -444,12 +448,12 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       historyMaxEvents: positiveInt("HISTORY_MAX_EVENTS", defaultHubSettings.historyMaxEvents),
       historyMaxAge: goDuration("HISTORY_MAX_AGE", defaultHubSettings.historyMaxAge),
       historyReplayMax: positiveInt("HISTORY_REPLAY_MAX", defaultHubSettings.historyReplayMax),
-      dedupMaxEvents: Config.integer("DEDUP_MAX_EVENTS").pipe(
+      dedupMaxEvents: Config.Int("DEDUP_MAX_EVENTS").pipe(
         Config.withDefault(defaultHubSettings.dedupMaxEvents),
-        Config.mapOrFail((n) =>
+        Config.mapEffect((n) =>
           n >= 0
-            ? Either.right(n)
-            : Either.left(ConfigError.InvalidData(["DEDUP_MAX_EVENTS"], `expected 0 (off) or a positive integer, got ${n}`))
+            ? Effect.succeed(n)
+            : Effect.fail(invalidSetting("DEDUP_MAX_EVENTS", `expected 0 (off) or a positive integer, got ${n}`))
         )
       ),
       dedupMaxAge: goDuration("DEDUP_MAX_AGE", defaultHubSettings.dedupMaxAge),
@@ -459,7 +463,7 @@ export class HubConfig extends Context.Tag("event-hub/HubConfig")<HubConfig, Hub
       metricsMaxEventTypes: positiveInt("METRICS_MAX_EVENT_TYPES", defaultHubSettings.metricsMaxEventTypes),
       shutdownDrainDelay: goDuration("SHUTDOWN_DRAIN_DELAY", defaultHubSettings.shutdownDrainDelay),
       dashboardToken: optionalSecret("DASHBOARD_TOKEN")
-    }).pipe(Config.mapOrFail(checkHubSettings))
+    }).pipe(Config.mapEffect(checkHubSettings))
   )
 }
 
@@ -474,30 +478,30 @@ export interface LogSettings {
 }
 
 const logLevels: Record<string, LogLevel.LogLevel> = {
-  trace: LogLevel.Trace,
-  debug: LogLevel.Debug,
-  info: LogLevel.Info,
-  warn: LogLevel.Warning,
-  warning: LogLevel.Warning,
-  error: LogLevel.Error,
-  fatal: LogLevel.Fatal,
-  none: LogLevel.None,
-  off: LogLevel.None
+  trace: "Trace",
+  debug: "Debug",
+  info: "Info",
+  warn: "Warn",
+  warning: "Warn",
+  error: "Error",
+  fatal: "Fatal",
+  none: "None",
+  off: "None"
 }
 
-export const defaultLogSettings: LogSettings = { level: LogLevel.Info, format: "json" }
+export const defaultLogSettings: LogSettings = { level: "Info", format: "json" }
 
 export const logSettings: Config.Config<LogSettings> = Config.all({
-  level: Config.string("LOG_LEVEL").pipe(
-    Config.mapOrFail((name) => {
+  level: Config.String("LOG_LEVEL").pipe(
+    Config.mapEffect((name) => {
       const level = logLevels[name.trim().toLowerCase()]
       return level === undefined
-        ? Either.left(ConfigError.InvalidData(["LOG_LEVEL"], `expected one of trace, debug, info, warn, error, fatal, none; got ${JSON.stringify(name)}`))
-        : Either.right(level)
+        ? Effect.fail(invalidSetting("LOG_LEVEL", `expected one of trace, debug, info, warn, error, fatal, none; got ${JSON.stringify(name)}`))
+        : Effect.succeed(level)
     }),
     Config.withDefault(defaultLogSettings.level)
   ),
-  format: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaultLogSettings.format))
+  format: Config.Literals(["json", "pretty"], "LOG_FORMAT").pipe(Config.withDefault(defaultLogSettings.format))
 })
 
 // ---------------------------------------------------------------------------
@@ -594,34 +598,34 @@ export const defaultQueueName = (instanceId: string = defaultInstanceId()): stri
   `websocket_events_queue.${instanceId}`
 
 const eventTypeMapConfig = (name: string): Config.Config<Readonly<Record<string, string>>> =>
-  Config.string(name).pipe(
+  Config.String(name).pipe(
     Config.option,
-    Config.mapOrFail((value) => {
-      if (Option.isNone(value) || value.value.trim() === "") return Either.right(defaultEventTypeMap)
+    Config.mapEffect((value) => {
+      if (Option.isNone(value) || value.value.trim() === "") return Effect.succeed(defaultEventTypeMap)
       const text = value.value.trim()
       let source = text
       if (!text.startsWith("{")) {
         try {
           source = readFileSync(text, "utf8")
         } catch (error) {
-          return Either.left(ConfigError.InvalidData([name], `cannot read the file ${text}: ${String(error)}`))
+          return Effect.fail(invalidSetting(name, `cannot read the file ${text}: ${String(error)}`))
         }
       }
       let parsed: unknown
       try {
         parsed = JSON.parse(source)
       } catch {
-        return Either.left(ConfigError.InvalidData([name], "expected a JSON object (or a path to a JSON file)"))
+        return Effect.fail(invalidSetting(name, "expected a JSON object (or a path to a JSON file)"))
       }
       if (
         typeof parsed !== "object" || parsed === null || Array.isArray(parsed) ||
         Object.values(parsed).some((v) => typeof v !== "string" || v.length === 0)
       ) {
-        return Either.left(
-          ConfigError.InvalidData([name], "expected a JSON object mapping routing keys to event types (strings)")
+        return Effect.fail(
+          invalidSetting(name, "expected a JSON object mapping routing keys to event types (strings)")
         )
       }
-      return Either.right(parsed as Record<string, string>)
+      return Effect.succeed(parsed as Record<string, string>)
     })
   )
 
@@ -646,85 +650,85 @@ export const defaultRabbitMqSettings = (): RabbitMqSettings => ({
   ingestMaxBytes: defaultStreamMaxBytes
 })
 
-export class RabbitMqConfig extends Context.Tag("event-hub/RabbitMqConfig")<RabbitMqConfig, RabbitMqSettings>() {
+export class RabbitMqConfig extends Context.Service<RabbitMqConfig, RabbitMqSettings>()("event-hub/RabbitMqConfig") {
   static make(overrides: Partial<RabbitMqSettings> = {}): RabbitMqSettings {
     return { ...defaultRabbitMqSettings(), ...overrides }
   }
   static layer(overrides: Partial<RabbitMqSettings> = {}): Layer.Layer<RabbitMqConfig> {
     return Layer.succeed(RabbitMqConfig, RabbitMqConfig.make(overrides))
   }
-  static readonly fromEnv: Layer.Layer<RabbitMqConfig, ConfigError.ConfigError> = Layer.effect(
+  static readonly fromEnv: Layer.Layer<RabbitMqConfig, Config.ConfigError> = Layer.effect(
     RabbitMqConfig,
-    Config.suspend(() => rabbitMqSettings(defaultRabbitMqSettings()))
+    Effect.suspend(() => rabbitMqSettings(defaultRabbitMqSettings()))
   )
 }
 
 const rabbitMqSettings = (defaults: RabbitMqSettings): Config.Config<RabbitMqSettings> =>
   Config.all({
-    url: Config.redacted("RABBITMQ_URL").pipe(
+    url: Config.Redacted("RABBITMQ_URL").pipe(
       Config.withDefault(Option.getOrElse(defaults.url, () => Redacted.make(""))),
-      Config.mapOrFail((url) => {
+      Config.mapEffect((url) => {
         const text = Redacted.value(url).trim()
-        if (text === "") return Either.right(Option.none())
+        if (text === "") return Effect.succeed(Option.none())
         return brokerUrls(url).every((one) => brokerUrlForm.test(Redacted.value(one)))
-          ? Either.right(Option.some(url))
-          : Either.left(ConfigError.InvalidData(["RABBITMQ_URL"], "expected amqp://user:password@host:port/vhost (or amqps://), several separated by commas, or empty to disable"))
+          ? Effect.succeed(Option.some(url))
+          : Effect.fail(invalidSetting("RABBITMQ_URL", "expected amqp://user:password@host:port/vhost (or amqps://), several separated by commas, or empty to disable"))
       })
     ),
-    exchange: Config.string("RABBITMQ_EXCHANGE").pipe(
+    exchange: Config.String("RABBITMQ_EXCHANGE").pipe(
       Config.withDefault(defaults.exchange),
-      Config.mapOrFail((name) =>
+      Config.mapEffect((name) =>
         name.trim() === ""
-          ? Either.left(ConfigError.InvalidData(["RABBITMQ_EXCHANGE"], "must not be empty (the publishers' topic exchange)"))
-          : Either.right(name.trim())
+          ? Effect.fail(invalidSetting("RABBITMQ_EXCHANGE", "must not be empty (the publishers' topic exchange)"))
+          : Effect.succeed(name.trim())
       )
     ),
     queue: Config.all({
-      queue: Config.string("RABBITMQ_QUEUE").pipe(Config.withDefault("")),
-      instance: Config.string("HUB_INSTANCE_ID").pipe(Config.withDefault("")),
-      port: Config.integer("PORT").pipe(Config.withDefault(defaultHubSettings.port))
+      queue: Config.String("RABBITMQ_QUEUE").pipe(Config.withDefault("")),
+      instance: Config.String("HUB_INSTANCE_ID").pipe(Config.withDefault("")),
+      port: Config.Int("PORT").pipe(Config.withDefault(defaultHubSettings.port))
     }).pipe(Config.map(({ instance, port, queue }) =>
       queue.trim() !== "" ? queue.trim() : defaultQueueName(instance.trim() || defaultInstanceId(port))
     )),
-    bindingKeys: Config.string("RABBITMQ_BINDING_KEYS").pipe(
+    bindingKeys: Config.String("RABBITMQ_BINDING_KEYS").pipe(
       Config.withDefault(defaults.bindingKeys.join(",")),
-      Config.mapOrFail((keys) => {
+      Config.mapEffect((keys) => {
         const list = keys.split(",").map((key) => key.trim()).filter((key) => key.length > 0)
         return list.length === 0
-          ? Either.left(ConfigError.InvalidData(["RABBITMQ_BINDING_KEYS"], "expected at least one binding key"))
-          : Either.right(list)
+          ? Effect.fail(invalidSetting("RABBITMQ_BINDING_KEYS", "expected at least one binding key"))
+          : Effect.succeed(list)
       })
     ),
     prefetch: positiveInt("RABBITMQ_PREFETCH", defaults.prefetch).pipe(
-      Config.mapOrFail((n) =>
+      Config.mapEffect((n) =>
         n <= 65535
-          ? Either.right(n)
-          : Either.left(ConfigError.InvalidData(["RABBITMQ_PREFETCH"], `at most 65535 (AMQP's limit), got ${n}`))
+          ? Effect.succeed(n)
+          : Effect.fail(invalidSetting("RABBITMQ_PREFETCH", `at most 65535 (AMQP's limit), got ${n}`))
       )
     ),
     queueExpires: goDuration("RABBITMQ_QUEUE_EXPIRES", defaults.queueExpires),
-    deadLetterExchange: Config.string("RABBITMQ_DEAD_LETTER_EXCHANGE").pipe(
+    deadLetterExchange: Config.String("RABBITMQ_DEAD_LETTER_EXCHANGE").pipe(
       Config.option,
       Config.map(Option.filter((name) => name.trim().length > 0))
     ),
     reconnectDelay: goDuration("RABBITMQ_RECONNECT_DELAY", defaults.reconnectDelay),
     maxReconnectWait: goDuration("RABBITMQ_MAX_RECONNECT_WAIT", defaults.maxReconnectWait),
     eventTypeMap: eventTypeMapConfig("EVENT_TYPE_MAP"),
-    mode: Config.literal("queue", "stream")("RABBITMQ_MODE").pipe(Config.withDefault(defaults.mode)),
-    stream: Config.string("RABBITMQ_STREAM").pipe(
+    mode: Config.Literals(["queue", "stream"], "RABBITMQ_MODE").pipe(Config.withDefault(defaults.mode)),
+    stream: Config.String("RABBITMQ_STREAM").pipe(
       Config.withDefault(defaults.stream),
       Config.map((name) => name.trim() === "" ? defaults.stream : name.trim())
     ),
     streamMaxAge: goDuration("RABBITMQ_STREAM_MAX_AGE", defaults.streamMaxAge),
     streamMaxBytes: positiveInt("RABBITMQ_STREAM_MAX_BYTES", defaults.streamMaxBytes),
-    streamMaxSegmentBytes: Config.integer("RABBITMQ_STREAM_MAX_SEGMENT_BYTES").pipe(
+    streamMaxSegmentBytes: Config.Int("RABBITMQ_STREAM_MAX_SEGMENT_BYTES").pipe(
       Config.option,
-      Config.mapOrFail((value) =>
+      Config.mapEffect((value) =>
         Option.isSome(value) && value.value <= 0
-          ? Either.left(ConfigError.InvalidData(["RABBITMQ_STREAM_MAX_SEGMENT_BYTES"], "expected a positive number of bytes"))
-          : Either.right(value)
+          ? Effect.fail(invalidSetting("RABBITMQ_STREAM_MAX_SEGMENT_BYTES", "expected a positive number of bytes"))
+          : Effect.succeed(value)
       )
     ),
-    ingest: Config.literal("quorum", "none")("RABBITMQ_INGEST").pipe(Config.withDefault(defaults.ingest)),
+    ingest: Config.Literals(["quorum", "none"], "RABBITMQ_INGEST").pipe(Config.withDefault(defaults.ingest)),
     ingestMaxBytes: positiveInt("RABBITMQ_INGEST_MAX_BYTES", defaults.ingestMaxBytes)
   })

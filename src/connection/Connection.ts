@@ -18,8 +18,7 @@
  * itself: then there is nothing to wait for); a defect in its work ends it
  * alone, logged.
  */
-import { Cause, Duration, Effect, Exit, FiberId, FiberRef, LogLevel } from "effect"
-import type { RuntimeFiber } from "effect/Fiber"
+import { Cause, Duration, Effect, Exit, type Fiber, LogLevel } from "effect"
 import { HubConfig } from "../config/Config.js"
 import { type ClientId, type Connection, HubClients, type RegisterOptions } from "../hub/Hub.js"
 import type { Outbox, OutboxOwner, Transport } from "../hub/Outbox.js"
@@ -33,14 +32,21 @@ import * as Resume from "./Resume.js"
  * Starts a connection's fiber under the server's supervision (a `FiberSet`'s runtime), at once unless `immediate`
  * is false.
  */
-export type RunFiber = (effect: Effect.Effect<void>, options?: { readonly immediate?: boolean }) => RuntimeFiber<void>
+export type RunFiber = (effect: Effect.Effect<void>, options?: { readonly immediate?: boolean }) => Fiber.Fiber<void>
+
+/**
+ * `RunFiber` from a `FiberSet`'s run function. Effect 4 runs a new fiber in the caller's stack until it first waits;
+ * one that must not (`immediate: false`) starts at the scheduler's next turn.
+ */
+export const runIn = (fork: (effect: Effect.Effect<void>) => Fiber.Fiber<void>): RunFiber => (effect, options) =>
+  fork(options?.immediate === false ? Effect.andThen(Effect.yieldNow, effect) : effect)
 
 /** What every connection of a server uses, taken once by the server's layer: a connection costs no look-up. */
 export interface Services {
-  readonly hub: HubClients["Type"]
-  readonly config: HubConfig["Type"]
-  readonly metrics: HubMetrics["Type"]
-  readonly limits: Limits["Type"]
+  readonly hub: HubClients["Service"]
+  readonly config: HubConfig["Service"]
+  readonly metrics: HubMetrics["Service"]
+  readonly limits: Limits["Service"]
   readonly run: RunFiber
   /** Debug lines are logged: otherwise they are not even built (a connection's life has two). */
   readonly debug: boolean
@@ -57,7 +63,7 @@ export const services = (
       metrics: yield* HubMetrics,
       limits: yield* Limits,
       run,
-      debug: LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug)
+      debug: yield* LogLevel.isEnabled("Debug")
     }
   })
 
@@ -87,7 +93,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
   /** Why the connection ends, once that is decided. */
   protected reason: DisconnectReason | undefined = undefined
   /** The fiber running its work, once `run` has returned it: a shutdown interrupts it. */
-  #fiber: RuntimeFiber<void> | undefined = undefined
+  #fiber: Fiber.Fiber<void> | undefined = undefined
   /** The reply that waits for room in the send buffer, if any (see `sendWhenRoom`). */
   #waitingSend: (() => void) | undefined = undefined
 
@@ -165,12 +171,12 @@ export abstract class BaseConnection<S extends Services = Services> implements C
     this.id = hub.unsafeNextId()
     hub.unsafeRegister(this, options)
     let setup: Effect.Effect<void> | undefined = undefined
-    const then = (next: Effect.Effect<void>) => setup = setup === undefined ? next : Effect.zipRight(setup, next)
+    const then = (next: Effect.Effect<void>) => setup = setup === undefined ? next : Effect.andThen(setup, next)
     if (this.services.debug) then(Effect.logDebug("client connected").pipe(Effect.annotateLogs(this.annotations)))
     if (refusal !== undefined) then(this.refuse(refusal))
     if (options.resuming === true) then(Resume.resume(this, since!))
     if (setup === undefined) this.state = State.idle
-    else this.activate(Effect.zipRight(setup, this.next))
+    else this.activate(Effect.andThen(setup, this.next))
   }
 
   // --- its fiber -------------------------------------------------------------------
@@ -205,7 +211,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
       ? Effect.void
       : this.state < State.closing
       ? this.finish(exit)
-      : Cause.isInterruptedOnly(exit.cause)
+      : Cause.hasInterruptsOnly(exit.cause)
       ? Effect.void
       : Effect.logError("client connection failed while closing", exit.cause).pipe(Effect.annotateLogs(this.annotations))
 
@@ -273,7 +279,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
     this.reason ??= "shutdown"
     const fiber = this.#fiber
     this.end()
-    fiber?.unsafeInterruptAsFork(FiberId.none)
+    fiber?.interruptUnsafe()
   }
 
   /** The client leaves the hub (once): at once, so that no event is counted for a connection that is ending. */
@@ -297,8 +303,8 @@ export abstract class BaseConnection<S extends Services = Services> implements C
     return Effect.suspend(() => {
       this.#leave()
       const closed = this.#close(exit)
-      return Exit.isFailure(exit) && Cause.isDie(exit.cause)
-        ? Effect.zipRight(
+      return Exit.isFailure(exit) && Cause.hasDies(exit.cause)
+        ? Effect.andThen(
           closed,
           Effect.logError("client connection failed; it is closed, the other clients are served", exit.cause).pipe(
             Effect.annotateLogs(this.annotations)
@@ -314,7 +320,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
     // A socket the peer dropped may not have told its connection yet: look at the socket first.
     const reason = this.reason ??= !transport.open
       ? "client_closed"
-      : Exit.isInterrupted(exit)
+      : Exit.hasInterrupts(exit)
       ? "shutdown"
       : "error"
     if (transport.open) {
@@ -322,7 +328,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
       this.outbox.flush()
       this.closing(reason)
     }
-    return Effect.zipRight(transport.close(reason), Effect.suspend(() => this.#closed()))
+    return Effect.andThen(transport.close(reason), Effect.suspend(() => this.#closed()))
   }
 
   /** Called before the transport closes an open socket for `reason`. */
@@ -361,7 +367,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
    * a slow consumer.
    */
   sendWhenRoom(message: Outbound): Effect.Effect<void> {
-    return Effect.async<void>((resume) => {
+    return Effect.callback<void>((resume) => {
       if (this.state >= State.ending) return resume(Effect.void)
       const outbox = this.outbox
       let done = false
@@ -393,7 +399,7 @@ export abstract class BaseConnection<S extends Services = Services> implements C
 
   /** A `hub.error`, with a debug-level log line. */
   refuse(error: ErrorData): Effect.Effect<void> {
-    return Effect.zipRight(
+    return Effect.andThen(
       Effect.logDebug("refused client message").pipe(
         Effect.annotateLogs({ ...this.annotations, code: error.code, reason: error.message })
       ),

@@ -13,7 +13,7 @@
  * made for each connection: thousands of idle connections each keep one small
  * object instead of a dozen functions.
  */
-import { Effect, Either } from "effect"
+import { Effect, Result } from "effect"
 import type { Auth, Principal } from "../security/Auth.js"
 import { checkPatterns, checkRooms } from "../security/Subscription.js"
 import type { HubSettings } from "../config/Config.js"
@@ -46,12 +46,12 @@ export type Answer = Effect.Effect<void> | undefined
 
 /** The services requests use (a WebSocket connection's, see WebSocketConnection.ts). */
 export interface RequestServices {
-  readonly hub: HubClients["Type"]
+  readonly hub: HubClients["Service"]
   readonly config: HubSettings
-  readonly auth: Auth["Type"]
-  readonly limits: Limits["Type"]
+  readonly auth: Auth["Service"]
+  readonly limits: Limits["Service"]
   /** Where clients' `publish` goes (disabled without a broker: it then fails with `publish_failed`). */
-  readonly publisher: Publisher["Type"]
+  readonly publisher: Publisher["Service"]
   /** Requests are traced (Tracing.ts): each is then answered inside its span, in the fiber. */
   readonly tracing: boolean
 }
@@ -83,8 +83,8 @@ export class Requests {
     const text = data.toString("utf8")
     if (text === TextPing) return this.answer(pongMessage)
     const request = parseRequest(text)
-    if (Either.isLeft(request)) return this.refuse(request.left)
-    const right = request.right
+    if (Result.isFailure(request)) return this.refuse(request.failure)
+    const right = request.success
     if (!this.context.services.tracing) return this.dispatch(right)
     // A span for what the client asks, with the whole answer inside it.
     const name = right.action === "subscribe" && right.since !== undefined ? "resume" : right.action
@@ -112,9 +112,9 @@ export class Requests {
         const refused = this.checkSubscription(event_types)
         if (refused !== undefined) return this.refuse(refused)
         if (since !== undefined) return this.subscribeSince(event_types, since)
-        return Either.match(hub.unsafeSubscribe(id, event_types), {
-          onLeft: (error) => Resume.tooManySubscriptions(this.context, error),
-          onRight: (now) => this.replyNow(HubMessageType.subscribed, { event_types: now })
+        return Result.match(hub.unsafeSubscribe(id, event_types), {
+          onFailure: (error) => Resume.tooManySubscriptions(this.context, error),
+          onSuccess: (now) => this.replyNow(HubMessageType.subscribed, { event_types: now })
         })
       }
     }
@@ -155,9 +155,9 @@ export class Requests {
     const { id, services: { config, hub } } = this.context
     const refused = checkRooms(config.roomKeys, rooms)
     if (refused !== undefined) return this.refuse(refused)
-    return Either.match(hub.unsafeJoin(id, rooms), {
-      onLeft: (error) => this.refuse({ code: "too_many_rooms", message: error.message }),
-      onRight: (now) => this.replyNow(HubMessageType.rooms, { rooms: now })
+    return Result.match(hub.unsafeJoin(id, rooms), {
+      onFailure: (error) => this.refuse({ code: "too_many_rooms", message: error.message }),
+      onSuccess: (now) => this.replyNow(HubMessageType.rooms, { rooms: now })
     })
   }
 
@@ -181,7 +181,7 @@ export class Requests {
         },
         onSuccess: (next) => {
           context.principal = next
-          return Effect.zipRight(
+          return Effect.andThen(
             hub.authorize(context.id, next.eventTypes),
             this.reply(HubMessageType.authenticated, { expires_at: new Date(next.expiresAt).toISOString() })
           )
@@ -208,7 +208,7 @@ export class Requests {
     return publisher.publish(type, Buffer.from(JSON.stringify(data))).pipe(
       Effect.matchEffect({
         onFailure: (error) =>
-          Effect.zipRight(
+          Effect.andThen(
             Effect.logWarning("client publish failed").pipe(
               Effect.annotateLogs({ ...annotations, event_type: type, reason: error.message })
             ),

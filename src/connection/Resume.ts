@@ -26,7 +26,7 @@ import type { TokenBucket } from "../security/TokenBucket.js"
 export interface Resuming {
   readonly id: ClientId
   readonly remoteAddress: string
-  readonly services: { readonly hub: HubClients["Type"]; readonly limits: Limits["Type"] }
+  readonly services: { readonly hub: HubClients["Service"]; readonly limits: Limits["Service"] }
   reply(type: string, data: unknown): Effect.Effect<void>
   refuse(error: ErrorData): Effect.Effect<void>
 }
@@ -76,8 +76,8 @@ export const resume = (connection: Resuming, since: string, patterns?: ReadonlyA
       onSuccess: (resume) =>
         patterns === undefined ? resume.start : hub.subscribe(id, patterns).pipe(
           Effect.matchEffect({
-            onFailure: (error) => Effect.zipRight(resume.cancel, tooManySubscriptions(connection, error)),
-            onSuccess: (now) => Effect.zipRight(connection.reply(HubMessageType.subscribed, { event_types: now }), resume.start)
+            onFailure: (error) => Effect.andThen(resume.cancel, tooManySubscriptions(connection, error)),
+            onSuccess: (now) => Effect.andThen(connection.reply(HubMessageType.subscribed, { event_types: now }), resume.start)
           })
         )
     })

@@ -10,7 +10,7 @@
  * memory and of its setup). Messages to the client go through its bounded
  * `Outbox`, written in corked batches (see WebSocketTransport.ts).
  */
-import { Duration, Effect, FiberRef, Option } from "effect"
+import { Duration, Effect, Option, References } from "effect"
 import type { Duplex } from "node:stream"
 import { WebSocket } from "ws"
 import type { HubConfig } from "../config/Config.js"
@@ -52,9 +52,9 @@ const toBuffer = (data: WebSocket.RawData): Buffer =>
 
 /** What every WebSocket connection uses besides what every connection does, taken once by the server's layer. */
 export interface Services extends ConnectionServices {
-  readonly auth: Auth["Type"]
+  readonly auth: Auth["Service"]
   /** Where clients' `publish` goes (`WS_PUBLISH_TYPES`). */
-  readonly publisher: Publisher["Type"]
+  readonly publisher: Publisher["Service"]
   /** Spans are recorded (Tracing.ts): requests are then answered in the fiber, each inside its span. */
   readonly tracing: boolean
   /** `WS_FIRST_MESSAGE_TIMEOUT` in milliseconds, if set. */
@@ -80,7 +80,7 @@ export const services = (
       ...common,
       auth: yield* Auth,
       publisher: yield* Publisher,
-      tracing: yield* FiberRef.get(FiberRef.currentTracerEnabled),
+      tracing: yield* References.TracerEnabled,
       firstMessageTimeout: Option.getOrUndefined(
         Option.map(common.limits.settings.firstMessageTimeout, Duration.toMillis)
       ),
@@ -256,7 +256,7 @@ class WsConnection extends BaseConnection<Services> implements RequestContext {
       rest = Effect.die(error)
     }
     if (rest === undefined) this.#countAnswered()
-    else this.activate(Effect.zipRight(rest, this.#answered))
+    else this.activate(Effect.andThen(rest, this.#answered))
   }
 
   #requestsOf(): Requests {
@@ -274,7 +274,7 @@ class WsConnection extends BaseConnection<Services> implements RequestContext {
     const incoming = this.#inbox.shift()
     if (incoming !== undefined) {
       const rest = this.#requestsOf().handle(incoming)
-      return rest === undefined ? this.#answered : Effect.zipRight(rest, this.#answered)
+      return rest === undefined ? this.#answered : Effect.andThen(rest, this.#answered)
     }
     if (this.state !== State.flooded) return this.idle()
     this.kick("rate_limited")

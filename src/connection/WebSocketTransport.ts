@@ -165,7 +165,7 @@ class SendTransport extends WebSocketTransport implements Transport {
  * uninterruptibly, and a shutdown may already be interrupting its fiber.
  */
 const waitClosed = (client: ws.WebSocket, timeout: Duration.Duration) =>
-  Effect.async<boolean>((resume) => {
+  Effect.callback<boolean>((resume) => {
     if (client.readyState === WebSocket.CLOSED) return resume(Effect.succeed(true))
     const onClose = () => {
       clearTimeout(timer)

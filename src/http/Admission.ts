@@ -5,7 +5,7 @@
  * Refusals are plain HTTP answers with a JSON reason, counted in `/metrics`
  * (`security`) and logged (never the token: the URL is not logged).
  */
-import { Effect, Either, Option } from "effect"
+import { Effect, Result, Option } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { HubSettings } from "../config/Config.js"
 import { SinceParameter } from "../protocol/Protocol.js"
@@ -44,17 +44,17 @@ export const sinceOf = (url: string | undefined): string | undefined => queryOf(
 export class Admission {
   constructor(
     readonly config: HubSettings,
-    readonly limits: Limits["Type"],
-    readonly auth: Auth["Type"]
+    readonly limits: Limits["Service"],
+    readonly auth: Auth["Service"]
   ) {}
 
   /** The origin and the connection limits, checked at once (no fiber): the slot, or the refusal. */
-  check(request: IncomingMessage): Either.Either<Admitted, Refused> {
+  check(request: IncomingMessage): Result.Result<Admitted, Refused> {
     const security = this.config.security
     const address = clientAddress(request, security.trustProxy)
     const origin = request.headers.origin
     if (!isOriginAllowed(security, origin)) {
-      return Either.left({
+      return Result.fail({
         address,
         refusal: "origin_refused",
         status: 403,
@@ -64,7 +64,7 @@ export class Admission {
     // Before the slot: a reconnect storm from one address is refused at the cost of a token bucket.
     const wait = this.limits.takeConnection(address, Date.now())
     if (wait > 0) {
-      return Either.left({
+      return Result.fail({
         address,
         refusal: "connection_rate_limited",
         status: 429,
@@ -73,18 +73,18 @@ export class Admission {
       })
     }
     const slot = this.limits.acquireConnection(address)
-    if (Either.isLeft(slot)) {
-      return Either.left({
+    if (Result.isFailure(slot)) {
+      return Result.fail({
         address,
-        refusal: slot.left,
+        refusal: slot.failure,
         status: 503,
-        error: slot.left === "too_many_connections"
+        error: slot.failure === "too_many_connections"
           ? "too many connections to this hub; retry later"
           : "too many connections from your address; retry later",
         headers: { "retry-after": String(connectionRetryAfter) }
       })
     }
-    return Either.right({ address, release: slot.right })
+    return Result.succeed({ address, release: slot.success })
   }
 
   /** The request's token: its principal (`undefined` with authentication off), or the 401/503 refusal. */

@@ -11,8 +11,8 @@
  * 413 on a connection that still works; the answer then closes it
  * (`connection: close`, see `closeAfter`).
  */
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import { Effect, Either, Option } from "effect"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import { ByteSize, Effect, Result } from "effect"
 import { IncomingMessage } from "node:http"
 
 /** Why no body: over the limit, or the request ended badly (the client went away). */
@@ -25,17 +25,17 @@ export const discardMax = 16 * 1024 * 1024
 export const closeAfter = { connection: "close" } as const
 
 const fromNode = (message: IncomingMessage, max: number) =>
-  Effect.async<string, BodyError>((resume) => {
+  Effect.callback<string, BodyError>((resume) => {
     // Read by someone else already: nothing more will come.
     if (message.readableEnded) return resume(Effect.fail("unreadable"))
     const chunks: Array<Buffer> = []
     let size = 0
     let over = false
-    const finish = (result: Either.Either<string, BodyError>) => {
+    const finish = (result: Result.Result<string, BodyError>) => {
       message.off("end", onEnd)
       message.off("error", onError)
       message.off("aborted", onError)
-      resume(Either.match(result, { onLeft: Effect.fail, onRight: Effect.succeed }))
+      resume(Result.match(result, { onFailure: Effect.fail, onSuccess: Effect.succeed }))
     }
     const onData = (chunk: Buffer) => {
       size += chunk.length
@@ -51,12 +51,12 @@ const fromNode = (message: IncomingMessage, max: number) =>
         over = true
         chunks.length = 0
         // Still flowing (this listener stays): the rest is read and dropped while the 413 goes out.
-        return finish(Either.left("too_large"))
+        return finish(Result.fail("too_large"))
       }
       chunks.push(chunk)
     }
-    const onEnd = () => finish(Either.right(Buffer.concat(chunks).toString("utf8")))
-    const onError = () => finish(Either.left("unreadable"))
+    const onEnd = () => finish(Result.succeed(Buffer.concat(chunks).toString("utf8")))
+    const onError = () => finish(Result.fail("unreadable"))
     message.on("data", onData)
     message.once("end", onEnd)
     message.once("error", onError)
@@ -76,7 +76,7 @@ export const readText = (
   if (source instanceof IncomingMessage) return fromNode(source, max)
   // Another platform's request: its own limit.
   return request.text.pipe(
-    HttpServerRequest.withMaxBodySize(Option.some(max)),
+    Effect.provideService(HttpServerRequest.MaxBodySize, ByteSize.bytes(max)),
     Effect.mapError((): BodyError => "too_large")
   )
 }

@@ -11,9 +11,9 @@
  * browser falls behind, tail events are dropped rather than the stream.
  * uPlot's files are served from node_modules.
  */
-import * as HttpRouter from "@effect/platform/HttpRouter"
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import { Context, Deferred, Duration, Effect, Exit, Option, Queue, Redacted, Schema, Stream } from "effect"
 import { createHash, createHmac, timingSafeEqual } from "node:crypto"
 import { readFileSync } from "node:fs"
@@ -31,9 +31,9 @@ import { Health } from "../ops/Health.js"
 import { HubMetrics } from "../ops/Metrics.js"
 
 /** How often the dashboard's stream sends a snapshot of the counters (besides health changes, sent at once). */
-export class StatsInterval extends Context.Reference<StatsInterval>()("event-hub/DashboardStatsInterval", {
-  defaultValue: (): Duration.Duration => Duration.seconds(1)
-}) {}
+export const StatsInterval = Context.Reference<Duration.Duration>("event-hub/DashboardStatsInterval", {
+  defaultValue: () => Duration.seconds(1)
+})
 
 const cookieName = "hub_dashboard"
 /** Tail events held for a browser that reads slowly; past it, tail events are dropped (never the stream). */
@@ -45,7 +45,7 @@ const sessionSeconds = 12 * 60 * 60
 
 const TestEvent = Schema.Struct({
   type: EventType,
-  data: Schema.Record({ key: Schema.String, value: Schema.Unknown })
+  data: Schema.Record(Schema.String, Schema.Unknown)
 })
 
 const sameSecret = (given: string, expected: string) =>
@@ -82,7 +82,7 @@ export const routes = Effect.gen(function*() {
   const config = yield* HubConfig
   if (Option.isNone(config.dashboardToken)) {
     const off = Effect.succeed(problem(404, "the dashboard is off: set DASHBOARD_TOKEN to enable GET /dashboard"))
-    return HttpRouter.empty.pipe(HttpRouter.get("/dashboard", off), HttpRouter.get("/dashboard/*", off))
+    return [HttpRouter.route("GET", "/dashboard", off), HttpRouter.route("GET", "/dashboard/*", off)]
   }
   const token = Redacted.value(config.dashboardToken.value)
   // The cookie proves the token was given without holding it: an HMAC keyed by the token.
@@ -118,13 +118,13 @@ export const routes = Effect.gen(function*() {
 
   const login = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
-    const body = yield* Effect.either(Body.readText(request, loginMaxBody))
-    if (body._tag === "Left") {
-      return body.left === "too_large"
+    const body = yield* Effect.result(Body.readText(request, loginMaxBody))
+    if (body._tag === "Failure") {
+      return body.failure === "too_large"
         ? problem(413, `the sign-in form is larger than ${loginMaxBody} bytes`, Body.closeAfter)
         : problem(400, "the body could not be read", Body.closeAfter)
     }
-    return signIn(new URLSearchParams(body.right).get("token") ?? "")
+    return signIn(new URLSearchParams(body.success).get("token") ?? "")
   })
 
   const snapshot = Effect.gen(function*() {
@@ -152,7 +152,7 @@ export const routes = Effect.gen(function*() {
    * The SSE stream: a snapshot every second and at once when the health changes (a shutdown's 503 shows without
    * waiting for the next second), every event as the hub fans it out, and a last `end` event saying why it ends.
    */
-  const stream = Stream.unwrapScoped(Effect.gen(function*() {
+  const stream = Stream.unwrap(Effect.gen(function*() {
     const interval = yield* StatsInterval
     const tail = yield* Queue.dropping<string>(tailBuffer)
     const kicked = yield* Deferred.make<void>()
@@ -160,10 +160,10 @@ export const routes = Effect.gen(function*() {
       id: yield* clients.nextId,
       transport: "dashboard",
       offer: (message) => {
-        tail.unsafeOffer(`event: event\ndata: ${message.payload.toString("utf8")}\n\n`)
+        Queue.offerUnsafe(tail, `event: event\ndata: ${message.payload.toString("utf8")}\n\n`)
         return true
       },
-      kick: () => Deferred.unsafeDone(kicked, Exit.void),
+      kick: () => Deferred.doneUnsafe(kicked, Exit.void),
       keepAlive: () => undefined
     }
     yield* Effect.acquireRelease(clients.register(connection), () => clients.unregister(connection.id))
@@ -198,42 +198,40 @@ export const routes = Effect.gen(function*() {
     if (!(request.headers["content-type"] ?? "").startsWith("application/json")) {
       return problem(415, "send the test event as application/json")
     }
-    const text = yield* Effect.either(Body.readText(request, config.publishMaxBody))
-    if (text._tag === "Left") {
-      return text.left === "too_large"
+    const text = yield* Effect.result(Body.readText(request, config.publishMaxBody))
+    if (text._tag === "Failure") {
+      return text.failure === "too_large"
         ? problem(413, `body larger than ${config.publishMaxBody} bytes`, Body.closeAfter)
         : problem(400, "the body could not be read", Body.closeAfter)
     }
     let json: unknown
     try {
-      json = JSON.parse(text.right)
+      json = JSON.parse(text.success)
     } catch {
       return problem(400, "body is not valid JSON")
     }
-    const event = Schema.decodeUnknownEither(TestEvent)(json)
-    if (event._tag === "Left") return problem(400, `invalid event: ${formatParseError(event.left)}`)
-    const { data, type } = event.right
+    const event = Schema.decodeUnknownResult(TestEvent)(json)
+    if (event._tag === "Failure") return problem(400, `invalid event: ${formatParseError(event.failure)}`)
+    const { data, type } = event.success
     if (Option.isSome(publisher)) {
       return yield* publisher.value.publishEvent(type, data).pipe(
-        Effect.as(HttpServerResponse.unsafeJson({ status: "published" }, { status: 202 })),
-        Effect.catchAll((error) => Effect.succeed(problem(503, `not published: ${error.message}`)))
+        Effect.as(HttpServerResponse.jsonUnsafe({ status: "published" }, { status: 202 })),
+        Effect.catch((error) => Effect.succeed(problem(503, `not published: ${error.message}`)))
       )
     }
     const recipients = yield* hub.broadcast(type, data, "http")
-    return HttpServerResponse.unsafeJson({ status: "broadcast", recipients }, { status: 202 })
+    return HttpServerResponse.jsonUnsafe({ status: "broadcast", recipients }, { status: 202 })
   })
 
   const asset = (body: string, contentType: string) =>
     Effect.succeed(HttpServerResponse.text(body, { contentType, headers: { "cache-control": "public, max-age=3600" } }))
 
-  const withPages = HttpRouter.empty.pipe(
-    HttpRouter.get("/dashboard", page),
-    HttpRouter.post("/dashboard/login", login),
-    HttpRouter.get("/dashboard/stream", streamRoute),
-    HttpRouter.get("/dashboard/assets/uPlot.iife.min.js", asset(script, "text/javascript; charset=utf-8")),
-    HttpRouter.get("/dashboard/assets/uPlot.min.css", asset(style, "text/css; charset=utf-8"))
-  )
-  return publishing
-    ? HttpRouter.post(withPages, "/dashboard/publish", publishRoute)
-    : HttpRouter.post(withPages, "/dashboard/publish", Effect.succeed(problem(404, "publishing is disabled on this hub")))
+  return [
+    HttpRouter.route("GET", "/dashboard", page),
+    HttpRouter.route("POST", "/dashboard/login", login),
+    HttpRouter.route("GET", "/dashboard/stream", streamRoute),
+    HttpRouter.route("GET", "/dashboard/assets/uPlot.iife.min.js", asset(script, "text/javascript; charset=utf-8")),
+    HttpRouter.route("GET", "/dashboard/assets/uPlot.min.css", asset(style, "text/css; charset=utf-8")),
+    HttpRouter.route("POST", "/dashboard/publish", publishing ? publishRoute : Effect.succeed(problem(404, "publishing is disabled on this hub")))
+  ]
 })

@@ -1,4 +1,4 @@
-import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 
 /**
  * Longest reason an error answer carries, in characters. Reasons may quote the request (a field's value, a path, a
@@ -15,4 +15,4 @@ export const boundedReason = (reason: string): string => {
 
 /** An HTTP refusal: the status and `{"error": "<reason>"}`, the shape every endpoint answers with. */
 export const problem = (status: number, error: string, headers: Record<string, string> = {}) =>
-  HttpServerResponse.unsafeJson({ error: boundedReason(error) }, { status, headers })
+  HttpServerResponse.jsonUnsafe({ error: boundedReason(error) }, { status, headers })

@@ -3,9 +3,9 @@
  * RabbitMQ exchange when a broker is configured, so that every instance
  * delivers the events, and broadcasts to this instance's clients otherwise.
  */
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Effect, Either, Option, Redacted, Schema } from "effect"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import { Effect, Result, Option, Redacted, Schema } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { HubConfig } from "../config/Config.js"
 import { Hub } from "../hub/Hub.js"
@@ -19,25 +19,25 @@ import { problem } from "./Problem.js"
 /** One event in the body of `POST /api/v1/events`. */
 export const PublishedEvent = Schema.Struct({
   type: EventType,
-  data: Schema.Record({ key: Schema.String, value: Schema.Unknown })
+  data: Schema.Record(Schema.String, Schema.Unknown)
 })
 
 /** Most events in one `POST /api/v1/events`. */
 export const maxEventsPerPublish = 1000
 
 /** Body of `POST /api/v1/events`: one event, or an array of events broadcast in order. */
-export const PublishRequest = Schema.Union(
+export const PublishRequest = Schema.Union([
   PublishedEvent,
-  Schema.Array(PublishedEvent).pipe(Schema.minItems(1), Schema.maxItems(maxEventsPerPublish))
-)
+  Schema.Array(PublishedEvent).check(Schema.isMinLength(1), Schema.isMaxLength(maxEventsPerPublish))
+])
 
 type Events = ReadonlyArray<typeof PublishedEvent.Type>
 
 /** Decodes one event or an array of them; each shape is decoded on its own, so errors name the field at fault. */
 const decodePublish = (json: unknown) =>
   Array.isArray(json)
-    ? Schema.decodeUnknownEither(PublishRequest.members[1])(json)
-    : Either.map(Schema.decodeUnknownEither(PublishedEvent)(json), (event) => [event])
+    ? Schema.decodeUnknownResult(PublishRequest.members[1])(json)
+    : Result.map(Schema.decodeUnknownResult(PublishedEvent)(json), (event) => [event])
 
 /** Compares two secrets in constant time (hashing first, so lengths do not leak either). */
 const sameSecret = (given: string, expected: string) =>
@@ -74,10 +74,10 @@ export const make = (token: Redacted.Redacted) =>
       }
       // After the token check (cheap, constant time): requests without the token cannot starve publishers.
       const allowed = limits.takePublish(Date.now())
-      if (Either.isLeft(allowed)) {
+      if (Result.isFailure(allowed)) {
         limits.refused("publish_rate_limited")
         return Option.some(problem(429, `more than ${config.security.publishRate} requests per second; retry later`, {
-          "retry-after": String(allowed.left)
+          "retry-after": String(allowed.failure)
         }))
       }
       return Option.none()
@@ -86,33 +86,33 @@ export const make = (token: Redacted.Redacted) =>
     /** The events of the body, or the 400/413 answer. */
     const readEvents = (request: HttpServerRequest.HttpServerRequest) =>
       Effect.gen(function*() {
-        const text = yield* Effect.either(Body.readText(request, config.publishMaxBody))
-        if (Either.isLeft(text)) {
-          if (text.left === "unreadable") return Either.left(problem(400, "the body could not be read", Body.closeAfter))
+        const text = yield* Effect.result(Body.readText(request, config.publishMaxBody))
+        if (Result.isFailure(text)) {
+          if (text.failure === "unreadable") return Result.fail(problem(400, "the body could not be read", Body.closeAfter))
           limits.refused("publish_too_large")
-          return Either.left(problem(413, `body larger than ${config.publishMaxBody} bytes`, Body.closeAfter))
+          return Result.fail(problem(413, `body larger than ${config.publishMaxBody} bytes`, Body.closeAfter))
         }
         let json: unknown
         try {
-          json = JSON.parse(text.right)
+          json = JSON.parse(text.success)
         } catch {
-          return Either.left(problem(400, "body is not valid JSON; expected {\"type\": \"...\", \"data\": {...}}"))
+          return Result.fail(problem(400, "body is not valid JSON; expected {\"type\": \"...\", \"data\": {...}}"))
         }
         // Said before decoding: the schema's message would quote the whole array.
         if (Array.isArray(json) && json.length > maxEventsPerPublish) {
-          return Either.left(problem(400, `invalid event: at most ${maxEventsPerPublish} events per request, got ${json.length}`))
+          return Result.fail(problem(400, `invalid event: at most ${maxEventsPerPublish} events per request, got ${json.length}`))
         }
-        return Either.mapLeft(decodePublish(json), (error) => problem(400, `invalid event: ${formatParseError(error)}`))
+        return Result.mapError(decodePublish(json), (error) => problem(400, `invalid event: ${formatParseError(error)}`))
       })
 
     /** Through the exchange: 202 once the broker confirmed every event, 503 with the reason otherwise. */
-    const publish = (publisher: Publisher["Type"], events: Events) =>
+    const publish = (publisher: Publisher["Service"], events: Events) =>
       publisher.publishAll(
         events.map((event) => ({ routingKey: event.type, body: Buffer.from(JSON.stringify(event.data)) }))
       ).pipe(
-        Effect.as(HttpServerResponse.unsafeJson({ status: "accepted", events: events.length }, { status: 202 })),
+        Effect.as(HttpServerResponse.jsonUnsafe({ status: "accepted", events: events.length }, { status: 202 })),
         // Never a silent fallback to this instance's clients only: the publisher is told, and retries.
-        Effect.catchAll((error) =>
+        Effect.catch((error) =>
           Effect.as(
             Effect.logWarning("POST /api/v1/events: not published").pipe(
               Effect.annotateLogs({ reason: error.message, events: events.length })
@@ -131,7 +131,7 @@ export const make = (token: Redacted.Redacted) =>
         for (const event of events) {
           recipients += yield* hub.broadcast(event.type, event.data, "http").pipe(Tracing.eventSpan("http", event.type))
         }
-        return HttpServerResponse.unsafeJson({ status: "accepted", events: events.length, recipients }, { status: 202 })
+        return HttpServerResponse.jsonUnsafe({ status: "accepted", events: events.length, recipients }, { status: 202 })
       })
 
     return Effect.gen(function*() {
@@ -139,7 +139,7 @@ export const make = (token: Redacted.Redacted) =>
       const refused = admit(request)
       if (Option.isSome(refused)) return refused.value
       const events = yield* readEvents(request)
-      if (Either.isLeft(events)) return events.left
-      return Option.isSome(publisher) ? yield* publish(publisher.value, events.right) : yield* broadcast(events.right)
+      if (Result.isFailure(events)) return events.failure
+      return Option.isSome(publisher) ? yield* publish(publisher.value, events.success) : yield* broadcast(events.success)
     })
   })

@@ -4,10 +4,10 @@
  * (PublishRoute.ts) and the dashboard. CORS follows `ALLOWED_ORIGINS` on every
  * HTTP route.
  */
-import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
-import * as HttpRouter from "@effect/platform/HttpRouter"
-import * as HttpServer from "@effect/platform/HttpServer"
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpMiddleware from "effect/http/HttpMiddleware"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServer from "effect/http/HttpServer"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
@@ -34,23 +34,29 @@ export const makeRouter = Effect.gen(function*() {
     HttpServerRequest.HttpServerRequest,
     (request) => problem(404, `no route for ${request.method} ${request.url}`)
   )
-  const routes = HttpRouter.empty.pipe(
+  const app = yield* HttpRouter.toHttpEffect(HttpRouter.addAll([
     // Handshakes never get here (see WebSocketServer.ts): only plain requests do.
-    HttpRouter.get(
+    HttpRouter.route(
+      "GET",
       config.wsPath,
       Effect.succeed(problem(426, "this endpoint only accepts WebSocket connections (Connection: Upgrade, Upgrade: websocket)", {
         upgrade: "websocket"
       }))
     ),
-    HttpRouter.concat(yield* StatusRoutes.healthRoutes),
-    HttpRouter.concat(yield* StatusRoutes.metricsRoutes),
-    HttpRouter.concat(yield* Dashboard.routes),
-    HttpRouter.post(
+    ...yield* StatusRoutes.healthRoutes,
+    ...yield* StatusRoutes.metricsRoutes,
+    ...yield* Dashboard.routes,
+    HttpRouter.route(
+      "POST",
       "/api/v1/events",
       Option.isSome(config.publishToken) ? yield* PublishRoute.make(config.publishToken.value) : PublishRoute.publishDisabled
     )
+  ]))
+  return Effect.catchTag(
+    app,
+    "HttpServerError",
+    (error) => error.reason._tag === "RouteNotFound" ? notFound : Effect.fail(error)
   )
-  return Effect.catchTag(routes, "RouteNotFound", () => notFound)
 })
 
 /**
@@ -59,7 +65,7 @@ export const makeRouter = Effect.gen(function*() {
  * `Vary: Origin`), nothing otherwise. Never with credentials: the endpoints
  * take tokens in headers, not cookies. Preflight requests get 204.
  */
-export const corsMiddleware = (config: HubConfig["Type"]) =>
+export const corsMiddleware = (config: HubConfig["Service"]) =>
   HttpMiddleware.cors({
     allowedOrigins: config.security.allowedOrigins[0] === "*"
       ? []
@@ -79,7 +85,7 @@ export const layerServe: Layer.Layer<
   never,
   never,
   HttpServer.HttpServer | HubConfig | Hub | HubClients | HubHistory | HubMetrics | Health | Limits | UpgradeRoutes.UpgradeRoutes
-> = Layer.unwrapScoped(
+> = Layer.unwrap(
   Effect.gen(function*() {
     const router = yield* makeRouter
     const config = yield* HubConfig
@@ -88,7 +94,7 @@ export const layerServe: Layer.Layer<
     yield* Effect.addFinalizer(() => upgrades.closing)
     return HttpServer.serve(router, corsMiddleware(config)).pipe(
       // The dashboard's address may hold its token (?token=): never recorded in a span.
-      HttpMiddleware.withTracerDisabledWhen((request) => request.url.startsWith("/dashboard")),
+      Layer.provide(Layer.succeed(HttpMiddleware.TracerDisabledWhen, (request) => request.url.startsWith("/dashboard"))),
       Layer.tap(() =>
         Effect.flatMap(HttpServer.HttpServer, (server) =>
           Effect.logInfo("listening").pipe(Effect.annotateLogs({
@@ -109,16 +115,16 @@ const listenBacklog = 4096
  * A Node HTTP server listening on `HOST`:`PORT`, with its upgrade and stream
  * requests routable (`UpgradeRoutes`), and what guards it (`Auth`, `Limits`).
  */
-export const layerListen = Layer.unwrapEffect(
+export const layerListen = Layer.unwrap(
   Effect.map(HubConfig, (config) => {
     const server = createServer(HandshakeDeadline.serverOptions(config.security))
     return Layer.mergeAll(
       // Node's default backlog (511) overflows when thousands of clients reconnect at once (after a deploy, a network
       // cut): the kernel drops their SYNs and they wait 1, 3, 7 s for a retry. The kernel caps it at somaxconn.
       UpgradeRoutes.layer(server, { host: config.host, port: config.port, backlog: listenBacklog }),
-      NodeHttpServer.layerContext,
+      NodeHttpServer.layerHttpServices,
       // Handshake timeouts are counted with the other refusals.
-      Layer.scopedDiscard(Effect.flatMap(Limits, (limits) =>
+      Layer.effectDiscard(Effect.flatMap(Limits, (limits) =>
         HandshakeDeadline.guard(server, config.security.handshakeTimeout, () => limits.refused("handshake_timeout"))
       )).pipe(Layer.provideMerge(layerSecurity))
     )

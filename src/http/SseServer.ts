@@ -14,7 +14,7 @@
  * for a bad `types`, `rooms` or `since` (403 for types the token does not
  * allow). CORS headers follow `ALLOWED_ORIGINS`, refusals included.
  */
-import { Cause, Duration, Effect, Either, FiberSet, Layer } from "effect"
+import { Cause, Duration, Effect, Result, FiberSet, Layer } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { HubConfig, type HubSettings } from "../config/Config.js"
 import * as Connection from "../connection/Connection.js"
@@ -49,13 +49,13 @@ const listOf = (query: URLSearchParams, name: string): ReadonlyArray<string> | u
 /** The stream's subscription, rooms and resume point from its request, or the 400/403 answer. */
 const handshakeOf = (
   config: HubSettings,
-  limits: Limits["Type"],
+  limits: Limits["Service"],
   request: IncomingMessage,
   address: string,
   principal: Principal | undefined
-): Either.Either<Sse.SseHandshake, Refused> => {
-  const bad = (status: number, code: string, error: string): Either.Either<never, Refused> =>
-    Either.left({ address, refusal: undefined, status, error, code })
+): Result.Result<Sse.SseHandshake, Refused> => {
+  const bad = (status: number, code: string, error: string): Result.Result<never, Refused> =>
+    Result.fail({ address, refusal: undefined, status, error, code })
   const query = queryOf(request.url)
   const patterns = listOf(query, "types")
   if (patterns !== undefined && patterns.length > config.maxSubscriptions) {
@@ -79,7 +79,7 @@ const handshakeOf = (
   if (since !== undefined && !isEventId(since)) {
     return bad(400, "invalid_request", "since (or Last-Event-ID): not the id of an event from this hub")
   }
-  return Either.right({ remoteAddress: address, principal, since, patterns, rooms })
+  return Result.succeed({ remoteAddress: address, principal, since, patterns, rooms })
 }
 
 /** A plain HTTP answer with a JSON reason. */
@@ -97,7 +97,7 @@ const answer = (response: ServerResponse, refused: Refused, headers: Record<stri
 }
 
 export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetrics | UpgradeRoutes | Auth | Limits> = Layer
-  .scopedDiscard(
+  .effectDiscard(
     Effect.gen(function*() {
       const config = yield* HubConfig
       const routes = yield* UpgradeRoutes
@@ -106,7 +106,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
       // The streams' fibers (a resume, an end); released (any left interrupted) after the shutdown below.
       const streams = yield* FiberSet.make()
       const run = yield* FiberSet.runtime(streams)<never>()
-      const services: Sse.Services = { ...yield* Connection.services(run), open: new Set() }
+      const services: Sse.Services = { ...yield* Connection.services(Connection.runIn(run)), open: new Set() }
       const retry = `retry: ${Duration.toMillis(config.sseRetry)}\n\n`
       let closing = false
       // Released after the route: new requests are dropped (EventSource retries elsewhere), then every stream is
@@ -127,14 +127,14 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
           run(admission.refused(refused))
         }
         const admitted = admission.check(request)
-        if (Either.isLeft(admitted)) return refuse(admitted.left)
-        const address = admitted.right.address
+        if (Result.isFailure(admitted)) return refuse(admitted.failure)
+        const address = admitted.success.address
         // The slot is held for as long as the stream lives (not the connection: HTTP keeps it for the next request).
-        response.once("close", admitted.right.release)
+        response.once("close", admitted.success.release)
         const open = (principal: Principal | undefined) => {
           if (response.destroyed) return
           const handshake = handshakeOf(config, limits, request, address, principal)
-          if (Either.isLeft(handshake)) return refuse(handshake.left)
+          if (Result.isFailure(handshake)) return refuse(handshake.failure)
           response.writeHead(200, {
             "content-type": "text/event-stream",
             "cache-control": "no-cache",
@@ -143,7 +143,7 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
           })
           response.write(retry)
           try {
-            const stream = Sse.serve(services, response, handshake.right)
+            const stream = Sse.serve(services, response, handshake.success)
             // Authenticated after the shutdown began: past the streams the shutdown ended.
             if (closing) stream.shutdown()
           } catch (error) {
@@ -157,8 +157,8 @@ export const layer: Layer.Layer<never, never, HubConfig | HubClients | HubMetric
         run(admission.authenticate(request, address).pipe(
           Effect.match({ onFailure: refuse, onSuccess: open }),
           // A defect after the token's check ends only this request.
-          Effect.catchAllDefect((defect) =>
-            Effect.zipRight(
+          Effect.catchDefect((defect) =>
+            Effect.andThen(
               Effect.sync(() => response.destroy()),
               Effect.logError("an SSE request failed; its response is closed", Cause.die(defect))
             )

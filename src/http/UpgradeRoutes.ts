@@ -13,10 +13,10 @@
  * as a listener of its own, which would see the requests the handlers above
  * take.
  */
-import * as HttpServer from "@effect/platform/HttpServer"
-import type { ServeError } from "@effect/platform/HttpServerError"
+import * as HttpServer from "effect/http/HttpServer"
+import type { ServeError } from "effect/http/HttpServerError"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Cause, Context, Effect, Layer, Runtime, type Scope } from "effect"
+import { Cause, Context, Effect, Layer, type Scope } from "effect"
 import { type IncomingMessage, type Server, ServerResponse, STATUS_CODES } from "node:http"
 import type { ListenOptions, Socket } from "node:net"
 import type { Duplex } from "node:stream"
@@ -55,7 +55,7 @@ const dropStream: StreamHandler = (_request, response) => {
   response.socket?.destroy()
 }
 
-export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<UpgradeRoutes, {
+export class UpgradeRoutes extends Context.Service<UpgradeRoutes, {
   /** Sends upgrade requests for `path` to `handler` for the lifetime of the scope. */
   readonly register: (path: string, handler: UpgradeHandler) => Effect.Effect<void, never, Scope.Scope>
   /**
@@ -69,7 +69,7 @@ export class UpgradeRoutes extends Context.Tag("event-hub/UpgradeRoutes")<Upgrad
    * from closing (and the shutdown waiting) for as long as its client waited.
    */
   readonly closing: Effect.Effect<void>
-}>() {}
+}>()("event-hub/UpgradeRoutes") {}
 
 /** What answers a plain request: a stream's handler, the platform's. */
 type RequestHandler = StreamHandler
@@ -82,8 +82,8 @@ export const layer = (
   server: Server,
   options: ListenOptions
 ): Layer.Layer<UpgradeRoutes | HttpServer.HttpServer, ServeError> =>
-  Layer.scopedContext(Effect.gen(function*() {
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+  Layer.effectContext(Effect.gen(function*() {
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
     const upgrades = new Map<string, UpgradeHandler>()
     const streams = new Map<string, StreamHandler>()
     /** The platform's handler (the routes), while it serves. */
@@ -155,7 +155,8 @@ export const layer = (
       serve: (app, middleware) =>
         Effect.acquireRelease(
           Effect.map(
-            NodeHttpServer.makeHandler(app, middleware!) as Effect.Effect<RequestHandler>,
+            Effect.flatMap(Effect.scope, (scope) =>
+              NodeHttpServer.makeHandler(app, { scope, middleware }) as Effect.Effect<RequestHandler>),
             (handler) => {
               platform = handler
               served = true

@@ -11,11 +11,12 @@
  * (503) and a missing or bad token (401), each
  * with a JSON reason, then closes the socket.
  */
-import { Cause, Effect, Either, FiberSet, Layer, Option } from "effect"
+import { Cause, Effect, Result, FiberSet, Layer, Option } from "effect"
 import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer as WsServer } from "ws"
 import { Auth, BearerProtocol, type Principal } from "../security/Auth.js"
+import * as Connection from "../connection/Connection.js"
 import * as WebSocketConnection from "../connection/WebSocketConnection.js"
 import { HubConfig } from "../config/Config.js"
 import type { HubClients } from "../hub/Hub.js"
@@ -31,7 +32,7 @@ export const layer: Layer.Layer<
   never,
   never,
   HubConfig | HubClients | HubMetrics | UpgradeRoutes | Auth | Limits | Publisher
-> = Layer.scopedDiscard(
+> = Layer.effectDiscard(
   Effect.gen(function*() {
     const config = yield* HubConfig
     const routes = yield* UpgradeRoutes
@@ -59,7 +60,7 @@ export const layer: Layer.Layer<
         })
       ),
       (wss) =>
-        Effect.async<void>((resume) => {
+        Effect.callback<void>((resume) => {
           // Connections still open here were not closed by their fibers in time.
           for (const ws of wss.clients) ws.terminate()
           wss.close(() => resume(Effect.void))
@@ -68,7 +69,7 @@ export const layer: Layer.Layer<
     // The connections' fibers; released (any left interrupted) after the shutdown below, before the server above.
     const fibers = yield* FiberSet.make()
     const run = yield* FiberSet.runtime(fibers)<never>()
-    const services = yield* WebSocketConnection.services(run)
+    const services = yield* WebSocketConnection.services(Connection.runIn(run))
     let closing = false
 
     const admission = new Admission(config, yield* Limits, yield* Auth)
@@ -83,10 +84,10 @@ export const layer: Layer.Layer<
       // A socket error before or during the handshake must not crash the process.
       socket.on("error", ignore)
       const admitted = admission.check(request)
-      if (Either.isLeft(admitted)) return refuse(socket, admitted.left)
-      const address = admitted.right.address
+      if (Result.isFailure(admitted)) return refuse(socket, admitted.failure)
+      const address = admitted.success.address
       // The slot is held for as long as the socket lives, whatever ends it.
-      socket.once("close", admitted.right.release)
+      socket.once("close", admitted.success.release)
       const accept = (principal: Principal | undefined) => {
         if (socket.destroyed) return
         // After the shutdown began (authenticated or not): past the connections the shutdown closes.
@@ -109,8 +110,8 @@ export const layer: Layer.Layer<
       run(admission.authenticate(request, address).pipe(
         Effect.match({ onFailure: (refused) => refuse(socket, refused), onSuccess: accept }),
         // A defect after the token's check (in the handshake) ends only this connection.
-        Effect.catchAllDefect((defect) =>
-          Effect.zipRight(
+        Effect.catchDefect((defect) =>
+          Effect.andThen(
             Effect.sync(() => socket.destroy()),
             Effect.logError("a WebSocket handshake failed; its socket is closed", Cause.die(defect))
           )

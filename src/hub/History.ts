@@ -221,7 +221,7 @@ const make = Effect.map(
  * The hub's history as a service: the hub appends to it, resumes read it, and
  * the RabbitMQ source refills it in stream mode.
  */
-export class HubHistory extends Context.Tag("event-hub/History")<HubHistory, History>() {
+export class HubHistory extends Context.Service<HubHistory, History>()("event-hub/History") {
   /**
    * With the RabbitMQ source's settings: in stream mode (with a broker) the history uses stream ids from the
    * start, so no client can resume against local ids first, and is ready once the source has refilled it.

@@ -15,7 +15,7 @@
  * history in one step, so that a resume sees an event in the history or
  * receives it live, never both nor neither.
  */
-import { Cause, Clock, Context, Data, Duration, Effect, Either, Exit, FiberRef, Layer, Runtime, Schedule } from "effect"
+import { Cause, Clock, Context, Data, Duration, Effect, Exit, Layer, References, Result, Schedule } from "effect"
 import { HubConfig, RabbitMqConfig } from "../config/Config.js"
 import { Health } from "../ops/Health.js"
 import { type EventSource, HubMetrics } from "../ops/Metrics.js"
@@ -84,7 +84,7 @@ export interface Resume {
 }
 
 /** What sources and embedding programs use. */
-export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
+export class Hub extends Context.Service<Hub, {
   /**
    * Sends an event to every client subscribed to `type`: the seed's
    * `hub.BroadcastEvent(type, data)`. The event is serialised once. Returns
@@ -112,7 +112,7 @@ export class Hub extends Context.Tag("event-hub/Hub")<Hub, {
   readonly clientCount: Effect.Effect<number>
   /** Connected clients by transport (WebSocket, Server-Sent Events; open dashboards only while there are some). */
   readonly clientCountByTransport: Effect.Effect<Record<"ws" | "sse", number> & { dashboard?: number }>
-}>() {}
+}>()("event-hub/Hub") {}
 
 /** How a client starts (see `HubClients.register`). */
 export interface RegisterOptions {
@@ -123,7 +123,7 @@ export interface RegisterOptions {
 }
 
 /** What a client connection uses: its membership, subscription, rooms and resumes. */
-export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, {
+export class HubClients extends Context.Service<HubClients, {
   /** A fresh client id. */
   readonly nextId: Effect.Effect<ClientId>
   /**
@@ -140,9 +140,9 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
   readonly unsafeSubscribe: (
     id: ClientId,
     patterns: ReadonlyArray<string>
-  ) => Either.Either<ReadonlyArray<string>, TooManySubscriptions>
+  ) => Result.Result<ReadonlyArray<string>, TooManySubscriptions>
   readonly unsafeUnsubscribe: (id: ClientId, patterns: ReadonlyArray<string>) => ReadonlyArray<string>
-  readonly unsafeJoin: (id: ClientId, rooms: ReadonlyArray<string>) => Either.Either<ReadonlyArray<string>, TooManyRooms>
+  readonly unsafeJoin: (id: ClientId, rooms: ReadonlyArray<string>) => Result.Result<ReadonlyArray<string>, TooManyRooms>
   readonly unsafeLeave: (id: ClientId, rooms: ReadonlyArray<string>) => ReadonlyArray<string>
   /**
    * A client's send buffer (`WS_SEND_BUFFER` messages), written to `transport` by the hub's flusher (see Outbox.ts,
@@ -184,7 +184,7 @@ export class HubClients extends Context.Tag("event-hub/HubClients")<HubClients, 
    * Replay.ts). A new resume replaces one under way.
    */
   readonly resume: (id: ClientId, since: string) => Effect.Effect<Resume, InvalidSince>
-}>() {}
+}>()("event-hub/HubClients") {}
 
 const noRooms: ReadonlyArray<string> = []
 
@@ -203,19 +203,19 @@ const roomsOf = (keys: ReadonlyArray<string>, data: unknown): ReadonlyArray<stri
 const subscribed = (limit: number, subscription: Subscription, patterns: ReadonlyArray<string>) => {
   const next = [...new Set([...(subscription.explicit ? subscription.patterns : []), ...patterns])]
   return next.length > limit
-    ? Either.left(new TooManySubscriptions({ limit, requested: next.length }))
-    : Either.right<Subscription>({ ...subscription, patterns: next, explicit: true })
+    ? Result.fail(new TooManySubscriptions({ limit, requested: next.length }))
+    : Result.succeed<Subscription>({ ...subscription, patterns: next, explicit: true })
 }
 
 /** The patterns in effect after an update (none for a client that is gone). */
-const patternsOf = <E>(result: Either.Either<Subscription | undefined, E>) =>
-  Either.map(result, (subscription) => subscription?.patterns ?? [])
+const patternsOf = <E>(result: Result.Result<Subscription | undefined, E>) =>
+  Result.map(result, (subscription) => subscription?.patterns ?? [])
 
 /** The rooms in effect after an update. */
 const roomsIn = (subscription: Subscription | undefined): ReadonlyArray<string> => [...(subscription?.rooms ?? [])]
 
 /** One tick for the whole hub instead of timers per client: pings, pongs, SSE keep-alives and write deadlines. */
-const tickOf = (config: HubConfig["Type"]) =>
+const tickOf = (config: HubConfig["Service"]) =>
   Duration.millis(Math.max(
     10,
     Math.min(
@@ -229,9 +229,9 @@ const tickOf = (config: HubConfig["Type"]) =>
 
 /** What the hub's services share; the layer creates each piece once. */
 interface HubState {
-  readonly config: HubConfig["Type"]
-  readonly metrics: HubMetrics["Type"]
-  readonly history: HubHistory["Type"]
+  readonly config: HubConfig["Service"]
+  readonly metrics: HubMetrics["Service"]
+  readonly history: HubHistory["Service"]
   /** Every connected client, with its subscription: what the fan-out, the tick and the counts read. */
   readonly index: SubscriptionIndex
   readonly flusher: Flusher
@@ -297,12 +297,12 @@ const lost = ({ index }: HubState, after: string, next: string) => {
   }
 }
 
-const makeHub = (state: HubState): Hub["Type"] => {
+const makeHub = (state: HubState): Hub["Service"] => {
   const broadcastEvent = (event: BroadcastEvent) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) =>
-      Effect.withFiberRuntime<number>((fiber) => {
+      Effect.withFiber<number>((fiber) => {
         // Without tracing (Tracing.ts), no span to annotate: the fan-out alone.
-        if (!fiber.getFiberRef(FiberRef.currentTracerEnabled)) return Effect.succeed(admit(state, event, now))
+        if (!fiber.getRef(References.TracerEnabled)) return Effect.succeed(admit(state, event, now))
         const before = state.history.newest
         const count = admit(state, event, now)
         const entry = state.history.newest
@@ -317,12 +317,12 @@ const makeHub = (state: HubState): Hub["Type"] => {
         )
       }))
   /** Back-pressure on a producer in a loop: the pass that writes its burst so far ends first. */
-  const written = Effect.async<void>((resume) => state.flusher.whenIdle(() => resume(Effect.void)))
+  const written = Effect.callback<void>((resume) => state.flusher.whenIdle(() => resume(Effect.void)))
   return Hub.of({
     broadcast: (type, data, source) =>
       Effect.suspend(() =>
         state.flusher.congested
-          ? Effect.zipRight(written, broadcastEvent({ type, data, source }))
+          ? Effect.andThen(written, broadcastEvent({ type, data, source }))
           : broadcastEvent({ type, data, source })
       ),
     broadcastEvent,
@@ -363,7 +363,7 @@ const resume = ({ config, history, index, metrics }: HubState, id: ClientId, sin
   })
 
 // The service object: one short method per request a connection makes, over the state the layer created.
-const makeHubClients = (state: HubState): HubClients["Type"] => {
+const makeHubClients = (state: HubState): HubClients["Service"] => {
   const { config, index } = state
   let lastId = 0
   const unsafeNextId = () => ++lastId
@@ -376,7 +376,7 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
     if (patterns === undefined && (rooms === undefined || rooms.length === 0)) return
     // In the same synchronous step as `add`: no fan-out sees the client with the default subscription.
     index.update(connection.id, (subscription) =>
-      Either.right<Subscription>({
+      Result.succeed<Subscription>({
         ...subscription,
         ...(patterns !== undefined && { patterns: [...new Set(patterns)], explicit: true }),
         ...(rooms !== undefined && rooms.length > 0 && { rooms: new Set(rooms) })
@@ -391,30 +391,30 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
   const unsafeSubscribe = (id: ClientId, patterns: ReadonlyArray<string>) =>
     patternsOf(index.update(id, (subscription) => subscribed(config.maxSubscriptions, subscription, patterns)))
   const unsafeUnsubscribe = (id: ClientId, patterns: ReadonlyArray<string>) =>
-    Either.getOrElse(
+    Result.getOrElse(
       patternsOf(index.update(id, (subscription) =>
-        Either.right({ ...subscription, patterns: subscription.patterns.filter((p) => !patterns.includes(p)) }))),
+        Result.succeed({ ...subscription, patterns: subscription.patterns.filter((p) => !patterns.includes(p)) }))),
       () => []
     )
   const unsafeJoin = (id: ClientId, rooms: ReadonlyArray<string>) =>
-    Either.map(
+    Result.map(
       index.update(id, (subscription) => {
         const next = new Set([...(subscription.rooms ?? []), ...rooms])
         if (next.size > config.maxSubscriptions) {
-          return Either.left(new TooManyRooms({ limit: config.maxSubscriptions, requested: next.size }))
+          return Result.fail(new TooManyRooms({ limit: config.maxSubscriptions, requested: next.size }))
         }
         // In no room (an empty `join`), the client has no room filter: it receives the events of every room.
-        return Either.right({ ...subscription, rooms: next.size > 0 ? next : undefined })
+        return Result.succeed({ ...subscription, rooms: next.size > 0 ? next : undefined })
       }),
       roomsIn
     )
   const unsafeLeave = (id: ClientId, rooms: ReadonlyArray<string>) =>
-    Either.match(
+    Result.match(
       index.update(id, (subscription) => {
         const next = new Set([...(subscription.rooms ?? [])].filter((room) => !rooms.includes(room)))
-        return Either.right({ ...subscription, rooms: next.size > 0 ? next : undefined })
+        return Result.succeed({ ...subscription, rooms: next.size > 0 ? next : undefined })
       }),
-      { onLeft: () => [], onRight: roomsIn }
+      { onFailure: () => [], onSuccess: roomsIn }
     )
   return HubClients.of({
     nextId: Effect.sync(unsafeNextId),
@@ -429,19 +429,19 @@ const makeHubClients = (state: HubState): HubClients["Type"] => {
     register: (connection, options) => Effect.sync(() => unsafeRegister(connection, options)),
     unregister: (id) => Effect.sync(() => unsafeUnregister(id)),
     authorize: (id, allowed) =>
-      Effect.sync(() => void index.update(id, (subscription) => Either.right({ ...subscription, allowed }))),
-    subscribe: (id, patterns) => Effect.suspend(() => unsafeSubscribe(id, patterns)),
+      Effect.sync(() => void index.update(id, (subscription) => Result.succeed({ ...subscription, allowed }))),
+    subscribe: (id, patterns) => Effect.suspend(() => Effect.fromResult(unsafeSubscribe(id, patterns))),
     checkSubscribe: (id, patterns) =>
       Effect.suspend(() => {
         const subscription = index.get(id)
         if (subscription === undefined) return Effect.void
-        return Either.match(subscribed(config.maxSubscriptions, subscription, patterns), {
-          onLeft: Effect.fail,
-          onRight: () => Effect.void
+        return Result.match(subscribed(config.maxSubscriptions, subscription, patterns), {
+          onFailure: Effect.fail,
+          onSuccess: () => Effect.void
         })
       }),
     unsubscribe: (id, patterns) => Effect.sync(() => unsafeUnsubscribe(id, patterns)),
-    join: (id, rooms) => Effect.suspend(() => unsafeJoin(id, rooms)),
+    join: (id, rooms) => Effect.suspend(() => Effect.fromResult(unsafeJoin(id, rooms))),
     leave: (id, rooms) => Effect.sync(() => unsafeLeave(id, rooms)),
     resume: (id, since) => resume(state, id, since)
   })
@@ -462,7 +462,7 @@ const tick = (index: SubscriptionIndex) =>
         try {
           member.connection.kick("error")
         } catch (kickError) {
-          cause = Cause.sequential(cause, Cause.die(kickError))
+          cause = Cause.combine(cause, Cause.die(kickError))
         }
         ;(failed ??= []).push({ id: member.id, cause })
       }
@@ -478,24 +478,24 @@ const make = Effect.gen(function*() {
   const health = yield* Health
   const config = yield* HubConfig
   const metrics = yield* HubMetrics
-  const runtime = yield* Effect.runtime<never>()
+  const context = yield* Effect.context<never>()
   const state: HubState = {
     config,
     metrics,
     history: yield* HubHistory,
     index: new SubscriptionIndex(),
     flusher: new Flusher(metrics.passEnded, (what, error) =>
-      Runtime.runFork(runtime)(
+      Effect.runForkWith(context)(
         Effect.logError(`the flusher's call of ${what} failed; the next pass runs as usual`, Cause.die(error))
       )),
     recentIds: new RecentIds(config.dedupMaxEvents, Duration.toMillis(config.dedupMaxAge))
   }
   // Pings, pong and write timeouts, token expiries: were this loop to stop, no client would be checked any more.
   yield* tick(state.index).pipe(
-    Effect.catchAllCause((cause) => Effect.logError("the keep-alive tick failed; it runs again at the next tick", cause)),
+    Effect.catchCause((cause) => Effect.logError("the keep-alive tick failed; it runs again at the next tick", cause)),
     Effect.repeat(Schedule.spaced(tickOf(state.config))),
     Effect.onExit((exit) =>
-      Exit.isInterrupted(exit) ? Effect.void : Effect.zipRight(
+      Exit.hasInterrupts(exit) ? Effect.void : Effect.andThen(
         Effect.logError(
           "the keep-alive loop stopped: no client is pinged or timed out any more",
           Exit.isFailure(exit) ? exit.cause : Cause.empty
@@ -513,7 +513,7 @@ const make = Effect.gen(function*() {
 
 /** The hub's two services, from one layer (they share its state). */
 export const layer: Layer.Layer<Hub | HubClients, never, HubConfig | HubMetrics | Health | HubHistory> = Layer
-  .scopedContext(make)
+  .effectContext(make)
 
 /**
  * The hub together with the history, metrics and health services it uses. Its history follows the RabbitMQ

@@ -11,7 +11,7 @@
  * its recipients, and one client's subscriptions never make the hub match
  * every pattern again.
  */
-import { Either } from "effect"
+import { Result } from "effect"
 import * as Topic from "../protocol/Topic.js"
 import type { Member } from "./Member.js"
 
@@ -113,12 +113,12 @@ export class SubscriptionIndex {
    */
   update<E>(
     id: number,
-    change: (subscription: Subscription) => Either.Either<Subscription, E>
-  ): Either.Either<Subscription | undefined, E> {
+    change: (subscription: Subscription) => Result.Result<Subscription, E>
+  ): Result.Result<Subscription | undefined, E> {
     const current = this.#subscriptions.get(id)
-    if (current === undefined) return Either.right(undefined)
+    if (current === undefined) return Result.succeed(undefined)
     const next = change(current)
-    if (Either.isRight(next)) this.#set(id, next.right)
+    if (Result.isSuccess(next)) this.#set(id, next.success)
     return next
   }
 

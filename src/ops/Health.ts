@@ -21,18 +21,18 @@ export interface HealthReport {
   readonly checks: Record<string, { readonly status: ComponentStatus; readonly detail?: string | undefined }>
 }
 
-export class Health extends Context.Tag("event-hub/Health")<Health, {
+export class Health extends Context.Service<Health, {
   readonly set: (component: string, state: ComponentState) => Effect.Effect<void>
   readonly report: Effect.Effect<HealthReport>
   /** The report now, then each time it changes (the dashboard shows a change at once, not at its next tick). */
   readonly changes: Stream.Stream<HealthReport>
-}>() {
+}>()("event-hub/Health") {
   static readonly layer: Layer.Layer<Health> = Layer.effect(
     Health,
     Effect.map(SubscriptionRef.make(new Map<string, ComponentState>()), (components) => ({
       set: (component, state) => SubscriptionRef.update(components, (all) => new Map(all).set(component, state)),
       report: Effect.map(SubscriptionRef.get(components), summarize),
-      changes: components.changes.pipe(
+      changes: SubscriptionRef.changes(components).pipe(
         Stream.map(summarize),
         Stream.changesWith((a, b) => JSON.stringify(a) === JSON.stringify(b))
       )

@@ -5,16 +5,13 @@
  * example the JSON logger `main.ts` uses until the settings are read), so
  * every line is written once.
  */
-import { Effect, FiberRef, HashSet, Layer, Logger } from "effect"
+import { Effect, Layer, Logger, References } from "effect"
 import { logSettings } from "../config/Config.js"
 
-export const layer = Layer.unwrapEffect(
+export const layer = Layer.unwrap(
   Effect.map(logSettings, ({ format, level }) =>
     Layer.merge(
-      Layer.locallyScoped(
-        FiberRef.currentLoggers,
-        HashSet.make(format === "json" ? Logger.withConsoleLog(Logger.jsonLogger) : Logger.prettyLoggerDefault)
-      ),
-      Logger.minimumLogLevel(level)
+      Logger.layer([format === "json" ? Logger.consoleJson : Logger.consolePretty()]),
+      Layer.succeed(References.MinimumLogLevel, level)
     ))
 )

@@ -40,7 +40,7 @@ export interface MetricsSnapshot {
   readonly clients_disconnected: Record<DisconnectReason, number>
 }
 
-export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, {
+export class HubMetrics extends Context.Service<HubMetrics, {
   /** An event of `type` was broadcast to `recipients` clients. */
   readonly eventBroadcast: (type: string, recipients: number) => void
   /** An event was dropped because its `event_id` entered the hub recently (a publisher's retry). */
@@ -69,7 +69,7 @@ export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, 
   readonly counters: Readonly<Counters>
   /** The Prometheus registry of this hub (one per layer, never the global one). */
   readonly registry: Registry
-}>() {
+}>()("event-hub/HubMetrics") {
   /** Labels at most `METRICS_MAX_EVENT_TYPES` event types (`HubConfig`). */
   static readonly layer: Layer.Layer<HubMetrics, never, HubConfig> = Layer.effect(
     HubMetrics,
@@ -79,7 +79,7 @@ export class HubMetrics extends Context.Tag("event-hub/HubMetrics")<HubMetrics, 
 
 // One closure over the registry and the plain counters that the hot path bumps and the scrape reads; each
 // metric is a short declaration inside, which makes it longer than our usual functions.
-const make = (maxTrackedTypes: number): HubMetrics["Type"] => {
+const make = (maxTrackedTypes: number): HubMetrics["Service"] => {
   const registry = new Registry()
   const latency = new Histogram({
     name: "hub_delivery_latency_seconds",

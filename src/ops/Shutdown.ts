@@ -19,33 +19,33 @@
  * closes. A program without `runMain` leaves it out: its listeners would keep
  * SIGTERM from ending the process while nothing runs the finalizers.
  */
-import { Duration, Effect, Layer, Runtime } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import { HubConfig } from "../config/Config.js"
 import { Health } from "./Health.js"
 
 const signals = ["SIGINT", "SIGTERM"] as const
 
-export const layerDrain: Layer.Layer<never, never, HubConfig | Health> = Layer.scopedDiscard(
+export const layerDrain: Layer.Layer<never, never, HubConfig | Health> = Layer.effectDiscard(
   Effect.gen(function*() {
     const { shutdownDrainDelay } = yield* HubConfig
     const health = yield* Health
     yield* Effect.addFinalizer(() =>
-      Effect.zipRight(
+      Effect.andThen(
         // Load balancers see 503 from now on, while clients are being closed.
         health.set("hub", { status: "down", critical: true, detail: "shutting down" }),
         Effect.logInfo("draining: not ready; clients are closed after the drain delay").pipe(
           Effect.annotateLogs({ drain_delay: Duration.format(shutdownDrainDelay) }),
-          Effect.zipRight(Effect.sleep(shutdownDrainDelay))
+          Effect.andThen(Effect.sleep(shutdownDrainDelay))
         )
       )
     )
   })
 )
 
-export const layer: Layer.Layer<never, never, HubConfig> = Layer.scopedDiscard(
+export const layer: Layer.Layer<never, never, HubConfig> = Layer.effectDiscard(
   Effect.gen(function*() {
     const { shutdownTimeout } = yield* HubConfig
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
     /** Set by the first signal: the shutdown is under way, and bounded. */
     let backstop: ReturnType<typeof setTimeout> | undefined = undefined
     const onSignal = (signal: NodeJS.Signals) => {
@@ -58,7 +58,7 @@ export const layer: Layer.Layer<never, never, HubConfig> = Layer.scopedDiscard(
       )
       backstop = setTimeout(() => {
         runFork(Effect.logError("shutdown did not finish in time; exiting").pipe(
-          Effect.zipRight(Effect.sync(() => process.exit(1)))
+          Effect.andThen(Effect.sync(() => process.exit(1)))
         ))
       }, Duration.toMillis(shutdownTimeout)).unref()
     }

@@ -10,12 +10,12 @@
  * the hub's span a child of the publisher's span (`parentFrom`); published
  * messages carry the current span's (`headersFor`).
  */
-import * as Headers from "@effect/platform/Headers"
-import * as HttpTraceContext from "@effect/platform/HttpTraceContext"
-import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
-import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Config, Duration, Effect, FiberRef, Layer, Option, type Tracer } from "effect"
+import * as Headers from "effect/http/Headers"
+import * as HttpTraceContext from "effect/http/HttpTraceContext"
+import { Config, Duration, Effect, Layer, Option, References, type Tracer } from "effect"
+import * as FetchHttpClient from "effect/http/FetchHttpClient"
+import * as OtlpSerialization from "effect/observability/OtlpSerialization"
+import * as OtlpTracer from "effect/observability/OtlpTracer"
 
 export interface TracingSettings {
   /** Where spans are POSTed (the full URL, ending in `/v1/traces`). */
@@ -37,10 +37,10 @@ export const shutdownFlushMillis = 300
 
 /** The exporter's URL from the standard variables: the traces endpoint as is, or the base endpoint + `/v1/traces`. */
 export const settingsFromEnv: Config.Config<Option.Option<TracingSettings>> = Config.all({
-  traces: Config.option(Config.string("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
-  base: Config.option(Config.string("OTEL_EXPORTER_OTLP_ENDPOINT")),
-  serviceName: Config.string("OTEL_SERVICE_NAME").pipe(Config.withDefault("effect-event-hub")),
-  disabled: Config.boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false))
+  traces: Config.option(Config.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+  base: Config.option(Config.String("OTEL_EXPORTER_OTLP_ENDPOINT")),
+  serviceName: Config.String("OTEL_SERVICE_NAME").pipe(Config.withDefault("effect-event-hub")),
+  disabled: Config.Boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false))
 }).pipe(Config.map(({ base, disabled, serviceName, traces }) => {
   const nonEmpty = (value: Option.Option<string>) => Option.filter(value, (text) => text.trim() !== "")
   const url = Option.orElse(
@@ -50,22 +50,26 @@ export const settingsFromEnv: Config.Config<Option.Option<TracingSettings>> = Co
   return disabled ? Option.none() : Option.map(url, (url) => ({ url, serviceName }))
 }))
 
-/** Exports spans to `settings.url`; the batch is flushed when the layer is released, for a bounded time. */
+/**
+ * Exports spans to `settings.url` with Effect's own OTLP exporter (JSON over `fetch`); the batch is flushed when the
+ * layer is released, for a bounded time.
+ */
 export const layerOtlp = (settings: TracingSettings): Layer.Layer<never> =>
-  Layer.discard(NodeSdk.layer(() => ({
+  OtlpTracer.layer({
+    url: settings.url,
     resource: { serviceName: settings.serviceName },
     shutdownTimeout: Duration.millis(settings.shutdownFlushMillis ?? shutdownFlushMillis),
-    spanProcessor: new BatchSpanProcessor(
-      new OTLPTraceExporter({ url: settings.url }),
-      settings.exportDelayMillis === undefined ? undefined : { scheduledDelayMillis: settings.exportDelayMillis }
-    )
-  })))
+    ...(settings.exportDelayMillis === undefined ? {} : { exportInterval: Duration.millis(settings.exportDelayMillis) })
+  }).pipe(
+    Layer.provide([OtlpSerialization.layerJson, FetchHttpClient.layer]),
+    Layer.flatMap(() => Layer.empty)
+  )
 
 /** From the environment: OTLP export when an endpoint is set, no tracing at all otherwise. */
-export const layer: Layer.Layer<never, never> = Layer.unwrapEffect(
+export const layer: Layer.Layer<never, never> = Layer.unwrap(
   Effect.map(Effect.orDie(settingsFromEnv), (settings) =>
     Option.match(settings, {
-      onNone: () => Layer.setTracerEnabled(false),
+      onNone: () => Layer.succeed(References.TracerEnabled, false),
       onSome: (settings) =>
         Layer.merge(
           layerOtlp(settings),
@@ -125,4 +129,4 @@ export const whenTracing = <A, E, R>(
   effect: Effect.Effect<A, E, R>,
   traced: () => Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> =>
-  Effect.withFiberRuntime((fiber) => fiber.getFiberRef(FiberRef.currentTracerEnabled) ? traced() : effect)
+  Effect.withFiber((fiber) => fiber.getRef(References.TracerEnabled) ? traced() : effect)

@@ -3,7 +3,7 @@
  * client requests, server messages and close codes. Validation, types and the
  * README's protocol reference all come from here.
  */
-import { Either, ParseResult, Schema } from "effect"
+import { Result, Schema, SchemaIssue } from "effect"
 
 // ---------------------------------------------------------------------------
 // Names
@@ -16,10 +16,10 @@ export const ReservedPrefix = "hub."
 export const MaxNameLength = 255
 
 /** An event type: dot-separated words, no wildcards, not in the reserved namespace. */
-export const EventType = Schema.String.pipe(
-  Schema.minLength(1, { message: () => "event type must not be empty" }),
-  Schema.maxLength(MaxNameLength, { message: () => `event type must be at most ${MaxNameLength} characters` }),
-  Schema.filter((type) =>
+export const EventType = Schema.String.check(
+  Schema.isMinLength(1, { message: "event type must not be empty" }),
+  Schema.isMaxLength(MaxNameLength, { message: `event type must be at most ${MaxNameLength} characters` }),
+  Schema.makeFilter((type: string) =>
     type.startsWith(ReservedPrefix)
       ? `event type must not start with the reserved prefix "${ReservedPrefix}"`
       : type.split(".").some((word) => word === "*" || word === "#")
@@ -33,9 +33,9 @@ export const EventType = Schema.String.pipe(
  * pattern where `*` matches exactly one dot-separated word and `#` matches
  * zero or more.
  */
-export const EventPattern = Schema.String.pipe(
-  Schema.minLength(1, { message: () => "event type pattern must not be empty" }),
-  Schema.maxLength(MaxNameLength, { message: () => `event type pattern must be at most ${MaxNameLength} characters` })
+export const EventPattern = Schema.String.check(
+  Schema.isMinLength(1, { message: "event type pattern must not be empty" }),
+  Schema.isMaxLength(MaxNameLength, { message: `event type pattern must be at most ${MaxNameLength} characters` })
 )
 
 // ---------------------------------------------------------------------------
@@ -43,17 +43,13 @@ export const EventPattern = Schema.String.pipe(
 // ---------------------------------------------------------------------------
 
 /** `{"action":"subscribe","event_types":[...]}`: add patterns to the client's subscription. */
-const EventPatterns = Schema.Array(EventPattern).annotations({
-  message: () => ({ message: "must be an array of strings", override: false })
-})
+const EventPatterns = Schema.Array(EventPattern).annotate({ message: "must be an array of strings" })
 
 export const Subscribe = Schema.Struct({
   action: Schema.Literal("subscribe"),
   event_types: EventPatterns,
   /** Resume: also send the events after this id (the last one received) that match, then the live ones. */
-  since: Schema.optional(Schema.String.annotations({
-    message: () => ({ message: "must be the id (a string) of the last event received", override: false })
-  }))
+  since: Schema.optional(Schema.String.annotate({ message: "must be the id (a string) of the last event received" }))
 })
 export type Subscribe = typeof Subscribe.Type
 
@@ -70,7 +66,7 @@ export type Unsubscribe = typeof Unsubscribe.Type
  */
 export const Authenticate = Schema.Struct({
   action: Schema.Literal("auth"),
-  token: Schema.String.pipe(Schema.minLength(1, { message: () => "token must not be empty" }))
+  token: Schema.String.check(Schema.isMinLength(1, { message: "token must not be empty" }))
 })
 export type Authenticate = typeof Authenticate.Type
 
@@ -83,16 +79,14 @@ export type Authenticate = typeof Authenticate.Type
 export const Publish = Schema.Struct({
   action: Schema.Literal("publish"),
   type: EventType,
-  data: Schema.Record({ key: Schema.String, value: Schema.Unknown }).annotations({
-    message: () => ({ message: "must be a JSON object", override: false })
-  })
+  data: Schema.Record(Schema.String, Schema.Unknown).annotate({ message: "must be a JSON object" })
 })
 export type Publish = typeof Publish.Type
 
 /** A room: `<key>:<value>`, where `<key>` is one of `ROOM_KEYS` (a field of the events' data). */
 const Rooms = Schema.Array(
-  Schema.String.pipe(Schema.minLength(1), Schema.maxLength(MaxNameLength))
-).annotations({ message: () => ({ message: "must be an array of rooms such as \"run_id:789e0123\"", override: false }) })
+  Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(MaxNameLength))
+).annotate({ message: "must be an array of rooms such as \"run_id:789e0123\"" })
 
 /**
  * `{"action":"join","rooms":["run_id:789e0123"]}`: from now on, receive only the events of these rooms (an event
@@ -103,7 +97,7 @@ export const Join = Schema.Struct({ action: Schema.Literal("join"), rooms: Rooms
 /** `{"action":"leave","rooms":[...]}`: leaves rooms; a client in no room receives the events of every room. */
 export const Leave = Schema.Struct({ action: Schema.Literal("leave"), rooms: Rooms })
 
-export const ClientRequest = Schema.Union(Subscribe, Unsubscribe, Authenticate, Publish, Join, Leave)
+export const ClientRequest = Schema.Union([Subscribe, Unsubscribe, Authenticate, Publish, Join, Leave])
 export type ClientRequest = typeof ClientRequest.Type
 
 export const clientActions: ReadonlyArray<ClientRequest["action"]> = [
@@ -142,7 +136,7 @@ export const ServerMessage = Schema.Struct({
 export type ServerMessage = typeof ServerMessage.Type
 
 /** Codes carried by `hub.error` messages. */
-export const ErrorCode = Schema.Literal(
+export const ErrorCode = Schema.Literals([
   "invalid_json",
   "invalid_request",
   "unknown_action",
@@ -171,7 +165,7 @@ export const ErrorCode = Schema.Literal(
   "invalid_room",
   /** A `join` that would put the client in more than `WS_MAX_SUBSCRIPTIONS` rooms. */
   "too_many_rooms"
-)
+])
 export type ErrorCode = typeof ErrorCode.Type
 
 /** The hub's own message types (replies and notices), all under `hub.`. */
@@ -217,7 +211,7 @@ export type ErrorData = typeof ErrorData.Type
  *   another instance; an id of the other mode): the hub cannot tell whether anything was missed.
  * Either way the events the hub holds follow, then `hub.live`.
  */
-export const GapReason = Schema.Literal("missed", "unknown")
+export const GapReason = Schema.Literals(["missed", "unknown"])
 export type GapReason = typeof GapReason.Type
 
 export const HistoryGapData = Schema.Struct({
@@ -279,7 +273,7 @@ export const CloseCode = {
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
 
 /** Why a client left, as counted in `/metrics` under `clients_disconnected`. */
-export const DisconnectReason = Schema.Literal(
+export const DisconnectReason = Schema.Literals([
   "client_closed",
   "shutdown",
   "slow_consumer",
@@ -292,7 +286,7 @@ export const DisconnectReason = Schema.Literal(
   "rate_limited",
   "token_expired",
   "first_message_timeout"
-)
+])
 export type DisconnectReason = typeof DisconnectReason.Type
 
 export const closeFor: Record<Exclude<DisconnectReason, "client_closed" | "error" | "protocol_error">, {
@@ -346,49 +340,51 @@ export const pongMessage = Outbound.text(TextPong)
 // Decoding client requests
 // ---------------------------------------------------------------------------
 
-const decoders: Record<ClientRequest["action"], (input: unknown) => Either.Either<ClientRequest, ParseResult.ParseError>> = {
-  subscribe: Schema.decodeUnknownEither(Subscribe),
-  unsubscribe: Schema.decodeUnknownEither(Unsubscribe),
-  auth: Schema.decodeUnknownEither(Authenticate),
-  publish: Schema.decodeUnknownEither(Publish),
-  join: Schema.decodeUnknownEither(Join),
-  leave: Schema.decodeUnknownEither(Leave)
+const decoders: Record<ClientRequest["action"], (input: unknown) => Result.Result<ClientRequest, Schema.SchemaError>> = {
+  subscribe: Schema.decodeUnknownResult(Subscribe),
+  unsubscribe: Schema.decodeUnknownResult(Unsubscribe),
+  auth: Schema.decodeUnknownResult(Authenticate),
+  publish: Schema.decodeUnknownResult(Publish),
+  join: Schema.decodeUnknownResult(Join),
+  leave: Schema.decodeUnknownResult(Leave)
 }
 
+const standardIssues = SchemaIssue.makeFormatterStandardSchemaV1()
+
 /** One line per problem, each naming the field: `event_types[2]: event type pattern must not be empty`. */
-export const formatParseError = (error: ParseResult.ParseError): string =>
-  ParseResult.ArrayFormatter.formatErrorSync(error)
-    .map((issue) => issue.path.length === 0 ? issue.message : `${formatPath(issue.path)}: ${issue.message}`)
+export const formatParseError = (error: Schema.SchemaError): string =>
+  standardIssues(error.issue).issues
+    .map(({ message, path = [] }) => path.length === 0 ? message : `${formatPath(path)}: ${message}`)
     .join("; ")
 
-const formatPath = (path: ReadonlyArray<PropertyKey>) =>
-  path.map((key, i) => typeof key === "number" ? `[${key}]` : i === 0 ? String(key) : `.${String(key)}`).join("")
+const formatPath = (path: ReadonlyArray<PropertyKey | { readonly key: PropertyKey }>) =>
+  path.map((segment) => typeof segment === "object" ? segment.key : segment).map((key, i) => typeof key === "number" ? `[${key}]` : i === 0 ? String(key) : `.${String(key)}`).join("")
 
 /** Parses one text frame into a request, or the error to send back. */
-export const parseRequest = (text: string): Either.Either<ClientRequest, ErrorData> => {
+export const parseRequest = (text: string): Result.Result<ClientRequest, ErrorData> => {
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch {
-    return Either.left({
+    return Result.fail({
       code: "invalid_json",
       message: `expected a JSON object such as {"action":"subscribe","event_types":["backtest.completed"]}, or the text "ping"`
     })
   }
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    return Either.left({ code: "invalid_request", message: "expected a JSON object with an \"action\" field" })
+    return Result.fail({ code: "invalid_request", message: "expected a JSON object with an \"action\" field" })
   }
   const action = (json as { action?: unknown }).action
   if (typeof action !== "string") {
-    return Either.left({ code: "invalid_request", message: "\"action\" must be a string" })
+    return Result.fail({ code: "invalid_request", message: "\"action\" must be a string" })
   }
   if (!(clientActions as ReadonlyArray<string>).includes(action)) {
-    return Either.left({
+    return Result.fail({
       code: "unknown_action",
       message: `unknown action ${JSON.stringify(action.slice(0, 64))}; expected one of ${clientActions.join(", ")}`
     })
   }
-  return Either.mapLeft(
+  return Result.mapError(
     decoders[action as ClientRequest["action"]](json),
     (error): ErrorData => ({ code: "invalid_request", message: formatParseError(error) })
   )

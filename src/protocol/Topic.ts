@@ -4,7 +4,7 @@
  * wildcards matches only the identical event type.
  */
 
-import { Either } from "effect"
+import { Result } from "effect"
 
 /** How long a pattern may be: `WS_MAX_PATTERN_LENGTH` and `WS_MAX_PATTERN_WORDS`. */
 export interface PatternLimits {
@@ -19,24 +19,24 @@ export interface PatternLimits {
  * whitespace or control characters, and `*`/`#` only as whole words. Left:
  * why not, naming the pattern.
  */
-export const check = (pattern: string, limits: PatternLimits): Either.Either<string, string> => {
+export const check = (pattern: string, limits: PatternLimits): Result.Result<string, string> => {
   const shown = JSON.stringify(pattern.length > 64 ? `${pattern.slice(0, 64)}...` : pattern)
   if (pattern.length > limits.maxPatternLength) {
-    return Either.left(`pattern ${shown} is longer than ${limits.maxPatternLength} characters`)
+    return Result.fail(`pattern ${shown} is longer than ${limits.maxPatternLength} characters`)
   }
   const words = pattern.split(".")
   if (words.length > limits.maxPatternWords) {
-    return Either.left(`pattern ${shown} has more than ${limits.maxPatternWords} words`)
+    return Result.fail(`pattern ${shown} has more than ${limits.maxPatternWords} words`)
   }
-  if (words.some((word) => word.length === 0)) return Either.left(`pattern ${shown} has an empty word`)
+  if (words.some((word) => word.length === 0)) return Result.fail(`pattern ${shown} has an empty word`)
   // eslint-disable-next-line no-control-regex
   if (/[\s\u0000-\u001f\u007f]/.test(pattern)) {
-    return Either.left(`pattern ${shown} contains whitespace or control characters`)
+    return Result.fail(`pattern ${shown} contains whitespace or control characters`)
   }
   if (words.some((word) => word !== "*" && word !== "#" && /[*#]/.test(word))) {
-    return Either.left(`pattern ${shown}: * and # must be whole words`)
+    return Result.fail(`pattern ${shown}: * and # must be whole words`)
   }
-  return Either.right(pattern)
+  return Result.succeed(pattern)
 }
 
 /** True when `pattern` contains a `*` or `#` word. */

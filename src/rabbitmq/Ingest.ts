@@ -130,7 +130,7 @@ export const ingestMode = (context: ModeContext): ConsumeMode => {
   return {
     queue,
     declare: (channel) =>
-      Effect.zipRight(declareIngest(channel, config), attempt("Topology", () => channel.prefetch(config.prefetch))),
+      Effect.andThen(declareIngest(channel, config), attempt("Topology", () => channel.prefetch(config.prefetch))),
     prepare: (channel, fail) =>
       Effect.gen(function*() {
         const session = new MoverSession(channel, config.stream, fail, () => metrics.count("rabbitmq", "events_moved"))
@@ -148,7 +148,7 @@ export const ingestMode = (context: ModeContext): ConsumeMode => {
     consumeOptions: () => ({ noAck: false }),
     consumeRefused: (cause) => new RabbitMqError({ reason: "Topology", cause, queue }),
     started: () => Effect.void,
-    connected: Effect.zipRight(
+    connected: Effect.andThen(
       setHealth("up"),
       Effect.logInfo("ready to move events from the ingest queue into the stream (one hub at a time moves)").pipe(
         Effect.annotateLogs({ queue, stream: config.stream })

@@ -1,6 +1,6 @@
 /** What a broker message means to the hub: the event it carries, and how it is settled. */
 import type * as amqp from "amqplib"
-import { Either, Schema } from "effect"
+import { Result, Schema } from "effect"
 import { EventType } from "../protocol/Protocol.js"
 
 export interface MappedEvent {
@@ -19,19 +19,19 @@ export const toEvent = (
   routingKey: string,
   body: Buffer,
   eventTypeMap: Readonly<Record<string, string>>
-): Either.Either<MappedEvent, string> => {
+): Result.Result<MappedEvent, string> => {
   const type = Object.hasOwn(eventTypeMap, routingKey) ? eventTypeMap[routingKey]! : routingKey
-  if (!isEventType(type)) return Either.left(`routing key ${JSON.stringify(routingKey)} is not a valid event type`)
+  if (!isEventType(type)) return Result.fail(`routing key ${JSON.stringify(routingKey)} is not a valid event type`)
   let data: unknown
   try {
     data = JSON.parse(body.toString("utf8"))
   } catch {
-    return Either.left("body is not valid JSON")
+    return Result.fail("body is not valid JSON")
   }
   if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    return Either.left("body is not a JSON object")
+    return Result.fail("body is not a JSON object")
   }
-  return Either.right({ type, data: data as Record<string, unknown> })
+  return Result.succeed({ type, data: data as Record<string, unknown> })
 }
 
 /**

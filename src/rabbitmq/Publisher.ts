@@ -50,7 +50,7 @@ export interface OutgoingMessage {
   readonly body: Buffer
 }
 
-export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
+export class Publisher extends Context.Service<Publisher, {
   /** Publishes `body` (JSON) with `routingKey`; succeeds once the broker has confirmed it. */
   readonly publish: (routingKey: string, body: Buffer) => Effect.Effect<void, PublishError>
   /** Publishes the messages in order on one channel; succeeds once the broker has confirmed every one. */
@@ -63,10 +63,10 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
   readonly publishEvent: (type: string, data: unknown) => Effect.Effect<void, PublishError>
   /** True when a broker is configured (`RABBITMQ_URL`): `publish` can succeed. */
   readonly enabled: boolean
-}>() {
+}>()("event-hub/Publisher") {
   // One closure over the publishing connection it opens on first use and closes with the layer; its steps are
   // small named functions inside.
-  static readonly layer: Layer.Layer<Publisher, never, RabbitMqConfig> = Layer.scoped(
+  static readonly layer: Layer.Layer<Publisher, never, RabbitMqConfig> = Layer.effect(
     Publisher,
     Effect.gen(function*() {
       const config = yield* RabbitMqConfig
@@ -136,12 +136,13 @@ export class Publisher extends Context.Tag("event-hub/Publisher")<Publisher, {
           },
           catch: (cause) => cause instanceof PublishError ? cause : new PublishError({ reason: "Unavailable", cause })
         })).pipe(
-          Effect.timeoutFail({
+          Effect.timeoutOrElse({
             duration: publishTimeout,
-            onTimeout: () =>
+            orElse: () => Effect.fail(
               new PublishError(
                 sent ? { reason: "Timeout" } : { reason: "Unavailable", cause: new Error("no connection in time") }
               )
+            )
           })
         )
       }

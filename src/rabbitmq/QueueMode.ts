@@ -4,7 +4,7 @@
  * consumes the queue, events wait only in it, and a resume after a restart
  * cannot be placed (see docs/operations.md).
  */
-import { Duration, Effect, Either, Option } from "effect"
+import { Duration, Effect, Result, Option } from "effect"
 import { eventSpan } from "../ops/Tracing.js"
 import { settle, toEvent } from "./Message.js"
 import { attempt, type ConsumeMode, type Delivery, type ModeContext, RabbitMqError } from "./Session.js"
@@ -31,18 +31,18 @@ export const queueMode = ({ config, hub, metrics, setHealth }: ModeContext): Con
   const deliver = ({ channel, message }: Delivery): Effect.Effect<void> => {
     const routingKey = message.fields.routingKey
     const event = toEvent(routingKey, message.content, config.eventTypeMap)
-    if (Either.isLeft(event)) {
+    if (Result.isFailure(event)) {
       settle(channel, message, false)
       metrics.count("rabbitmq", "events_rejected")
       return Effect.logWarning("rejected a message that is not an event").pipe(
-        Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length })
+        Effect.annotateLogs({ routing_key: routingKey, reason: event.failure, bytes: message.content.length })
       )
     }
     // A redelivery, or a publisher's retry, of an event the hub already broadcast is dropped by the hub (Dedup.ts).
     // `broadcastEvent`, which never waits: `deliver` must stay synchronous.
-    return hub.broadcastEvent({ type: event.right.type, data: event.right.data, source: "rabbitmq" }).pipe(
-      eventSpan("rabbitmq", event.right.type, message.properties.headers),
-      Effect.zipRight(Effect.sync(() => {
+    return hub.broadcastEvent({ type: event.success.type, data: event.success.data, source: "rabbitmq" }).pipe(
+      eventSpan("rabbitmq", event.success.type, message.properties.headers),
+      Effect.andThen(Effect.sync(() => {
         metrics.count("rabbitmq", "events_consumed")
         // The hub has the event: acknowledge.
         settle(channel, message, true)
@@ -63,7 +63,7 @@ export const queueMode = ({ config, hub, metrics, setHealth }: ModeContext): Con
         queue: config.queue
       }),
     started: () => Effect.void,
-    connected: Effect.zipRight(
+    connected: Effect.andThen(
       setHealth("up"),
       Effect.logInfo("consuming from RabbitMQ").pipe(Effect.annotateLogs({ queue: config.queue }))
     ),

@@ -7,7 +7,7 @@
  * `Ingest.ts`).
  */
 import * as amqp from "amqplib"
-import { Cause, Data, Deferred, Effect, Exit, FiberId, Redacted, Runtime, type Scope, Stream } from "effect"
+import { Cause, Data, Deferred, Effect, Exit, Redacted, type Scope, Stream } from "effect"
 import { hostname } from "node:os"
 import type { RabbitMqSettings } from "../config/Config.js"
 import type { HubHistory } from "../hub/History.js"
@@ -162,13 +162,13 @@ export const session = (
   first: number,
   mode: ConsumeMode
 ): Stream.Stream<void, RabbitMqError> =>
-  Stream.unwrapScoped(Effect.gen(function*() {
-    const runtime = yield* Effect.runtime<never>()
+  Stream.unwrap(Effect.gen(function*() {
+    const context = yield* Effect.context<never>()
     const lost = yield* Deferred.make<never, RabbitMqError>()
     let ended = false
     const lose = (error: RabbitMqError) => {
       ended = true
-      Deferred.unsafeDone(lost, Effect.fail(error))
+      Deferred.doneUnsafe(lost, Effect.fail(error))
     }
     let open = true
     const connection = yield* Effect.acquireRelease(
@@ -196,13 +196,13 @@ export const session = (
     const onMessage = (message: amqp.ConsumeMessage | null) => {
       if (message === null) return lose(new RabbitMqError({ reason: "ConsumerCancelled" }))
       if (ended) return
-      const exit = Runtime.runSyncExit(runtime, deliver({ message, channel }))
+      const exit = Effect.runSyncExitWith(context)(deliver({ message, channel }))
       if (Exit.isFailure(exit)) {
         // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
         const cause = Cause.squash(exit.cause)
         // A handler that went asynchronous (it must not) would finish later, out of order: it is stopped, and the
         // broker delivers the event again.
-        if (Runtime.isAsyncFiberException(cause)) cause.fiber.unsafeInterruptAsFork(FiberId.none)
+        if (Cause.isAsyncFiberError(cause)) cause.fiber.interruptUnsafe()
         lose(new RabbitMqError({ reason: "Unexpected", cause }))
       }
     }
@@ -223,8 +223,8 @@ export const session = (
 /** What a consume mode works with, given by the source. */
 export interface ModeContext {
   readonly config: RabbitMqSettings
-  readonly hub: Hub["Type"]
-  readonly history: HubHistory["Type"]
-  readonly metrics: HubMetrics["Type"]
+  readonly hub: Hub["Service"]
+  readonly history: HubHistory["Service"]
+  readonly metrics: HubMetrics["Service"]
   readonly setHealth: (status: "up" | "starting" | "down", detail?: string) => Effect.Effect<void>
 }

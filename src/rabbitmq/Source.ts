@@ -30,11 +30,7 @@ export { RabbitMqError, safeUrl } from "./Session.js"
 
 /** Capped exponential backoff with jitter: about delay, 2 x delay, ... up to the cap, forever. */
 export const reconnectSchedule = (config: Pick<RabbitMqSettings, "reconnectDelay" | "maxReconnectWait">) =>
-  Schedule.exponential(config.reconnectDelay).pipe(
-    Schedule.jittered,
-    Schedule.union(Schedule.spaced(config.maxReconnectWait)),
-    Schedule.delays
-  )
+  Schedule.min([Schedule.jittered(Schedule.exponential(config.reconnectDelay)), Schedule.spaced(config.maxReconnectWait)])
 
 /**
  * Sessions one after the other, for ever: each failure is reported, then retried by the schedule. With several
@@ -45,18 +41,18 @@ const consume = (context: ModeContext, urls: ReadonlyArray<Redacted.Redacted>, m
   const { config, metrics, setHealth } = context
   let next = 0
   return Stream.suspend(() => session(config, urls, next++ % urls.length, mode)).pipe(
-    Stream.mapEffect(() => Effect.zipRight(Effect.sync(() => metrics.count("rabbitmq", "connections")), mode.connected)),
+    Stream.mapEffect(() => Effect.andThen(Effect.sync(() => metrics.count("rabbitmq", "connections")), mode.connected)),
     // A defect (a bug, an amqplib surprise) ends the session like a lost connection: retried, never fatal.
-    Stream.catchAllCause((cause) => {
-      if (Cause.isInterruptedOnly(cause)) return Stream.failCause(cause)
+    Stream.catchCause((cause) => {
+      if (Cause.hasInterruptsOnly(cause)) return Stream.failCause(cause)
       // The session's own errors go on as they are (their message says what to do); anything else is unexpected.
-      const failure = Cause.failureOption(cause)
+      const failure = Cause.findErrorOption(cause)
       return Stream.fail(
         Option.isSome(failure) ? failure.value : new RabbitMqError({ reason: "Unexpected", cause: Cause.squash(cause) })
       )
     }),
     Stream.tapError((error) =>
-      Effect.zipRight(
+      Effect.andThen(
         setHealth("down", error.message),
         (error.needsAction ? Effect.logError : Effect.logWarning)("RabbitMQ connection failed").pipe(
           Effect.annotateLogs({ error: error.message, ...mode.describe })
@@ -64,8 +60,8 @@ const consume = (context: ModeContext, urls: ReadonlyArray<Redacted.Redacted>, m
       )
     ),
     Stream.retry(reconnectSchedule(config).pipe(
-      Schedule.tapOutput((delay) =>
-        Effect.zipRight(
+      Schedule.tap(({ output: delay }) =>
+        Effect.andThen(
           Effect.sync(() => metrics.count("rabbitmq", "reconnects")),
           Effect.logInfo("reconnecting to RabbitMQ").pipe(
             Effect.annotateLogs({ delay_ms: Math.round(Duration.toMillis(delay)), ...mode.describe })
@@ -116,10 +112,10 @@ const make = Effect.gen(function*() {
     return Effect.void
   }
   if (config.mode === "stream" && history.mode !== "stream") {
-    return yield* Effect.dieMessage(
+    return yield* Effect.die(new Error(
       "RABBITMQ_MODE=stream needs the hub's history to use stream ids: build the hub with HubLive (Hub.layerLive), " +
         "which reads the same RabbitMqConfig, not with HubLocalLive (Hub.layerLocal)"
-    )
+    ))
   }
   const urls = brokerUrls(config.url.value)
   metrics.declare("rabbitmq", counters)
@@ -145,7 +141,7 @@ const make = Effect.gen(function*() {
 
 /** Runs the source for the lifetime of the layer; does nothing when `RABBITMQ_URL` is empty. */
 export const layer: Layer.Layer<never, never, RabbitMqConfig | Hub | HubHistory | HubMetrics | Health> = Layer
-  .scopedDiscard(
+  .effectDiscard(
     Effect.flatMap(make, (run) =>
       Effect.forkScoped(
         run.pipe(

@@ -12,7 +12,7 @@
  * clients (`Hub.lost`), never passed over in silence.
  */
 import type * as amqp from "amqplib"
-import { Effect, Either } from "effect"
+import { Effect, Result } from "effect"
 import { hostname } from "node:os"
 import type { BroadcastEvent } from "../hub/Hub.js"
 import { streamId } from "../hub/History.js"
@@ -78,7 +78,7 @@ class StreamReader {
     this.lastOffset = offset
     const handled = this.#message(message, headers, offset)
     if (!hole) return handled
-    return Effect.zipRight(this.#hole(previous, offset), handled)
+    return Effect.andThen(this.#hole(previous, offset), handled)
   }
 
   /** Offsets this hub expected and did not get (retention removed them): its live clients are told. */
@@ -86,7 +86,7 @@ class StreamReader {
     const missing = offset - previous - 1
     this.context.metrics.count("rabbitmq", "stream_holes")
     const told = this.refilling ? Effect.void : this.context.hub.lost(streamId(previous), streamId(offset))
-    return Effect.zipRight(told, Effect.logWarning("events this hub had not read are gone from the stream (retention); clients are told")
+    return Effect.andThen(told, Effect.logWarning("events this hub had not read are gone from the stream (retention); clients are told")
       .pipe(Effect.annotateLogs({ after_offset: previous, offset, missing })))
   }
 
@@ -108,17 +108,17 @@ class StreamReader {
       if (move.seq === 0) return Effect.void
     }
     const event = toEvent(routingKey, message.content, config.eventTypeMap)
-    if (Either.isLeft(event)) {
+    if (Result.isFailure(event)) {
       // A stream cannot reject or dead-letter: the message stays in it, and every hub skips it.
       metrics.count("rabbitmq", "events_rejected")
       return Effect.logWarning("skipped a stream message that is not an event").pipe(
-        Effect.annotateLogs({ routing_key: routingKey, reason: event.left, bytes: message.content.length, offset })
+        Effect.annotateLogs({ routing_key: routingKey, reason: event.failure, bytes: message.content.length, offset })
       )
     }
     const time = headers[moveHeaders.time]
     const entering: BroadcastEvent = {
-      type: event.right.type,
-      data: event.right.data,
+      type: event.success.type,
+      data: event.success.data,
       id: streamId(offset),
       // Without a mover (RABBITMQ_INGEST=none) the stream does not say when the event entered it.
       ...(typeof time === "number" && { timestamp: time }),
@@ -130,7 +130,7 @@ class StreamReader {
     }
     metrics.count("rabbitmq", "events_consumed")
     return this.context.hub.broadcastEvent(entering).pipe(
-      eventSpan("rabbitmq", event.right.type, message.properties.headers)
+      eventSpan("rabbitmq", event.success.type, message.properties.headers)
     )
   }
 
@@ -138,7 +138,7 @@ class StreamReader {
     if (!this.refilling || marker !== this.instance) return Effect.void
     this.refilling = false
     this.context.history.markReady()
-    return Effect.zipRight(
+    return Effect.andThen(
       this.context.setHealth("up"),
       Effect.logInfo("history refilled from the stream; events are live").pipe(
         Effect.annotateLogs({ stream: this.context.config.stream, events: this.context.history.size, offset })
@@ -167,7 +167,7 @@ export const streamMode = (context: ModeContext): ConsumeMode => {
   return {
     queue: config.stream,
     declare: (channel) =>
-      Effect.zipRight(
+      Effect.andThen(
         config.ingest === "quorum" ? declareIngest(channel, config) : declareStream(channel, config),
         attempt("Topology", async () => {
           // Without the ingest queue, the stream is fed by the exchange directly.
@@ -193,7 +193,7 @@ export const streamMode = (context: ModeContext): ConsumeMode => {
         ? Effect.asVoid(Effect.forkScoped(Effect.ignore(reader.writeMarker(channel))))
         : Effect.void,
     connected: Effect.suspend(() =>
-      Effect.zipRight(
+      Effect.andThen(
         reader.refilling ? setHealth("starting", "refilling the history from the stream") : setHealth("up"),
         Effect.logInfo("consuming from RabbitMQ").pipe(Effect.annotateLogs({ stream: config.stream }))
       )

@@ -48,7 +48,7 @@ export const ingestArguments = (ingestMaxBytes: number) => ({
  * that once a hub reads, what is published is kept.
  */
 export const declareIngest = (channel: amqp.Channel, config: RabbitMqSettings) =>
-  Effect.zipRight(
+  Effect.andThen(
     declareStream(channel, config),
     attempt("Topology", async () => {
       const queue = ingestQueueName(config.stream)

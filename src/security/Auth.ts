@@ -8,11 +8,11 @@
  * algorithm confusion (an HS256 token "signed" with a public key) are
  * refused. Errors never carry the token, only why it was refused.
  */
-import { ConfigError, Context, Data, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { type Config, Context, Data, Duration, Effect, Layer, Option, Redacted } from "effect"
 import * as jose from "jose"
 import type { IncomingMessage } from "node:http"
 import { createPublicKey } from "node:crypto"
-import { type AuthKeySource, HubConfig } from "../config/Config.js"
+import { type AuthKeySource, HubConfig, invalidSetting } from "../config/Config.js"
 import * as Topic from "../protocol/Topic.js"
 
 /** The subprotocol that carries a token: `Sec-WebSocket-Protocol: bearer, <token>`. */
@@ -94,14 +94,14 @@ const makeVerifier = (source: Exclude<AuthKeySource, { _tag: "none" }>) =>
             return { alg, key: await jose.importSPKI(source.key, alg) }
           },
           catch: (error) =>
-            ConfigError.InvalidData(
-              ["AUTH_JWT_PUBLIC_KEY"],
+            invalidSetting(
+              "AUTH_JWT_PUBLIC_KEY",
               `expected an RSA or EC P-256 public key, PEM (SPKI) or JWK: ${error instanceof Error ? error.message : String(error)}`
             )
         })
         if (key.alg !== "RS256" && key.alg !== "ES256") {
           return yield* Effect.fail(
-            ConfigError.InvalidData(["AUTH_JWT_PUBLIC_KEY"], `unsupported algorithm ${key.alg}; expected RS256 or ES256`)
+            invalidSetting("AUTH_JWT_PUBLIC_KEY", `unsupported algorithm ${key.alg}; expected RS256 or ES256`)
           )
         }
         return {
@@ -157,14 +157,14 @@ const eventTypesOf = (
   })
   if (!Array.isArray(claim) || claim.length > 1024) return invalid
   for (const pattern of claim) {
-    if (typeof pattern !== "string" || Topic.check(pattern, limits)._tag === "Left") {
+    if (typeof pattern !== "string" || Topic.check(pattern, limits)._tag === "Failure") {
       return invalid
     }
   }
   return claim as ReadonlyArray<string>
 }
 
-export class Auth extends Context.Tag("event-hub/Auth")<Auth, {
+export class Auth extends Context.Service<Auth, {
   /** True when clients must present a token. */
   readonly enabled: boolean
   /** Verifies a token: signature, algorithm, `exp` (required), `nbf`, and `iss`/`aud` when configured. */
@@ -174,8 +174,8 @@ export class Auth extends Context.Tag("event-hub/Auth")<Auth, {
    * principal when its token is good, an `AuthError` otherwise.
    */
   readonly authenticate: (request: IncomingMessage) => Effect.Effect<Option.Option<Principal>, AuthError>
-}>() {
-  static readonly layer: Layer.Layer<Auth, ConfigError.ConfigError, HubConfig> = Layer.effect(
+}>()("event-hub/Auth") {
+  static readonly layer: Layer.Layer<Auth, Config.ConfigError, HubConfig> = Layer.effect(
     Auth,
     Effect.gen(function*() {
       const { security } = yield* HubConfig

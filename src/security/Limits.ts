@@ -4,7 +4,7 @@
  * subscription patterns, and the counting of every refusal in `/metrics`
  * (under `security`).
  */
-import { Context, Effect, Either, Layer } from "effect"
+import { Context, Effect, Result, Layer } from "effect"
 import type { IncomingMessage } from "node:http"
 import { HubConfig, type SecuritySettings } from "../config/Config.js"
 import { HubMetrics } from "../ops/Metrics.js"
@@ -61,22 +61,22 @@ export const clientAddress = (request: IncomingMessage, trustProxy: boolean): st
   return last === undefined || last === "" ? peer : last
 }
 
-export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
+export class Limits extends Context.Service<Limits, {
   readonly settings: SecuritySettings
   /**
    * Reserves a connection slot for `address`; returns its release (to call
    * once, when the connection ends), or why it was refused.
    */
-  readonly acquireConnection: (address: string) => Either.Either<() => void, ConnectionRefusal>
+  readonly acquireConnection: (address: string) => Result.Result<() => void, ConnectionRefusal>
   /** Spends a token of `address`'s new-connection bucket: `0`, or the seconds to wait (`Retry-After`). */
   readonly takeConnection: (address: string, now: number) => number
   /** Spends a token of `address`'s resume bucket: `0`, or the seconds to wait. */
   readonly takeResume: (address: string, now: number) => number
   /** Spends a token of the publish endpoint's bucket; the seconds to wait when there is none. */
-  readonly takePublish: (now: number) => Either.Either<void, number>
+  readonly takePublish: (now: number) => Result.Result<void, number>
   /** Counts a refusal in `/metrics` (`security.<name>`). */
   readonly refused: (name: Refusal) => void
-}>() {
+}>()("event-hub/Limits") {
   static readonly layer: Layer.Layer<Limits, never, HubConfig | HubMetrics> = Layer.effect(
     Limits,
     Effect.gen(function*() {
@@ -91,13 +91,13 @@ export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
       return Limits.of({
         settings,
         acquireConnection: (address) => {
-          if (total >= settings.maxConnections) return Either.left("too_many_connections")
+          if (total >= settings.maxConnections) return Result.fail("too_many_connections")
           const current = perAddress.get(address) ?? 0
-          if (current >= settings.maxConnectionsPerIp) return Either.left("too_many_connections_per_ip")
+          if (current >= settings.maxConnectionsPerIp) return Result.fail("too_many_connections_per_ip")
           total++
           perAddress.set(address, current + 1)
           let released = false
-          return Either.right(() => {
+          return Result.succeed(() => {
             if (released) return
             released = true
             total--
@@ -108,7 +108,7 @@ export class Limits extends Context.Tag("event-hub/Limits")<Limits, {
         },
         takeConnection: (address, now) => connectionRate.take(address, now),
         takeResume: (address, now) => resumeRate.take(address, now),
-        takePublish: (now) => publish.take(now) ? Either.right(undefined) : Either.left(publish.retryAfter(now)),
+        takePublish: (now) => publish.take(now) ? Result.succeed(undefined) : Result.fail(publish.retryAfter(now)),
         refused: (name) => metrics.count("security", name)
       })
     })

@@ -5,7 +5,7 @@
  * Each returns the refusal (counted in `/metrics` under `security`), or
  * `undefined` when the request may go on.
  */
-import { Either } from "effect"
+import { Result } from "effect"
 import type { ErrorData } from "../protocol/Protocol.js"
 import * as Topic from "../protocol/Topic.js"
 import { allows, type Principal } from "./Auth.js"
@@ -13,15 +13,15 @@ import type { Limits } from "./Limits.js"
 
 /** The pattern limits and the token's `event_types`: the reason to refuse a subscription, if any. */
 export const checkPatterns = (
-  limits: Limits["Type"],
+  limits: Limits["Service"],
   principal: Principal | undefined,
   patterns: ReadonlyArray<string>
 ): ErrorData | undefined => {
   for (const pattern of patterns) {
     const checked = Topic.check(pattern, limits.settings)
-    if (Either.isLeft(checked)) {
+    if (Result.isFailure(checked)) {
       limits.refused("invalid_pattern")
-      return { code: "invalid_pattern", message: checked.left }
+      return { code: "invalid_pattern", message: checked.failure }
     }
   }
   const forbidden = patterns.filter((pattern) => !allows(principal, pattern))

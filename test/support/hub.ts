@@ -1,5 +1,5 @@
 /** The real hub on a free port, for `layer(...)`, and HTTP requests to it. */
-import { HttpServer as PlatformHttpServer } from "@effect/platform"
+import * as PlatformHttpServer from "effect/http/HttpServer"
 import { Effect, Layer, Option, Schedule } from "effect"
 import { request as httpRequest } from "node:http"
 import {
