@@ -2,7 +2,7 @@
  * The history on its own: ids, bounds, and where a `since` stands.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Result, Layer } from "effect"
+import { ConfigProvider, Context, Duration, Effect, Layer, Result } from "effect"
 import { HubConfig, RabbitMqConfig } from "../src/config/Config.js"
 import { History, streamId } from "../src/hub/History.js"
 import { Outbound } from "../src/protocol/Protocol.js"
@@ -135,7 +135,7 @@ describe("History", () => {
 
 const fromEnv = <A, E>(layer: Layer.Layer<A, E>, env: Record<string, string>) =>
   Effect.result(Effect.flatMap(Effect.context<A>(), Effect.succeed).pipe(
-    Effect.provide(layer.pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))))
+    Effect.provide(layer.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))))
   ))
 
 describe("history and stream settings", () => {
@@ -143,8 +143,8 @@ describe("history and stream settings", () => {
     Effect.gen(function*() {
       const hub = Result.getOrThrow(yield* fromEnv(HubConfig.fromEnv, {}))
       const rabbit = Result.getOrThrow(yield* fromEnv(RabbitMqConfig.fromEnv, {}))
-      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Service"]
-      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Service"]
+      const hubSettings = Context.get(hub, HubConfig)
+      const rabbitSettings = Context.get(rabbit, RabbitMqConfig)
       expect(hubSettings.historyMaxEvents).toBe(10_000)
       expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(600_000)
       expect(rabbitSettings.mode).toBe("stream")
@@ -162,8 +162,8 @@ describe("history and stream settings", () => {
         RABBITMQ_STREAM_MAX_AGE: "7h",
         RABBITMQ_STREAM_MAX_BYTES: "5000000"
       }))
-      const hubSettings = hub.unsafeMap.get(HubConfig.key) as HubConfig["Service"]
-      const rabbitSettings = rabbit.unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Service"]
+      const hubSettings = Context.get(hub, HubConfig)
+      const rabbitSettings = Context.get(rabbit, RabbitMqConfig)
       expect(hubSettings.historyMaxEvents).toBe(500)
       expect(Duration.toMillis(hubSettings.historyMaxAge)).toBe(3_600_000)
       expect(rabbitSettings).toMatchObject({ mode: "stream", stream: "hub.events", streamMaxBytes: 5_000_000 })
@@ -174,7 +174,7 @@ describe("history and stream settings", () => {
     Effect.gen(function*() {
       const queueOf = (env: Record<string, string>) =>
         Effect.map(fromEnv(RabbitMqConfig.fromEnv, env), (context) =>
-          (Result.getOrThrow(context).unsafeMap.get(RabbitMqConfig.key) as RabbitMqConfig["Service"]).queue)
+          Context.get(Result.getOrThrow(context), RabbitMqConfig).queue)
       expect(yield* queueOf({})).toBe(`websocket_events_queue.${hostname()}.8080`)
       expect(yield* queueOf({ PORT: "9001" })).toBe(`websocket_events_queue.${hostname()}.9001`)
       expect(yield* queueOf({ HUB_INSTANCE_ID: "hub-0" })).toBe("websocket_events_queue.hub-0")
@@ -185,7 +185,7 @@ describe("history and stream settings", () => {
     Effect.gen(function*() {
       const settings = (env: Record<string, string>) =>
         Effect.map(fromEnv(HubConfig.fromEnv, env), (context) =>
-          Result.map(context, (c) => c.unsafeMap.get(HubConfig.key) as HubConfig["Service"]))
+          Result.map(context, (c) => Context.get(c, HubConfig)))
       const defaults = Result.getOrThrow(yield* settings({}))
       expect(defaults.dedupMaxEvents).toBe(10_000)
       expect(Duration.toMinutes(defaults.dedupMaxAge)).toBe(10)

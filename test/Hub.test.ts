@@ -10,6 +10,7 @@ import { type Connection, layerLocal } from "../src/hub/Hub.js"
 import { wholeHub } from "./inMemoryHub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import type { DisconnectReason, Outbound } from "../src/protocol/Protocol.js"
+import { replaceDefaultLogger } from "./support/heldLogs.js"
 
 const TestHub = layerLocal.pipe(Layer.provide(HubConfig.layer()))
 
@@ -30,7 +31,7 @@ const fakeConnection = (id: number, capacity = Infinity) => {
 }
 
 describe("Hub", () => {
-  it.scoped("encodes an event once and offers the same bytes to every recipient", () =>
+  it.effect("encodes an event once and offers the same bytes to every recipient", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       const clients = [1, 2, 3].map((id) => fakeConnection(id))
@@ -42,7 +43,7 @@ describe("Hub", () => {
       expect(JSON.parse(first!.payload.toString())).toMatchObject({ type: "backtest.completed", data: { job_id: "j" } })
     }).pipe(Effect.provide(TestHub)))
 
-  it.scoped("delivers by subscription: default everything, first subscribe replaces it, unsubscribe removes", () =>
+  it.effect("delivers by subscription: default everything, first subscribe replaces it, unsubscribe removes", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       const a = fakeConnection(1)
@@ -59,7 +60,7 @@ describe("Hub", () => {
       expect(a.types()).toEqual(["task.running", "backtest.completed", "optimization.iteration.completed"])
     }).pipe(Effect.provide(TestHub)))
 
-  it.scoped("keeps the recipients of a type already broadcast up to date as clients and subscriptions change", () =>
+  it.effect("keeps the recipients of a type already broadcast up to date as clients and subscriptions change", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       const types = ["backtest.completed", "optimization.new_best", "task.running"]
@@ -90,7 +91,7 @@ describe("Hub", () => {
       expect(b.types().slice(1)).toEqual(types)
     }).pipe(Effect.provide(TestHub)))
 
-  it.scoped("kicks a client whose buffer is full without holding up the others", () =>
+  it.effect("kicks a client whose buffer is full without holding up the others", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       const slow = fakeConnection(1, 2)
@@ -104,7 +105,7 @@ describe("Hub", () => {
       expect(metrics.events_broadcast).toBe(5)
     }).pipe(Effect.provide(TestHub)))
 
-  it.scoped("forgets an unregistered client", () =>
+  it.effect("forgets an unregistered client", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       const a = fakeConnection(1)
@@ -118,7 +119,7 @@ describe("Hub", () => {
     Effect.gen(function*() {
       const logged: Array<{ level: string; message: string; cause: string }> = []
       const logger = Logger.make(({ cause, logLevel, message }) =>
-        logged.push({ level: logLevel.label, message: String(message), cause: String(cause) })
+        logged.push({ level: logLevel.toUpperCase(), message: String(message), cause: String(cause) })
       )
       const failing = fakeConnection(1)
       const served = fakeConnection(2)
@@ -144,7 +145,7 @@ describe("Hub", () => {
           writeTimeout: Duration.millis(40),
           sseKeepAlive: Duration.millis(40)
         })))),
-        Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+        Effect.provide(replaceDefaultLogger(logger))
       )
       expect(failing.kicks).toEqual(["error"])
       const errors = logged.filter((line) => line.level === "ERROR")

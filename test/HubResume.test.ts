@@ -47,7 +47,7 @@ const broadcast = (hub: { readonly broadcast: Hub["Service"]["broadcast"] }, fro
     hub.broadcast("backtest.completed", { seq }), { discard: true })
 
 describe("Hub.resume", () => {
-  it.scoped("replays in pages as the buffer drains, holds live events back meanwhile, then goes live without a gap", () =>
+  it.effect("replays in pages as the buffer drains, holds live events back meanwhile, then goes live without a gap", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       yield* broadcast(hub, 0, 10)
@@ -73,7 +73,7 @@ describe("Hub.resume", () => {
       expect(client.kicks).toEqual([])
     }).pipe(Effect.provide(TestHub)))
 
-  it.scoped("a new resume replaces the one under way", () =>
+  it.effect("a new resume replaces the one under way", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       yield* broadcast(hub, 0, 10)
@@ -90,7 +90,7 @@ describe("Hub.resume", () => {
       expect(client.seqs()).toEqual([1, 2, 3, 4, 8, 9, 10])
     }).pipe(Effect.provide(TestHub)))
 
-  it.scoped("a resume that waits for the stream to reach its id gets the next event once, not also live", () =>
+  it.effect("a resume that waits for the stream to reach its id gets the next event once, not also live", () =>
     Effect.gen(function*() {
       const hub = yield* wholeHub
       hub.history.useStreamIds()

@@ -37,7 +37,7 @@ describe("handshake deadline (WS_HANDSHAKE_TIMEOUT)", () => {
   layer(hubLayer({ security: security({ handshakeTimeout: Duration.millis(400) }) }), { excludeTestServices: true })(
     "400 ms",
     (it) => {
-      it.scoped("an upgrade that stalls in its headers is answered 408 and closed, and counted", () =>
+      it.effect("an upgrade that stalls in its headers is answered 408 and closed, and counted", () =>
         Effect.gen(function*() {
           const before = (yield* securityCounters).handshake_timeout ?? 0
           const raw = yield* rawSocket
@@ -48,7 +48,7 @@ describe("handshake deadline (WS_HANDSHAKE_TIMEOUT)", () => {
           expect((yield* securityCounters).handshake_timeout).toBe(before + 1)
         }))
 
-      it.scoped("an upgrade that trickles its headers (a byte every 20 ms, never stalling) is cut too", () =>
+      it.effect("an upgrade that trickles its headers (a byte every 20 ms, never stalling) is cut too", () =>
         Effect.gen(function*() {
           const raw = yield* rawSocket
           const text = upgradeHead + "X-Padding: " + "a".repeat(200)
@@ -62,14 +62,14 @@ describe("handshake deadline (WS_HANDSHAKE_TIMEOUT)", () => {
           expect(raw.received()).toMatch(/^HTTP\/1\.1 408 /)
         }))
 
-      it.scoped("a socket that sends nothing at all is closed as well", () =>
+      it.effect("a socket that sends nothing at all is closed as well", () =>
         Effect.gen(function*() {
           const raw = yield* rawSocket
           yield* promise(() => raw.closed)
           expect(raw.received()).toMatch(/^HTTP\/1\.1 408 /)
         }))
 
-      it.scoped("a complete handshake is not affected: the connection outlives the deadline", () =>
+      it.effect("a complete handshake is not affected: the connection outlives the deadline", () =>
         Effect.gen(function*() {
           const url = yield* wsUrl
           const client = yield* Effect.acquireRelease(promise(() => TestClient.connect(url)), (c) => Effect.sync(() => c.close()))
@@ -88,7 +88,7 @@ layer(
   hubLayer({ security: security({ connectionRate: 1, connectionBurst: 3 }) }),
   { excludeTestServices: true }
 )("new connections per address (WS_CONNECTION_RATE_LIMIT, WS_CONNECTION_RATE_BURST)", (it) => {
-  it.scoped("past the burst, a new connection is answered 429 with Retry-After, and counted", () =>
+  it.effect("past the burst, a new connection is answered 429 with Retry-After, and counted", () =>
     Effect.gen(function*() {
       const url = yield* wsUrl
       const before = (yield* securityCounters).connection_rate_limited ?? 0
@@ -152,7 +152,7 @@ const connectTo = (query = "") =>
 const seqs = (client: TestClient) => client.events.map((event) => event.data.seq as number)
 
 layer(hubLayer({ historyReplayMax: 5 }), { excludeTestServices: true })("replay budget (HISTORY_REPLAY_MAX)", (it) => {
-  it.scoped("a resume that cannot be placed gets the gap notice and the newest 5 events only, then live", () =>
+  it.effect("a resume that cannot be placed gets the gap notice and the newest 5 events only, then live", () =>
     Effect.gen(function*() {
       yield* broadcastRange(0, 20)
       // Well-formed, of another run: the hub cannot place it.
@@ -168,7 +168,7 @@ layer(hubLayer({ historyReplayMax: 5 }), { excludeTestServices: true })("replay 
       yield* promise(() => client.until(() => seqs(client).at(-1) === 20, "the live event"))
     }))
 
-  it.scoped("a resume the history covers still gets every missed event, beyond the budget", () =>
+  it.effect("a resume the history covers still gets every missed event, beyond the budget", () =>
     Effect.gen(function*() {
       const first = yield* connectTo()
       yield* broadcastRange(100, 101)
@@ -186,7 +186,7 @@ layer(
   hubLayer({ security: security({ resumeRate: 2, resumeRatePerIp: 4 }) }),
   { excludeTestServices: true }
 )("resume rate (WS_RESUME_RATE_LIMIT, WS_RESUME_RATE_LIMIT_PER_IP)", (it) => {
-  it.scoped("a connection that resumes again and again is refused with hub.error resume_rate_limited; an address too", () =>
+  it.effect("a connection that resumes again and again is refused with hub.error resume_rate_limited; an address too", () =>
     Effect.gen(function*() {
       yield* broadcastRange(0, 3)
       const client = yield* connectTo()

@@ -336,7 +336,7 @@ describe("client state machine", () => {
   it("Effect client: reconnection follows the Schedule (a schedule that ends gives up), and the scope closes the client", () => {
     const scope = Effect.runSync(Scope.make())
     const service = Effect.runSync(Scope.provide(
-      makeEffectClient("ws://hub/x", { WebSocket: FakeSocket, environment: clock, schedule: Schedule.spaced("3 seconds").pipe(Schedule.intersect(Schedule.recurs(2))) }),
+      makeEffectClient("ws://hub/x", { WebSocket: FakeSocket, environment: clock, schedule: Schedule.max([Schedule.spaced("3 seconds"), Schedule.recurs(2)]) }),
       scope
     ))
     const errors: Array<ClientError> = []

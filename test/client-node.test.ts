@@ -2,7 +2,7 @@
  * The client in Node with `ws`, against the built hub and the real broker: network cuts and a restart while events
  * flow lose nothing and repeat nothing; the Effect client consumes the same as a Stream.
  */
-import { Chunk, Effect, Fiber, Stream } from "effect"
+import { Effect, Fiber, Stream } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import { createServer } from "node:net"
 import WebSocket from "ws"
@@ -100,7 +100,7 @@ describe("the client in Node (ws) against the real hub", () => {
       yield* Effect.forkChild(publishing)
       yield* Effect.promise(() => until(() => (connection.client.lastId ?? "") !== "", "an event"))
       yield* Effect.promise(() => live.cut(300))
-      return Chunk.toArray(yield* Fiber.join(fiber))
+      return yield* Fiber.join(fiber)
     }).pipe(Effect.provide(HubConnection.layer(hub.url, { WebSocket })))))
     expect(received).toEqual(range(0, 300))
   }, 60_000)

@@ -27,7 +27,7 @@ import { browser } from "./support/chromium.js"
 const token = "dashboard-secret-token"
 
 describe("the dashboard in Chromium", () => {
-  it.scopedLive("signs in with ?token=, then shows the RabbitMQ tail and the clients live", () =>
+  it.live("signs in with ?token=, then shows the RabbitMQ tail and the clients live", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const { exchange, queue } = uniqueNames("dashboard")
@@ -107,7 +107,7 @@ layer(
   ),
   { excludeTestServices: true }
 )("the dashboard's health", (it) => {
-  it.scoped("a health change shows at once, not at the next snapshot; the clients figure is /metrics'", () =>
+  it.effect("a health change shows at once, not at the next snapshot; the clients figure is /metrics'", () =>
     Effect.gen(function*() {
       const base = yield* baseUrl
       const chromium = yield* browser
@@ -137,7 +137,7 @@ layer(
 layer(hubLayer({ dashboardToken: Option.some(Redacted.make(token)) }), { excludeTestServices: true })(
   "dashboard sign-in",
   (it) => {
-    it.scoped("without the cookie: the form; a wrong token: 401; the stream needs the cookie", () =>
+    it.effect("without the cookie: the form; a wrong token: 401; the stream needs the cookie", () =>
       Effect.gen(function*() {
         const form = yield* get("/dashboard")
         expect(form.status).toBe(200)

@@ -130,7 +130,7 @@ const heapAfterGc = () => {
 }
 
 layer(hubLayer({ maxMessageSize, sendBuffer: 1024 }), { excludeTestServices: true })("fuzz", (it) => {
-  it.scoped("random and malformed frames from many clients change nothing for a well-behaved one", () =>
+  it.effect("random and malformed frames from many clients change nothing for a well-behaved one", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const url = yield* wsUrl

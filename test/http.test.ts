@@ -16,7 +16,7 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
   excludeTestServices: true
 })("HTTP with PUBLISH_TOKEN", (it) => {
   describe("POST /api/v1/events", () => {
-    it.scoped("broadcasts through the hub and answers 202", () =>
+    it.effect("broadcasts through the hub and answers 202", () =>
       Effect.gen(function*() {
         const client = yield* connect()
         const response = yield* post("/api/v1/events", { type: "backtest.completed", data: { job_id: "j1" } }, auth)
@@ -26,7 +26,7 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
         expect(client.events[0]).toMatchObject({ type: "backtest.completed", data: { job_id: "j1" } })
       }))
 
-    it.scoped("broadcasts an array of events in order", () =>
+    it.effect("broadcasts an array of events in order", () =>
       Effect.gen(function*() {
         const client = yield* connect()
         const events = [1, 2, 3].map((n) => ({ type: "task.running", data: { n } }))
@@ -100,7 +100,7 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), publishMaxBody
       }))
   })
 
-  it.scoped("GET /metrics reports clients, events, deliveries and disconnects", () =>
+  it.effect("GET /metrics reports clients, events, deliveries and disconnects", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       yield* post("/api/v1/events", { type: "metrics.probe", data: {} }, auth)

@@ -48,7 +48,7 @@ const testNames = (publisher: Broker) => {
 
 describe("a publisher's retry (the same event_id published twice)", () => {
   for (const mode of ["queue", "stream"] as const) {
-    it.scopedLive(`reaches each client once (${mode} mode), whether or not the broker marked it redelivered`, () =>
+    it.live(`reaches each client once (${mode} mode), whether or not the broker marked it redelivered`, () =>
       Effect.gen(function*() {
         const publisher = yield* broker
         const names = yield* testNames(publisher)
@@ -80,7 +80,7 @@ describe("a publisher's retry (the same event_id published twice)", () => {
 })
 
 describe("the broker setup is checked at startup", () => {
-  it.scopedLive("stream mode on a broker that refuses the stream says why and how to choose queue mode", () =>
+  it.live("stream mode on a broker that refuses the stream says why and how to choose queue mode", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)
@@ -98,7 +98,7 @@ describe("the broker setup is checked at startup", () => {
       }).pipe(Effect.provide(hubWithSource({ ...names, mode: "stream" })))
     }), { timeout: 30_000 })
 
-  it.scopedLive("queue mode: a second instance with the same queue name is refused and told to set HUB_INSTANCE_ID", () =>
+  it.live("queue mode: a second instance with the same queue name is refused and told to set HUB_INSTANCE_ID", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)
@@ -114,7 +114,7 @@ describe("the broker setup is checked at startup", () => {
 })
 
 describe("a restart of the service in queue mode (node dist/main.js, RABBITMQ_MODE=queue)", () => {
-  it.scopedLive("keeps its queue: the events published while it was down reach a client that resumes; the gap says unknown", () =>
+  it.live("keeps its queue: the events published while it was down reach a client that resumes; the gap says unknown", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)
@@ -167,7 +167,7 @@ describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER
     (snapshot) => snapshot.clients_disconnected.slow_consumer
   )
 
-  it.scopedLive("an array POST of the largest size allowed (1,000 events) reaches a reading client whole", () =>
+  it.live("an array POST of the largest size allowed (1,000 events) reaches a reading client whole", () =>
     Effect.gen(function*() {
       const clients = yield* Effect.all([connect(), connect()])
       const events = range(0, 1000).map((seq) => ({ type: "backtest.completed", data: { seq, job_id: `job-${seq}` } }))
@@ -181,7 +181,7 @@ describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER
       expect(yield* slowConsumers).toBe(0)
     }).pipe(Effect.provide(hubLayer({ publishToken: Option.some(Redacted.make(token)) }))), { timeout: 30_000 })
 
-  it.scopedLive("a library broadcast loop of 20,000 events reaches a reading client whole", () =>
+  it.live("a library broadcast loop of 20,000 events reaches a reading client whole", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -191,7 +191,7 @@ describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER
       expect(yield* slowConsumers).toBe(0)
     }).pipe(Effect.provide(hubLayer())), { timeout: 30_000 })
 
-  it.scopedLive("a client that stops reading is still dropped (4000); the reading one gets everything", () =>
+  it.live("a client that stops reading is still dropped (4000); the reading one gets everything", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const reading = yield* connect()
@@ -213,7 +213,7 @@ describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER
       expect(reading.isOpen).toBe(true)
     }).pipe(Effect.provide(hubLayer())), { timeout: 60_000 })
 
-  it.scopedLive("a backlog from the broker after an outage (3,000 events) reaches a reading client whole", () =>
+  it.live("a backlog from the broker after an outage (3,000 events) reaches a reading client whole", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)
@@ -252,7 +252,7 @@ describe("every instance delivers every event, whatever entered it", () => {
     )
 
   for (const mode of ["queue", "stream"] as const) {
-    it.scopedLive(`an event POSTed to one of two instances (${mode} mode) arrives once at a client of each`, () =>
+    it.live(`an event POSTed to one of two instances (${mode} mode) arrives once at a client of each`, () =>
       Effect.gen(function*() {
         const publisher = yield* broker
         const names = yield* testNames(publisher)
@@ -283,7 +283,7 @@ describe("every instance delivers every event, whatever entered it", () => {
       }), { timeout: 60_000 })
   }
 
-  it.scopedLive("a client's publish on one instance reaches a client of the other, once", () =>
+  it.live("a client's publish on one instance reaches a client of the other, once", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)
@@ -305,7 +305,7 @@ describe("every instance delivers every event, whatever entered it", () => {
       }
     }), { timeout: 60_000 })
 
-  it.scopedLive("POST answers 503 with the reason while the broker is unreachable, and delivers nothing locally", () =>
+  it.live("POST answers 503 with the reason while the broker is unreachable, and delivers nothing locally", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)
@@ -331,7 +331,7 @@ describe("every instance delivers every event, whatever entered it", () => {
       expect(seqs(client)).toEqual([1])
     }), { timeout: 60_000 })
 
-  it.scopedLive("an event no queue takes is never acknowledged as published: the publisher fails with the reason", () =>
+  it.live("an event no queue takes is never acknowledged as published: the publisher fails with the reason", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)
@@ -347,7 +347,7 @@ describe("every instance delivers every event, whatever entered it", () => {
       expect(error.message).toContain("no queue took the event")
     }), { timeout: 30_000 })
 
-  it.scopedLive("the library's publish goes through the broker to every instance; broadcast stays local", () =>
+  it.live("the library's publish goes through the broker to every instance; broadcast stays local", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = yield* testNames(publisher)

@@ -33,7 +33,7 @@ const prometheusAccept =
 layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), metricsMaxEventTypes: 3 }), {
   excludeTestServices: true
 })("GET /metrics for Prometheus", (it) => {
-  it.scoped("keeps its JSON for browsers and curl, and answers the text format to Prometheus", () =>
+  it.effect("keeps its JSON for browsers and curl, and answers the text format to Prometheus", () =>
     Effect.gen(function*() {
       const json = yield* get("/metrics")
       expect(json.body.websocket.connected_clients).toBeTypeOf("number")
@@ -46,7 +46,7 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), metricsMaxEven
       expect(other.families.get("hub_deliveries_total")?.type).toBe("COUNTER")
     }))
 
-  it.scoped("counts clients by transport, events by source, deliveries, bytes, latency and disconnects", () =>
+  it.effect("counts clients by transport, events by source, deliveries, bytes, latency and disconnects", () =>
     Effect.gen(function*() {
       const before = yield* scrape()
       const a = yield* connect()
@@ -80,7 +80,7 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), metricsMaxEven
       ).toBe(1)
     }))
 
-  it.scoped("counts an SSE client under transport sse", () =>
+  it.effect("counts an SSE client under transport sse", () =>
     Effect.gen(function*() {
       const base = yield* baseUrl
       const before = valueOf(yield* scrape(), "hub_clients_connected", { transport: "sse" })
@@ -94,7 +94,7 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), metricsMaxEven
       yield* eventually(scrape(), (s) => valueOf(s, "hub_clients_connected", { transport: "sse" }) === 0)
     }))
 
-  it.scoped("labels at most METRICS_MAX_EVENT_TYPES event types; the rest are counted as other", () =>
+  it.effect("labels at most METRICS_MAX_EVENT_TYPES event types; the rest are counted as other", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       for (let i = 0; i < 10; i++) yield* hub.broadcast(`many.type${i}`, {})
@@ -104,7 +104,7 @@ layer(hubLayer({ publishToken: Option.some(Redacted.make(token)), metricsMaxEven
       expect(types).toContain("other")
     }))
 
-  it.scoped("has the process metrics from prom-client's defaults", () =>
+  it.effect("has the process metrics from prom-client's defaults", () =>
     Effect.gen(function*() {
       const scraped = yield* scrape()
       for (const name of ["process_cpu_seconds_total", "process_resident_memory_bytes", "nodejs_eventloop_lag_seconds"]) {
@@ -119,7 +119,7 @@ layer(
   hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30), security: security({ allowedOrigins: [origin] }) }),
   { excludeTestServices: true }
 )("GET /metrics for Prometheus: refusals and kicks", (it) => {
-  it.scoped("counts refused connections by reason and slow-consumer kicks", () =>
+  it.effect("counts refused connections by reason and slow-consumer kicks", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const url = yield* wsUrl
@@ -159,7 +159,7 @@ layer(
 layer(hubLayer({ security: security({ connectionRate: 1, connectionBurst: 1 }) }), { excludeTestServices: true })(
   "refusals in the Prometheus metrics",
   (it) => {
-    it.scoped("a handshake refused is a refused connection; a refused subscribe, a refused request", () =>
+    it.effect("a handshake refused is a refused connection; a refused subscribe, a refused request", () =>
       Effect.gen(function*() {
         const client = yield* connect()
         // The burst of one is spent: the next handshake from this address is refused (429).
@@ -182,7 +182,7 @@ layer(hubLayer({ security: security({ connectionRate: 1, connectionBurst: 1 }) }
 )
 
 describe("RabbitMQ metrics", () => {
-  it.scopedLive("shows the consumer up, and counts consumed and rejected messages", () =>
+  it.live("shows the consumer up, and counts consumed and rejected messages", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const names = uniqueNames("prometheus")
@@ -206,7 +206,7 @@ describe("RabbitMQ metrics", () => {
       }).pipe(Effect.provide(hubWithSource({ exchange: names.exchange, queue: names.queue })))
     }))
 
-  it.scopedLive("while the consumer is not consuming: /health/ready is 503 and hub_rabbitmq_up is 0", () =>
+  it.live("while the consumer is not consuming: /health/ready is 503 and hub_rabbitmq_up is 0", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const proxy = yield* tcpProxy

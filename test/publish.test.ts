@@ -35,7 +35,7 @@ const commandQueue = (exchange: string) =>
 const request = (client: TestClient, body: unknown, type: string) => promise(() => client.request(body, type))
 
 describe("client publish", () => {
-  it.scopedLive("publishes an allowed command to the exchange, with its type as routing key, once confirmed", () =>
+  it.live("publishes an allowed command to the exchange, with its type as routing key, once confirmed", () =>
     Effect.gen(function*() {
       const { exchange } = uniqueNames("publish")
       const received = yield* commandQueue(exchange)
@@ -55,7 +55,7 @@ describe("client publish", () => {
       }).pipe(Effect.provide(hubPublishingTo(exchange)))
     }))
 
-  it.scopedLive("refuses types outside WS_PUBLISH_TYPES and malformed requests, and publishes nothing", () =>
+  it.live("refuses types outside WS_PUBLISH_TYPES and malformed requests, and publishes nothing", () =>
     Effect.gen(function*() {
       const { exchange } = uniqueNames("publish")
       const received = yield* commandQueue(exchange)
@@ -75,7 +75,7 @@ describe("client publish", () => {
       }).pipe(Effect.provide(hubPublishingTo(exchange)))
     }))
 
-  it.scopedLive("tells the client publish_failed when the broker is unreachable, and keeps serving it", () =>
+  it.live("tells the client publish_failed when the broker is unreachable, and keeps serving it", () =>
     Effect.gen(function*() {
       const port = yield* Effect.promise(() => freePort())
       yield* Effect.gen(function*() {
@@ -88,7 +88,7 @@ describe("client publish", () => {
       }).pipe(Effect.provide(hubPublishingTo("unused", `amqp://guest:guest@127.0.0.1:${port}/`)))
     }))
 
-  it.scopedLive("is off by default: publish_forbidden", () =>
+  it.live("is off by default: publish_forbidden", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       const refused = yield* request(client, { action: "publish", type: "command.x", data: {} }, "hub.error")

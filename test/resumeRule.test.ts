@@ -63,7 +63,7 @@ class RuleClient {
 }
 
 layer(hubLayer({ historyMaxEvents: 1_000_000 }), { excludeTestServices: true })("the documented resume rule", (it) => {
-  it.scoped("100 resumes with subscribe + since while events arrive at full speed: 0 lost, 0 duplicated, in order", () =>
+  it.effect("100 resumes with subscribe + since while events arrive at full speed: 0 lost, 0 duplicated, in order", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const url = yield* wsUrl

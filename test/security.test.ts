@@ -103,7 +103,7 @@ layer(
   }),
   { excludeTestServices: true }
 )("authentication (HS256)", (it) => {
-  it.scoped("accepts a good token from the Authorization header, the query and Sec-WebSocket-Protocol", () =>
+  it.effect("accepts a good token from the Authorization header, the query and Sec-WebSocket-Protocol", () =>
     Effect.gen(function*() {
       const token = yield* promise(() => hs256())
       const fromHeader = yield* connectWith(bearer(token))
@@ -170,7 +170,7 @@ layer(
       }
     }))
 
-  it.scoped("event_types limits the default subscription and refuses subscriptions outside it", () =>
+  it.effect("event_types limits the default subscription and refuses subscriptions outside it", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const token = yield* promise(() => hs256({ event_types: ["backtest.*", "agent.status.changed"] }))
@@ -196,7 +196,7 @@ layer(
       expect((yield* securityCounters).forbidden_event_types).toBeGreaterThanOrEqual(1)
     }))
 
-  it.scoped("event_types also limits what a resume replays", () =>
+  it.effect("event_types also limits what a resume replays", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const token = yield* promise(() => hs256({ event_types: ["backtest.*"] }))
@@ -213,7 +213,7 @@ layer(
       expect(resumed.events.map((event) => event.type)).toEqual(["backtest.completed", "backtest.failed"])
     }))
 
-  it.scoped("closes the connection with 4003 when its token expires", () =>
+  it.effect("closes the connection with 4003 when its token expires", () =>
     Effect.gen(function*() {
       const token = yield* promise(() => hs256({}, 1))
       const client = yield* connectWith(bearer(token))
@@ -222,7 +222,7 @@ layer(
       expect((yield* securityCounters).token_expired).toBeGreaterThanOrEqual(1)
     }))
 
-  it.scoped("an auth request with a fresh token keeps the connection open past the old expiry", () =>
+  it.effect("an auth request with a fresh token keeps the connection open past the old expiry", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const shortToken = yield* promise(() => hs256({ event_types: ["backtest.*"] }, 1))
@@ -284,7 +284,7 @@ layer(
   }),
   { excludeTestServices: true }
 )("authentication (JWKS)", (it) => {
-  it.scoped("accepts a token signed by a key of the JWKS, fetching the keys once", () =>
+  it.effect("accepts a token signed by a key of the JWKS, fetching the keys once", () =>
     Effect.gen(function*() {
       const token = yield* promise(() => asymmetric("ES256", esKeys.privateKey, "key-1"))
       yield* connectWith(bearer(token))
@@ -332,7 +332,7 @@ layer(
   hubLayer({ security: security({ authKeys: { _tag: "publicKey", key: rsaPem } }) }),
   { excludeTestServices: true }
 )("authentication (public key)", (it) => {
-  it.scoped("accepts an RS256 token, refuses algorithm confusion (HS256 keyed with the public key)", () =>
+  it.effect("accepts an RS256 token, refuses algorithm confusion (HS256 keyed with the public key)", () =>
     Effect.gen(function*() {
       yield* connectWith(bearer(yield* promise(() => asymmetric("RS256", rsKeys.privateKey))))
       const confused = yield* promise(() =>
@@ -358,7 +358,7 @@ layer(
   }),
   { excludeTestServices: true }
 )("origins", (it) => {
-  it.scoped("refuses a foreign origin with 403 before the handshake; accepts a listed one and none", () =>
+  it.effect("refuses a foreign origin with 403 before the handshake; accepts a listed one and none", () =>
     Effect.gen(function*() {
       const refusal = yield* refused({ origin: "https://evil.example.com" })
       expect(refusal.status).toBe(403)
@@ -396,7 +396,7 @@ layer(
 })
 
 layer(hubLayer(), { excludeTestServices: true })("origins by default", (it) => {
-  it.scoped("ALLOWED_ORIGINS=* accepts any origin and answers CORS with * and no credentials", () =>
+  it.effect("ALLOWED_ORIGINS=* accepts any origin and answers CORS with * and no credentials", () =>
     Effect.gen(function*() {
       yield* connectWith({ origin: "https://anywhere.example.org" })
       const url = yield* baseUrl
@@ -414,7 +414,7 @@ layer(
   hubLayer({ security: security({ maxConnections: 3, maxConnectionsPerIp: 2 }) }),
   { excludeTestServices: true }
 )("connection limits", (it) => {
-  it.scoped("refuses connections over WS_MAX_CONNECTIONS_PER_IP and WS_MAX_CONNECTIONS with 503, frees slots on close", () =>
+  it.effect("refuses connections over WS_MAX_CONNECTIONS_PER_IP and WS_MAX_CONNECTIONS with 503, frees slots on close", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const first = yield* connect()
@@ -441,7 +441,7 @@ layer(
   hubLayer({ security: security({ maxConnectionsPerIp: 1, trustProxy: true }) }),
   { excludeTestServices: true }
 )("connection limits behind a proxy", (it) => {
-  it.scoped("with TRUST_PROXY, counts connections per X-Forwarded-For address", () =>
+  it.effect("with TRUST_PROXY, counts connections per X-Forwarded-For address", () =>
     Effect.gen(function*() {
       yield* connectWith({ headers: { "x-forwarded-for": "203.0.113.1" } })
       yield* connectWith({ headers: { "x-forwarded-for": "203.0.113.2" } })
@@ -455,7 +455,7 @@ layer(
   hubLayer({ security: security({ maxPatternLength: 20, maxPatternWords: 4 }) }),
   { excludeTestServices: true }
 )("pattern limits", (it) => {
-  it.scoped("refuses patterns that are too long, have too many words or a bad shape, and changes nothing", () =>
+  it.effect("refuses patterns that are too long, have too many words or a bad shape, and changes nothing", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       yield* promise(() => client.request({ action: "subscribe", event_types: ["backtest.*"] }, "hub.subscribed"))
@@ -483,7 +483,7 @@ layer(
   hubLayer({ maxSubscriptions: 2 }),
   { excludeTestServices: true }
 )("subscription limit", (it) => {
-  it.scoped("counts refused subscriptions beyond WS_MAX_SUBSCRIPTIONS", () =>
+  it.effect("counts refused subscriptions beyond WS_MAX_SUBSCRIPTIONS", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       const reply = yield* promise(() => client.request({ action: "subscribe", event_types: ["a", "b", "c"] }, "hub.error"))
@@ -496,7 +496,7 @@ layer(
   hubLayer({ security: security({ messageRate: 5, messageBurst: 10 }) }),
   { excludeTestServices: true }
 )("message rate", (it) => {
-  it.scoped("answers the first message over the rate with rate_limited, then closes with 1008 if the flood goes on", () =>
+  it.effect("answers the first message over the rate with rate_limited, then closes with 1008 if the flood goes on", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const before = yield* securityCounters
@@ -525,7 +525,7 @@ layer(
   hubLayer({ security: security({ firstMessageTimeout: Option.some(Duration.millis(300)) }) }),
   { excludeTestServices: true }
 )("first-message timeout", (it) => {
-  it.scoped("closes with 4004 a connection that sends nothing within WS_FIRST_MESSAGE_TIMEOUT", () =>
+  it.effect("closes with 4004 a connection that sends nothing within WS_FIRST_MESSAGE_TIMEOUT", () =>
     Effect.gen(function*() {
       const active = yield* connect()
       active.ws.send("ping")
@@ -565,7 +565,7 @@ layer(
 })
 
 layer(hubLayer(), { excludeTestServices: true })("auth disabled", (it) => {
-  it.scoped("an auth request gets auth_disabled", () =>
+  it.effect("an auth request gets auth_disabled", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       const reply = yield* promise(() => client.request({ action: "auth", token: "x" }, "hub.error"))

@@ -7,7 +7,7 @@
  * the stream's CORS headers are exercised too.
  */
 import { expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import { createServer, type Server } from "node:http"
 import { broker, brokerUrl, freePort, promise, range, ServiceProcess, uniqueNames } from "./support.js"
 import { launchChromium } from "./support/chromium.js"
@@ -32,7 +32,7 @@ const browser = Effect.acquireRelease(
   (browser) => promise(() => browser.close())
 )
 
-it.scopedLive("a browser EventSource resumes across a hub restart (stream mode) with nothing lost or repeated", () =>
+it.live("a browser EventSource resumes across a hub restart (stream mode) with nothing lost or repeated", () =>
   Effect.gen(function*() {
     const chrome = yield* browser
     const publisher = yield* broker
@@ -100,7 +100,7 @@ it.scopedLive("a browser EventSource resumes across a hub restart (stream mode) 
     before.child.kill("SIGTERM")
     yield* promise(() => before.exited)
     yield* start
-    yield* Effect.fromFiber(publishing)
+    yield* Fiber.join(publishing)
     yield* waitFor(`state.seqs.includes(${total - 1})`)
     const final = yield* state
     const lost = range(0, total).filter((seq) => !final.seqs.includes(seq))

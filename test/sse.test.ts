@@ -32,7 +32,7 @@ const readerOf = (count: number) =>
   })
 
 layer(hubLayer({ sseKeepAlive: Duration.millis(100) }), { excludeTestServices: true })("SSE stream", (it) => {
-  it.scoped("answers 200 text/event-stream, starts with retry:, and sends each event as id: and data: (the WebSocket's JSON)", () =>
+  it.effect("answers 200 text/event-stream, starts with retry:, and sends each event as id: and data: (the WebSocket's JSON)", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* openSse()
@@ -54,7 +54,7 @@ layer(hubLayer({ sseKeepAlive: Duration.millis(100) }), { excludeTestServices: t
       expect(metrics.body.websocket.connected_clients_by_transport).toEqual({ ws: 0, sse: 1 })
     }))
 
-  it.scoped("?types= filters by pattern; no types: everything", () =>
+  it.effect("?types= filters by pattern; no types: everything", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const filtered = yield* openSse("?types=backtest.%23,agent.*")
@@ -70,7 +70,7 @@ layer(hubLayer({ sseKeepAlive: Duration.millis(100) }), { excludeTestServices: t
       expect(filtered.events.map((event) => event.type)).toEqual(["backtest.completed", "agent.status", "backtest.failed"])
     }))
 
-  it.scoped("?rooms= receives only the events of those rooms", () =>
+  it.effect("?rooms= receives only the events of those rooms", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* openSse("?types=optimization.%23&rooms=run_id:r1,job_id:j9")
@@ -85,7 +85,7 @@ layer(hubLayer({ sseKeepAlive: Duration.millis(100) }), { excludeTestServices: t
       expect(seqsOf(client.events)).toEqual([1, 3, 5])
     }))
 
-  it.scoped("bad types, rooms or since are refused with 400 and a JSON reason", () =>
+  it.effect("bad types, rooms or since are refused with 400 and a JSON reason", () =>
     Effect.gen(function*() {
       const cases: Array<[string, Record<string, string>, string]> = [
         ["?types=backtest..completed", {}, "invalid_pattern"],
@@ -104,7 +104,7 @@ layer(hubLayer({ sseKeepAlive: Duration.millis(100) }), { excludeTestServices: t
       }
     }))
 
-  it.scoped("sends a keep-alive comment on an idle stream every SSE_KEEPALIVE", () =>
+  it.effect("sends a keep-alive comment on an idle stream every SSE_KEEPALIVE", () =>
     Effect.gen(function*() {
       const client = yield* openSse()
       yield* promise(() => client.until(() => client.comments.filter((c) => c === "keepalive").length >= 2, "two keep-alives"))
@@ -113,7 +113,7 @@ layer(hubLayer({ sseKeepAlive: Duration.millis(100) }), { excludeTestServices: t
 })
 
 layer(hubLayer({ historyMaxEvents: 20 }), { excludeTestServices: true })("SSE resume", (it) => {
-  it.scoped("Last-Event-ID resumes after that event (and wins over ?since=); ?since= alone does too", () =>
+  it.effect("Last-Event-ID resumes after that event (and wins over ?since=); ?since= alone does too", () =>
     Effect.gen(function*() {
       const reader = yield* readerOf(5)
       const ids = reader.events.map((event) => event.id as string)
@@ -130,7 +130,7 @@ layer(hubLayer({ historyMaxEvents: 20 }), { excludeTestServices: true })("SSE re
       expect(seqsOf(byHeader.events)).toEqual([2, 3, 4, 5, 6, 7])
     }))
 
-  it.scoped("a resume beyond the history gets hub.history_gap (missed), then what is left; an unknown id: reason unknown", () =>
+  it.effect("a resume beyond the history gets hub.history_gap (missed), then what is left; an unknown id: reason unknown", () =>
     Effect.gen(function*() {
       const reader = yield* readerOf(1)
       const since = reader.events[0]!.id as string
@@ -171,7 +171,7 @@ layer(
   }),
   { excludeTestServices: true }
 )("SSE security and limits", (it) => {
-  it.scoped("a foreign origin is refused with 403; an allowed one gets CORS headers with Vary: Origin", () =>
+  it.effect("a foreign origin is refused with 403; an allowed one gets CORS headers with Vary: Origin", () =>
     Effect.gen(function*() {
       const foreign = yield* refusal(`?token=${yield* token()}`, { origin: "https://evil.example.com" })
       expect(foreign.status).toBe(403)
@@ -183,7 +183,7 @@ layer(
       expect(allowed.headers["vary"]).toBe("Origin")
     }))
 
-  it.scoped("a missing or bad token is refused with 401; a good one in ?token= or Authorization is accepted", () =>
+  it.effect("a missing or bad token is refused with 401; a good one in ?token= or Authorization is accepted", () =>
     Effect.gen(function*() {
       const missing = yield* refusal("", { origin })
       expect(missing.status).toBe(401)
@@ -198,7 +198,7 @@ layer(
       expect([byQuery.status, byHeader.status]).toEqual([200, 200])
     }))
 
-  it.scoped("the token's event_types claim: types outside it are refused (403); without types, only what it allows", () =>
+  it.effect("the token's event_types claim: types outside it are refused (403); without types, only what it allows", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const limited = yield* token({ event_types: ["backtest.#"] })
@@ -213,7 +213,7 @@ layer(
       expect(client.events.map((event) => event.type)).toEqual(["backtest.completed"])
     }))
 
-  it.scoped("the stream ends when its token expires", () =>
+  it.effect("the stream ends when its token expires", () =>
     Effect.gen(function*() {
       const metrics = yield* HubMetrics
       const client = yield* openSse(`?token=${yield* token({}, 1)}`)
@@ -224,7 +224,7 @@ layer(
       expect(snapshot.clients_disconnected.token_expired).toBeGreaterThanOrEqual(1)
     }))
 
-  it.scoped("streams and WebSockets share the connection limits (503 with Retry-After); an ended stream frees its slot", () =>
+  it.effect("streams and WebSockets share the connection limits (503 with Retry-After); an ended stream frees its slot", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const good = yield* token()
@@ -244,7 +244,7 @@ layer(
 layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30) }), { excludeTestServices: true })(
   "SSE slow consumers",
   (it) => {
-    it.scoped("a stream that stops reading is dropped; one that reads receives every event, bursts included", () =>
+    it.effect("a stream that stops reading is dropped; one that reads receives every event, bursts included", () =>
       Effect.gen(function*() {
         const hub = yield* Hub
         const metrics = yield* HubMetrics
@@ -272,7 +272,7 @@ layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30) }), { exclude
 )
 
 describe("SSE shutdown", () => {
-  it.scopedLive("closing the server ends every stream", () =>
+  it.live("closing the server ends every stream", () =>
     Effect.gen(function*() {
       const client = yield* Effect.scoped(Effect.gen(function*() {
         const url = yield* baseUrl

@@ -13,7 +13,7 @@ import { OtlpReceiver } from "./support/otlp.js"
 const hex = (bytes: number) => randomBytes(bytes).toString("hex")
 
 describe("traces (node dist/main.js with OTEL_EXPORTER_OTLP_ENDPOINT)", () => {
-  it.scopedLive("the hub's spans are children of the publisher's, name the event and count its recipients", () =>
+  it.live("the hub's spans are children of the publisher's, name the event and count its recipients", () =>
     Effect.gen(function*() {
       const publisher = yield* broker
       const receiver = yield* Effect.acquireRelease(promise(() => OtlpReceiver.start()), (r) => promise(() => r.close()))

@@ -9,13 +9,14 @@ import * as ws from "ws"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import { connect, eventually, hubLayer, promise, TestClient, wsUrl } from "./support.js"
+import { replaceDefaultLogger } from "./support/heldLogs.js"
 
 const rfc3339Utc = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/
 
 const eventTypes = (client: TestClient) => client.events.map((event) => event.type)
 
 layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protocol", (it) => {
-  it.scoped("sends one {type, data, timestamp, id} JSON object per text frame, without raw newlines", () =>
+  it.effect("sends one {type, data, timestamp, id} JSON object per text frame, without raw newlines", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -33,7 +34,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       expect(message.timestamp).toMatch(rfc3339Utc)
     }))
 
-  it.scoped("a client that never subscribed receives every event", () =>
+  it.effect("a client that never subscribed receives every event", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -42,7 +43,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       expect(eventTypes(client)).toEqual(["task.running", "backtest.completed", "agent.status.changed"])
     }))
 
-  it.scoped("subscribe and unsubscribe filter events; the replies list the subscription in effect", () =>
+  it.effect("subscribe and unsubscribe filter events; the replies list the subscription in effect", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -67,7 +68,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       expect(eventTypes(client)).toEqual(["backtest.completed", "optimization.iteration.completed"])
     }))
 
-  it.scoped("a client that unsubscribed from everything receives no events until it subscribes again", () =>
+  it.effect("a client that unsubscribed from everything receives no events until it subscribes again", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -84,7 +85,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       expect(eventTypes(client)).toEqual(["task.failed"])
     }))
 
-  it.scoped("patterns follow RabbitMQ topic rules: * is one word, # is zero or more", () =>
+  it.effect("patterns follow RabbitMQ topic rules: * is one word, # is zero or more", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -112,7 +113,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       ])
     }))
 
-  it.scoped("answers the text frame ping with the text frame pong", () =>
+  it.effect("answers the text frame ping with the text frame pong", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       client.ws.send("ping")
@@ -120,7 +121,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       expect(client.frames).toEqual(["pong"])
     }))
 
-  it.scoped("bad input gets a hub.error and leaves the connection and other clients working", () =>
+  it.effect("bad input gets a hub.error and leaves the connection and other clients working", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()
@@ -150,7 +151,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       expect(bystander.frames).toHaveLength(1)
     }))
 
-  it.scoped("a frame larger than WS_MAX_MESSAGE_SIZE closes that client with 1009, and only it", () =>
+  it.effect("a frame larger than WS_MAX_MESSAGE_SIZE closes that client with 1009, and only it", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const metrics = yield* HubMetrics
@@ -164,7 +165,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
       expect((yield* metrics.snapshot).clients_disconnected.message_too_big).toBeGreaterThanOrEqual(1)
     }))
 
-  it.scoped("a frame of exactly WS_MAX_MESSAGE_SIZE bytes is accepted", () =>
+  it.effect("a frame of exactly WS_MAX_MESSAGE_SIZE bytes is accepted", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       const base = JSON.stringify({ action: "subscribe", event_types: ["a".repeat(200), "b".repeat(200), ""] })
@@ -178,7 +179,7 @@ layer(hubLayer({ maxMessageSize: 512 }), { excludeTestServices: true })("protoco
 })
 
 layer(hubLayer({ sendBuffer: 8, maxSubscriptions: 3 }), { excludeTestServices: true })("request bursts and limits", (it) => {
-  it.scoped("a client that sends many requests at once gets every reply and stays connected", () =>
+  it.effect("a client that sends many requests at once gets every reply and stays connected", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       // Far more replies than the send buffer (8) holds: the hub slows the reader down instead of dropping it.
@@ -193,7 +194,7 @@ layer(hubLayer({ sendBuffer: 8, maxSubscriptions: 3 }), { excludeTestServices: t
       expect(client.isOpen).toBe(true)
     }))
 
-  it.scoped("answers requests in the order they were sent, whether answered at once or after waiting", () =>
+  it.effect("answers requests in the order they were sent, whether answered at once or after waiting", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       // A ping and an unsubscribe are answered in the socket's callback while the send buffer (8) has room; an
@@ -215,7 +216,7 @@ layer(hubLayer({ sendBuffer: 8, maxSubscriptions: 3 }), { excludeTestServices: t
       expect(answered).toEqual(expected)
     }))
 
-  it.scoped("refuses a subscription beyond WS_MAX_SUBSCRIPTIONS and leaves the subscription as it was", () =>
+  it.effect("refuses a subscription beyond WS_MAX_SUBSCRIPTIONS and leaves the subscription as it was", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       yield* promise(() => client.request({ action: "subscribe", event_types: ["a", "b"] }, "hub.subscribed"))
@@ -232,7 +233,7 @@ layer(hubLayer({ sendBuffer: 8, maxSubscriptions: 3 }), { excludeTestServices: t
 layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30) }), { excludeTestServices: true })(
   "slow consumers",
   (it) => {
-    it.scoped("a client that stops reading is dropped with 4000 while a fast client receives every event in order", () =>
+    it.effect("a client that stops reading is dropped with 4000 while a fast client receives every event in order", () =>
       Effect.gen(function*() {
         const hub = yield* Hub
         const slow = yield* connect()
@@ -263,7 +264,7 @@ layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.seconds(30) }), { exclude
 layer(hubLayer({ sendBuffer: 100_000, writeTimeout: Duration.millis(300) }), { excludeTestServices: true })(
   "write timeout",
   (it) => {
-    it.scoped("a write that does not complete within WS_WRITE_TIMEOUT closes the client", () =>
+    it.effect("a write that does not complete within WS_WRITE_TIMEOUT closes the client", () =>
       Effect.gen(function*() {
         const hub = yield* Hub
         const metrics = yield* HubMetrics
@@ -282,7 +283,7 @@ layer(hubLayer({ sendBuffer: 100_000, writeTimeout: Duration.millis(300) }), { e
 layer(hubLayer({ sendBuffer: 8, writeTimeout: Duration.millis(300) }), { excludeTestServices: true })(
   "replies to a client that stops reading",
   (it) => {
-    it.scoped("a reply waiting for room in a full buffer does not keep a stuck client from being closed", () =>
+    it.effect("a reply waiting for room in a full buffer does not keep a stuck client from being closed", () =>
       Effect.gen(function*() {
         const hub = yield* Hub
         const metrics = yield* HubMetrics
@@ -302,7 +303,7 @@ layer(
   hubLayer({ pingPeriod: Duration.millis(100), pongTimeout: Duration.millis(1000) }),
   { excludeTestServices: true }
 )("keep-alive", (it) => {
-  it.scoped("pings every WS_PING_PERIOD, closes with 4001 a client that sends no pong within WS_PONG_TIMEOUT", () =>
+  it.effect("pings every WS_PING_PERIOD, closes with 4001 a client that sends no pong within WS_PONG_TIMEOUT", () =>
     Effect.gen(function*() {
       const healthy = yield* connect()
       const silent = yield* connect({ autoPong: false })
@@ -316,7 +317,7 @@ layer(
 })
 
 layer(hubLayer(), { excludeTestServices: true })("scale", (it) => {
-  it.scoped("1,000 concurrent clients all receive a broadcast", () =>
+  it.effect("1,000 concurrent clients all receive a broadcast", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const clients = yield* Effect.all(Array.from({ length: 1000 }, () => connect()), { concurrency: 100 })
@@ -328,7 +329,7 @@ layer(hubLayer(), { excludeTestServices: true })("scale", (it) => {
 })
 
 layer(hubLayer({ compressionThreshold: Option.some(1024) }), { excludeTestServices: true })("compression", (it) => {
-  it.scoped("compresses messages above WS_COMPRESSION_THRESHOLD for clients that ask, and only for them", () =>
+  it.effect("compresses messages above WS_COMPRESSION_THRESHOLD for clients that ask, and only for them", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const deflating = yield* connect({ perMessageDeflate: true })
@@ -357,12 +358,12 @@ describe("a write that throws", () => {
     Effect.gen(function*() {
       const errors: Array<string> = []
       const logger = Logger.make(({ logLevel, message }) => {
-        if (logLevel.label === "ERROR") errors.push(String(message))
+        if (logLevel.toUpperCase() === "ERROR") errors.push(String(message))
       })
       const scope = yield* Scope.make()
       yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
       const context = yield* Layer.buildWithScope(
-        hubLayer().pipe(Layer.provide(Logger.replace(Logger.defaultLogger, logger))),
+        hubLayer().pipe(Layer.provide(replaceDefaultLogger(logger))),
         scope
       )
       const url = yield* Effect.provide(wsUrl, context)
@@ -428,7 +429,7 @@ describe("without ws's frame encoder", () => {
 })
 
 layer(hubLayer(), { excludeTestServices: true })("no compression by default", (it) => {
-  it.scoped("a client that asks for permessage-deflate gets plain frames", () =>
+  it.effect("a client that asks for permessage-deflate gets plain frames", () =>
     Effect.gen(function*() {
       const client = yield* connect({ perMessageDeflate: true })
       expect(client.ws.extensions).toBe("")
@@ -436,7 +437,7 @@ layer(hubLayer(), { excludeTestServices: true })("no compression by default", (i
 })
 
 layer(hubLayer({ maxSubscriptions: 3 }), { excludeTestServices: true })("rooms", (it) => {
-  it.scoped("a client in rooms receives only their events; leaving every room brings back every event", () =>
+  it.effect("a client in rooms receives only their events; leaving every room brings back every event", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const follower = yield* connect()
@@ -460,7 +461,7 @@ layer(hubLayer({ maxSubscriptions: 3 }), { excludeTestServices: true })("rooms",
       expect(follower.events.map((event) => event.data.n)).toEqual([1, 3, 5])
     }))
 
-  it.scoped("refuses rooms that are not <key>:<value> with a key of ROOM_KEYS, and more than the limit", () =>
+  it.effect("refuses rooms that are not <key>:<value> with a key of ROOM_KEYS, and more than the limit", () =>
     Effect.gen(function*() {
       const client = yield* connect()
       for (const room of ["r1", "run_id:", ":r1", "user_id:u1"]) {
@@ -480,7 +481,7 @@ layer(hubLayer({ maxSubscriptions: 3 }), { excludeTestServices: true })("rooms",
       yield* promise(() => client.until(() => client.events.length === 1, "the event"))
     }))
 
-  it.scoped("a resume replays only the events of the client's rooms", () =>
+  it.effect("a resume replays only the events of the client's rooms", () =>
     Effect.gen(function*() {
       const hub = yield* Hub
       const client = yield* connect()

@@ -4,20 +4,28 @@
  * broker cut, poison messages). `TEST_LOG_LEVEL=debug` (or `info`, `warn`...) prints them as they come instead.
  * Registered for every test file by vitest.config.ts (`setupFiles`).
  */
-import { Layer, Logger, LogLevel } from "effect"
+import { Effect, Layer, Logger, LogLevel, References } from "effect"
 import { afterEach, beforeEach } from "vitest"
 
 const held: Array<string> = []
 
 /** The level asked for with TEST_LOG_LEVEL, if any. */
-const liveLevel = LogLevel.allLevels.find((level) => level.label === process.env.TEST_LOG_LEVEL?.toUpperCase())
+const liveLevel = LogLevel.values.find((level) => level.toUpperCase() === process.env.TEST_LOG_LEVEL?.toUpperCase())
+
+/**
+ * Replaces Effect's default (console) logger with `logger`, keeping any other logger installed around it (as
+ * Effect 3's `Logger.replace` did): a test's own logger and the held lines both see every line.
+ */
+export const replaceDefaultLogger = (logger: Logger.Logger<unknown, unknown>): Layer.Layer<never> =>
+  Layer.unwrap(Effect.map(Effect.service(Logger.CurrentLoggers), (current: ReadonlySet<Logger.Logger<unknown, any>>) =>
+    Layer.succeed(Logger.CurrentLoggers, new Set([...current].filter((one) => one !== Logger.defaultLogger).concat(logger)))))
 
 /** The hub's logger in tests: live at TEST_LOG_LEVEL, or held from WARN up for a failing test to show. */
 export const testLogging: Layer.Layer<never> = liveLevel !== undefined
-  ? Logger.minimumLogLevel(liveLevel)
+  ? Layer.succeed(References.MinimumLogLevel, liveLevel)
   : Layer.merge(
-    Logger.replace(Logger.defaultLogger, Logger.map(Logger.logfmtLogger, (line) => void held.push(line))),
-    Logger.minimumLogLevel(LogLevel.Warning)
+    replaceDefaultLogger(Logger.map(Logger.formatLogFmt, (line) => void held.push(line))),
+    Layer.succeed(References.MinimumLogLevel, "Warn")
   )
 
 beforeEach(() => {

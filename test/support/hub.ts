@@ -1,6 +1,6 @@
 /** The real hub on a free port, for `layer(...)`, and HTTP requests to it. */
 import * as PlatformHttpServer from "effect/http/HttpServer"
-import { Effect, Layer, Option, Schedule } from "effect"
+import { Effect, Layer, Option, References, Schedule } from "effect"
 import { request as httpRequest } from "node:http"
 import {
   defaultSecurity,
@@ -58,7 +58,7 @@ export const hubLayer = <R = never, P = never>(
     Layer.provideMerge(publisher),
     Layer.provideMerge(HubConfig.layer({ host: "127.0.0.1", port: 0, security: testSecurity, ...overrides })),
     // As the service runs without OTEL_EXPORTER_OTLP_ENDPOINT (Tracing.ts): requests take the path without spans.
-    Layer.provide(Layer.setTracerEnabled(false)),
+    Layer.provide(Layer.succeed(References.TracerEnabled, false)),
     // Held, and shown for a failing test; TEST_LOG_LEVEL=debug shows them as they come (heldLogs.ts).
     Layer.provide(testLogging)
   )
@@ -66,7 +66,7 @@ export const hubLayer = <R = never, P = never>(
 /** `http://127.0.0.1:PORT` of the server under test. */
 export const baseUrl = Effect.map(PlatformHttpServer.HttpServer, (server) => {
   const address = server.address
-  if (address._tag !== "TcpAddress") throw new Error("expected a TCP address")
+  if (address._tag === "UnixPathAddress") throw new Error("expected a TCP address")
   return `http://127.0.0.1:${address.port}`
 })
 
@@ -76,7 +76,7 @@ export const wsUrl = Effect.map(baseUrl, (url) => `${url.replace("http", "ws")}/
 export const eventually = <A, E, R>(effect: Effect.Effect<A, E, R>, condition: (a: A) => boolean) =>
   Effect.filterOrFail(effect, condition, () => "not yet" as const).pipe(
     Effect.retry({ schedule: Schedule.spaced("10 millis"), while: (error) => error === "not yet" }),
-    Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("condition not met within 10 s") })
+    Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.fail(new Error("condition not met within 10 s")) })
   )
 
 export const promise = <A>(thunk: () => Promise<A>) => Effect.promise(thunk)
