@@ -3,6 +3,7 @@
  * export is part of the package's API; internal modules are not exported, so
  * they can change without breaking embedding programs. See docs/library.md.
  */
+import { layerEnv } from "./config/Config.js"
 import * as HttpServer from "./http/Server.js"
 import * as Hub from "./hub/Hub.js"
 import * as Logging from "./ops/Logging.js"
@@ -37,6 +38,12 @@ export const DrainLive = Shutdown.layerDrain
 export const SignalsLive = Shutdown.layer
 /** Publishing to the exchange with confirms: `Publisher.publishEvent`, clients' `publish`, `POST /api/v1/events`. */
 export const PublisherLive = Publisher.layer
+/**
+ * The environment as the service reads it: a variable set to the empty string is a value (`RABBITMQ_URL=""` turns
+ * the source off), where Effect 4's default `ConfigProvider` takes it as unset. Provide it below `HubConfig.fromEnv`
+ * and `RabbitMqConfig.fromEnv`.
+ */
+export const EnvConfigLive = layerEnv
 
 // --- Services ---------------------------------------------------------------
 

@@ -11,7 +11,7 @@
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Config, Effect, Exit, Layer, Logger, Runtime } from "effect"
-import { HubConfig, RabbitMqConfig } from "./config/Config.js"
+import { HubConfig, layerEnv, RabbitMqConfig } from "./config/Config.js"
 import * as HttpServer from "./http/Server.js"
 import * as Hub from "./hub/Hub.js"
 import * as Logging from "./ops/Logging.js"
@@ -31,6 +31,8 @@ const MainLive = Shutdown.layerDrain.pipe(
   // RabbitMqConfig reaches the hub too: in stream mode its history uses stream ids from the start.
   Layer.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
   Layer.provide(Logging.layer),
+  // Set but empty is a value (RABBITMQ_URL="" turns the source off), for every setting read above and below.
+  Layer.provide(layerEnv),
   // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise Effect's tracer is off. Flushed last.
   Layer.provide(Tracing.layer)
 )

@@ -25,14 +25,14 @@ describe("parseGoDuration", () => {
 const readRabbitConfig = (env: Record<string, string>) =>
   Effect.flatMap(RabbitMqConfig, Effect.succeed).pipe(
     Effect.provide(RabbitMqConfig.fromEnv.pipe(
-      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
+      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env, preserveEmptyStrings: true })))
     ))
   )
 
 const readConfig = (env: Record<string, string>) =>
   Effect.flatMap(HubConfig, Effect.succeed).pipe(
     Effect.provide(HubConfig.fromEnv.pipe(
-      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
+      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env, preserveEmptyStrings: true })))
     ))
   )
 

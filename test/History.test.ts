@@ -135,7 +135,7 @@ describe("History", () => {
 
 const fromEnv = <A, E>(layer: Layer.Layer<A, E>, env: Record<string, string>) =>
   Effect.result(Effect.flatMap(Effect.context<A>(), Effect.succeed).pipe(
-    Effect.provide(layer.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))))
+    Effect.provide(layer.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env, preserveEmptyStrings: true })))))
   ))
 
 describe("history and stream settings", () => {

@@ -14,7 +14,7 @@ import { covers } from "../src/protocol/Topic.js"
 const readSecurity = (env: Record<string, string>) =>
   Effect.map(HubConfig, (config) => config.security).pipe(
     Effect.provide(HubConfig.fromEnv.pipe(
-      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
+      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env, preserveEmptyStrings: true })))
     ))
   )
 

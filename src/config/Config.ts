@@ -11,6 +11,12 @@ import { readFileSync } from "node:fs"
 import { hostname } from "node:os"
 import * as Topic from "../protocol/Topic.js"
 
+/**
+ * The environment as the settings read it: a variable set to the empty string is a value (`RABBITMQ_URL=""` turns
+ * the source off, `ROOM_KEYS=""` the rooms), where Effect 4's default provider would take it as unset.
+ */
+export const layerEnv: Layer.Layer<never> = ConfigProvider.layer(ConfigProvider.fromEnv({ preserveEmptyStrings: true }))
+
 // ---------------------------------------------------------------------------
 // Parsing helpers
 // ---------------------------------------------------------------------------
