@@ -12,7 +12,7 @@
  */
 import * as Headers from "effect/http/Headers"
 import * as HttpTraceContext from "effect/http/HttpTraceContext"
-import { Config, Duration, Effect, Layer, Option, References, type Tracer } from "effect"
+import { Config, Duration, Effect, Layer, Option, References, Schema, type Tracer } from "effect"
 import * as FetchHttpClient from "effect/http/FetchHttpClient"
 import * as OtlpSerialization from "effect/observability/OtlpSerialization"
 import * as OtlpTracer from "effect/observability/OtlpTracer"
@@ -21,8 +21,12 @@ export interface TracingSettings {
   /** Where spans are POSTed (the full URL, ending in `/v1/traces`). */
   readonly url: string
   readonly serviceName: string
-  /** Longest wait before a batch of spans is sent. */
+  /** Longest wait before a batch of spans is sent (`OTEL_BSP_SCHEDULE_DELAY`, default 5 s). */
   readonly exportDelayMillis?: number
+  /** Most spans in one export (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 1000). */
+  readonly maxBatchSize?: number
+  /** Sent with every export (`OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`: `k=v,k2=v2`). */
+  readonly headers?: Record<string, string>
   /** Longest wait for the last spans to be exported when the layer is released (default `shutdownFlushMillis`). */
   readonly shutdownFlushMillis?: number
 }
@@ -35,35 +39,51 @@ export interface TracingSettings {
  */
 export const shutdownFlushMillis = 300
 
-/** The exporter's URL from the standard variables: the traces endpoint as is, or the base endpoint + `/v1/traces`. */
+/** `k=v,k2=v2`, URL-encoded values, as the OpenTelemetry SDKs read `OTEL_EXPORTER_OTLP_HEADERS`. */
+const headersConfig = (name: string) => Config.option(Config.Record(Schema.String, Schema.StringFromUriComponent, name))
+
+/**
+ * The exporter's settings from the standard variables: the traces endpoint as is, or the base endpoint +
+ * `/v1/traces`; the batch delay and size; the headers.
+ */
 export const settingsFromEnv: Config.Config<Option.Option<TracingSettings>> = Config.all({
   traces: Config.option(Config.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
   base: Config.option(Config.String("OTEL_EXPORTER_OTLP_ENDPOINT")),
   serviceName: Config.String("OTEL_SERVICE_NAME").pipe(Config.withDefault("effect-event-hub")),
-  disabled: Config.Boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false))
-}).pipe(Config.map(({ base, disabled, serviceName, traces }) => {
+  disabled: Config.Boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false)),
+  delay: Config.option(Config.Int("OTEL_BSP_SCHEDULE_DELAY")),
+  batch: Config.option(Config.Int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")),
+  tracesHeaders: headersConfig("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
+  baseHeaders: headersConfig("OTEL_EXPORTER_OTLP_HEADERS")
+}).pipe(Config.map(({ base, baseHeaders, batch, delay, disabled, serviceName, traces, tracesHeaders }) => {
   const nonEmpty = (value: Option.Option<string>) => Option.filter(value, (text) => text.trim() !== "")
   const url = Option.orElse(
     nonEmpty(traces),
     () => Option.map(nonEmpty(base), (endpoint) => `${endpoint.replace(/\/+$/, "")}/v1/traces`)
   )
-  return disabled ? Option.none() : Option.map(url, (url) => ({ url, serviceName }))
+  const headers = Option.getOrUndefined(Option.orElse(tracesHeaders, () => baseHeaders))
+  return disabled ? Option.none() : Option.map(url, (url): TracingSettings => ({
+    url,
+    serviceName,
+    ...(Option.isSome(delay) ? { exportDelayMillis: delay.value } : {}),
+    ...(Option.isSome(batch) ? { maxBatchSize: batch.value } : {}),
+    ...(headers === undefined ? {} : { headers })
+  }))
 }))
 
 /**
  * Exports spans to `settings.url` with Effect's own OTLP exporter (JSON over `fetch`); the batch is flushed when the
  * layer is released, for a bounded time.
  */
-export const layerOtlp = (settings: TracingSettings): Layer.Layer<never> =>
+export const layerOtlp = (settings: TracingSettings) =>
   OtlpTracer.layer({
     url: settings.url,
     resource: { serviceName: settings.serviceName },
     shutdownTimeout: Duration.millis(settings.shutdownFlushMillis ?? shutdownFlushMillis),
+    headers: settings.headers,
+    maxBatchSize: settings.maxBatchSize,
     ...(settings.exportDelayMillis === undefined ? {} : { exportInterval: Duration.millis(settings.exportDelayMillis) })
-  }).pipe(
-    Layer.provide([OtlpSerialization.layerJson, FetchHttpClient.layer]),
-    Layer.flatMap(() => Layer.empty)
-  )
+  }).pipe(Layer.provide([OtlpSerialization.layerJson, FetchHttpClient.layer]))
 
 /** From the environment: OTLP export when an endpoint is set, no tracing at all otherwise. */
 export const layer: Layer.Layer<never, never> = Layer.unwrap(

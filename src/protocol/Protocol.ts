@@ -349,7 +349,10 @@ const decoders: Record<ClientRequest["action"], (input: unknown) => Result.Resul
   leave: Schema.decodeUnknownResult(Leave)
 }
 
-const standardIssues = SchemaIssue.makeFormatterStandardSchemaV1()
+// A missing field reads as it always has ("data: is missing"); every other message is Effect's.
+const standardIssues = SchemaIssue.makeFormatterStandardSchemaV1({
+  leafHook: (issue) => issue._tag === "MissingKey" ? "is missing" : SchemaIssue.defaultLeafHook(issue)
+})
 
 /** One line per problem, each naming the field: `event_types[2]: event type pattern must not be empty`. */
 export const formatParseError = (error: Schema.SchemaError): string =>
