@@ -4,12 +4,12 @@
 // processes; server CPU is read from /proc/<pid>/task/*/schedstat, as bench/run.mjs does.
 //
 //   npm run build
-//   node_modules/.bin/node bench/tools/fiber-per-client.mjs                  (about 3-4 minutes)
+//   node_modules/.bin/node bench/tools/fiber-per-client.mjs                  (about 4-5 minutes)
 //   node_modules/.bin/node bench/tools/fiber-per-client.mjs --clients 500 --events 300 --idle-clients 2000 --repeats 1
 //
 // Flags: --clients 1000 --events 1000 --size 450 --burst 50 (events per POST) --idle-clients 10000 --repeats 3
 //        --capacity 256 (each client's buffer; the hub's WS_SEND_BUFFER) --scenarios fanout,idle
-//        --shapes hub,outbox,fiber,fiber-scoped (fan-out) --idle-shapes bare,hub,outbox,fiber,fiber-scoped
+//        --shapes hub,outbox,fiber,fiber-shared (fan-out) --idle-shapes bare,hub,outbox,fiber,fiber-shared,fiber-scoped
 //        --profile [dir] (CPU profile of each minimal server's measured fan-out window, summarised at the end;
 //        the figures of a profiled run are inflated by the profiler)
 //
@@ -23,8 +23,13 @@
 //                 corked write), waiting for 'drain' when the socket refuses more. The fan-out offers with
 //                 Queue.offerUnsafe (synchronously, as the hub's fan-out offers to outboxes); a full queue drops the
 //                 client. A closed socket shuts its queue down, which ends the fiber.
+//   fiber-shared  as fiber, tuned: Effect 4 gives each fiber its own dispatcher and a Queue wakes its taker through
+//                 the dispatcher of the fiber that made it, so a burst costs one setImmediate per client; here a
+//                 Scheduler whose makeDispatcher returns one shared dispatcher (provided to the FiberSet's fibers)
+//                 wakes every client in one setImmediate, and a connection holds no dispatcher of its own.
 //   fiber-scoped  as fiber, plus the card's scope-managed socket: Effect.scoped, the client's registration and socket
 //                 as an acquireRelease (release: unregister, close the socket), a finalizer shutting the queue down.
+//                 (Idle memory by default; its CPU per delivery measured as fiber's, within the noise.)
 //   fiber-take    (not run by default) as fiber with one Queue.take and one write per message: the naive loop.
 //   bare          (idle memory only) the same server with nothing per client beyond ws: the reference.
 // The minimal servers share everything but the per-client part: the HTTP publish endpoint, the ws server, the
@@ -58,7 +63,7 @@ const serve = async (shape) => {
   const Transport = await dist("connection/WebSocketTransport.js")
   const { Outbox } = await dist("hub/Outbox.js")
   const { Flusher } = await dist("hub/Flusher.js")
-  const { Duration, Effect, FiberSet, Queue, References } = await import("effect")
+  const { Duration, Effect, FiberSet, Queue, References, Scheduler } = await import("effect")
 
   const port = Number(process.env.PORT)
   const capacity = Number(process.env.CAPACITY ?? 256)
@@ -105,7 +110,17 @@ const serve = async (shape) => {
       for (const client of clients) if (!client.outbox.offer(message)) kick(client)
       flusher.arrived(arrival)
     }
-  } else if (shape === "fiber" || shape === "fiber-scoped" || shape === "fiber-take") {
+  } else if (shape === "fiber" || shape === "fiber-shared" || shape === "fiber-scoped" || shape === "fiber-take") {
+    /** One dispatcher for every fiber (fiber-shared): one setImmediate wakes all the clients a burst reached. */
+    class SharedDispatcher extends Scheduler.MixedScheduler {
+      #dispatcher
+      makeDispatcher() {
+        return this.#dispatcher ??= super.makeDispatcher()
+      }
+    }
+    const scheduler = shape === "fiber-shared"
+      ? Effect.provideService(Scheduler.Scheduler, new SharedDispatcher())
+      : (effect) => effect
     // The FiberSet every client's fiber is forked into, with the tracer off (as the hub's main.ts without OTLP).
     const run = await new Promise((resolve) => {
       Effect.runFork(
@@ -113,7 +128,7 @@ const serve = async (shape) => {
           const fibers = yield* FiberSet.make()
           resolve(yield* FiberSet.runtime(fibers)())
           return yield* Effect.never
-        })).pipe(Effect.provideService(References.TracerEnabled, false))
+        })).pipe(Effect.provideService(References.TracerEnabled, false), scheduler)
       )
     })
     const drained = (transport) => Effect.callback((resume) => transport.onDrain(() => resume(Effect.void)))
@@ -134,9 +149,10 @@ const serve = async (shape) => {
       })
     const step = shape === "fiber-take" ? writeOne : writeBatch
 
+    // Built with flatMap, not Effect.gen: nothing of the setup stays on a waiting fiber's stack (a suspended
+    // generator and its frames: about 0.7 KB of heap per connection in a heap-snapshot diff), only the loop.
     const plain = (ws, socket) =>
-      Effect.gen(function*() {
-        const queue = yield* Queue.bounded(capacity)
+      Effect.flatMap(Queue.bounded(capacity), (queue) => {
         const transport = Transport.make(ws, socket, settings)
         const client = { ws, queue, kicked: false }
         clients.add(client)
@@ -144,28 +160,30 @@ const serve = async (shape) => {
           clients.delete(client)
           Queue.shutdownUnsafe(queue)
         })
-        return yield* Effect.forever(step(queue, transport), { disableYield: true })
+        return Effect.forever(step(queue, transport), { disableYield: true })
       })
 
     const scoped = (ws, socket) =>
-      Effect.scoped(Effect.gen(function*() {
-        const queue = yield* Queue.bounded(capacity)
-        yield* Effect.addFinalizer(() => Queue.shutdown(queue))
-        const { transport } = yield* Effect.acquireRelease(
-          Effect.sync(() => {
-            const client = { ws, queue, kicked: false }
-            clients.add(client)
-            ws.once("close", () => Queue.shutdownUnsafe(queue))
-            return { client, transport: Transport.make(ws, socket, settings) }
-          }),
-          ({ client }) =>
-            Effect.sync(() => {
-              clients.delete(client)
-              if (ws.readyState === WebSocket.OPEN) ws.close(1001)
-            })
-        )
-        return yield* Effect.forever(step(queue, transport), { disableYield: true })
-      }))
+      Effect.scoped(Effect.flatMap(Queue.bounded(capacity), (queue) =>
+        Effect.andThen(
+          Effect.addFinalizer(() => Queue.shutdown(queue)),
+          Effect.flatMap(
+            Effect.acquireRelease(
+              Effect.sync(() => {
+                const client = { ws, queue, kicked: false }
+                clients.add(client)
+                ws.once("close", () => Queue.shutdownUnsafe(queue))
+                return { client, transport: Transport.make(ws, socket, settings) }
+              }),
+              ({ client }) =>
+                Effect.sync(() => {
+                  clients.delete(client)
+                  if (ws.readyState === WebSocket.OPEN) ws.close(1001)
+                })
+            ),
+            ({ transport }) => Effect.forever(step(queue, transport), { disableYield: true })
+          )
+        )))
 
     const serveClient = shape === "fiber-scoped" ? scoped : plain
     attach = (ws, socket) => run(serveClient(ws, socket))
@@ -249,8 +267,8 @@ const options = {
   repeats: Number(flag("repeats", 3)),
   capacity: Number(flag("capacity", 256)),
   scenarios: flag("scenarios", "fanout,idle").split(","),
-  shapes: flag("shapes", "hub,outbox,fiber,fiber-scoped").split(","),
-  idleShapes: flag("idle-shapes", "bare,hub,outbox,fiber,fiber-scoped").split(","),
+  shapes: flag("shapes", "hub,outbox,fiber,fiber-shared").split(","),
+  idleShapes: flag("idle-shapes", "bare,hub,outbox,fiber,fiber-shared,fiber-scoped").split(","),
   profile: argv.includes("--profile") ? flag("profile", join(tmpdir(), `fiber-per-client-${process.pid}`)) : undefined
 }
 
@@ -520,8 +538,8 @@ const main = async () => {
     }
   }
 
-  const shapes = [...new Set([...options.shapes, ...options.idleShapes])]
-  const order = ["bare", "hub", "outbox", "fiber", "fiber-scoped", "fiber-take"]
+  const shapes = [...new Set([...fanout, ...idle].map((run) => run.shape))]
+  const order = ["bare", "hub", "outbox", "fiber", "fiber-shared", "fiber-scoped", "fiber-take"]
   shapes.sort((a, b) => order.indexOf(a) - order.indexOf(b))
   const figures = Object.fromEntries(shapes.map((shape) => {
     const f = fanout.filter((run) => run.shape === shape)
@@ -565,12 +583,15 @@ const main = async () => {
     `idle: ${options.idleClients} connections; capacity ${options.capacity}; medians of ${options.repeats} fresh-process runs` +
     (options.profile ? " (PROFILED: CPU figures inflated)" : ""))
   out.push(table(header, rows))
-  for (const shape of ["fiber", "fiber-scoped", "fiber-take"].filter((s) => figures[s] !== undefined && Number.isFinite(hub.us + outbox.us))) {
+  for (const shape of ["fiber", "fiber-shared", "fiber-scoped", "fiber-take"].filter((s) => figures[s] !== undefined)) {
     const f = figures[shape]
     const us = hub.us + (f.us - outbox.us)
     const rss = hub.rss + (f.rss - outbox.rss)
-    out.push(`hub with ${shape} instead of outbox (estimate: hub + (${shape} - outbox)): ${fmt(us, 3)} us/delivery (${ratio(us, hub.us)} hub), ` +
-      `${fmt(rss)} KB RSS/conn (${ratio(rss, hub.rss)} hub)`)
+    const parts = [
+      ...(Number.isFinite(us) ? [`${fmt(us, 3)} us/delivery (${ratio(us, hub.us)} hub)`] : []),
+      ...(Number.isFinite(rss) ? [`${fmt(rss)} KB RSS/conn (${ratio(rss, hub.rss)} hub)`] : [])
+    ]
+    if (parts.length > 0) out.push(`hub with ${shape} instead of outbox (estimate: hub + (${shape} - outbox)): ${parts.join(", ")}`)
   }
   out.push(`load average (1/5/15 min): start ${loadStart}, end ${load()}; 1-min load when each measurement began: ${fmt(Math.min(...loads))}-${fmt(Math.max(...loads))} (2 cores)`)
   out.push(`${fmt((performance.now() - started) / 1000, 0)} s`)
