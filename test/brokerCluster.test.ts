@@ -16,17 +16,7 @@
  * (to try the test's own machinery on a hub that takes one URL).
  */
 import { afterAll, describe, expect, it } from "vitest"
-import {
-  allConfirmed,
-  CarefulPublisher,
-  deliveredOrQuiet,
-  describeTally,
-  EventSchedule,
-  HubProcess,
-  LossRun,
-  ResumingClient,
-  tally
-} from "./support/lossRun.js"
+import { allConfirmed, CarefulPublisher, EventSchedule, HubProcess, LossRun } from "./support/lossRun.js"
 import { RabbitCluster, type RabbitNode } from "./support/rabbitNode.js"
 
 const rate = Number(process.env.BROKER_CLUSTER_RATE ?? 800)
@@ -40,7 +30,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 let cluster: RabbitCluster | undefined
 const run = new LossRun()
-const { clients, hubs, publishers } = run
+const { hubs, publishers } = run
 
 afterAll(async () => {
   await run.stop()
@@ -49,12 +39,8 @@ afterAll(async () => {
 
 describe("the loss of a cluster node under two hubs (stream mode, three nodes)", () => {
   it(`loses, duplicates and reorders no confirmed event when the stream's and the ingest queue's leaders stop (${rate}/s)`, async () => {
-    const started = Date.now()
-    const steps: Array<string> = []
-    const step = (what: string) => steps.push(`${what} at ${((Date.now() - started) / 1000).toFixed(1)} s`)
-    const report = (extra: Array<string> = []) => [...extra, `timeline: ${steps.join(", ")}`].join("\n")
     cluster = await RabbitCluster.start(3)
-    step(`cluster formed (${cluster.timings.map(({ ms, op }) => `${op} ${ms} ms`).join(", ")})`)
+    run.step(`cluster formed (${cluster.timings.map(({ ms, op }) => `${op} ${ms} ms`).join(", ")})`)
     const id = `cluster_${process.pid}_${Math.random().toString(36).slice(2, 6)}`
     const names = { exchange: `${id}.events`, stream: `${id}.stream` }
     const ingest = `${names.stream}.ingest`
@@ -63,11 +49,10 @@ describe("the loss of a cluster node under two hubs (stream mode, three nodes)",
       hubs.push(await HubProcess.start({ rabbitmqUrl: hubUrl, ...names, instance: `${id}-hub${index}` }))
     }
     await Promise.all(hubs.map((hub) => hub.ready())).catch((error) => {
-      throw new Error(`${String(error)}\n${report()}`)
+      throw new Error(`${String(error)}\n${run.report()}`)
     })
-    step("hubs ready")
-    for (let index = 0; index < clientCount; index++) clients.push(new ResumingClient(index, hubs.map((hub) => hub.wsUrl)))
-    await Promise.all(clients.map((client) => client.connect()))
+    run.step("hubs ready")
+    await run.connectClients(clientCount)
     // Each publisher starts on another node and fails over to the next.
     for (let index = 0; index < 2; index++) {
       publishers.push(new CarefulPublisher(`p${index}`, cluster.urls, names.exchange, "loss.tick", index))
@@ -76,38 +61,31 @@ describe("the loss of a cluster node under two hubs (stream mode, three nodes)",
 
     // The scenario's timetable (how long to publish between steps); every step waits for its own condition.
     const schedule = run.schedule = new EventSchedule(publishers, rate, 0, true)
-    step("publishing")
+    run.step("publishing")
     await schedule.at(settle)
-    await Promise.all(clients.map(async (client) => {
-      while (client.received.length === 0) await sleep(20)
-    }))
+    await run.everyClientReceiving()
     const [writer, ingestLeader] = await Promise.all([cluster.streamWriter(names.stream), cluster.quorumLeader(ingest)])
-    step(`stream writer on ${writer?.name}, ${ingest} led by ${ingestLeader?.name ?? "(no such queue)"}`)
-    expect(writer, report()).toBeDefined()
+    run.step(`stream writer on ${writer?.name}, ${ingest} led by ${ingestLeader?.name ?? "(no such queue)"}`)
+    expect(writer, run.report()).toBeDefined()
     const victims: Array<RabbitNode> = [writer!]
     if (ingestLeader !== undefined && ingestLeader !== writer) victims.push(ingestLeader)
     for (const victim of victims) {
       await victim.stop()
-      step(`${victim.name} stopped`)
+      run.step(`${victim.name} stopped`)
       await sleep(downMs)
       await victim.start()
       await cluster.awaitRunning()
-      step(`${victim.name} back in the cluster`)
+      run.step(`${victim.name} back in the cluster`)
       await Promise.all(hubs.map((hub) => hub.ready()))
-      step("hubs consuming")
+      run.step("hubs consuming")
       await schedule.at(schedule.elapsed + settle)
     }
     await schedule.finish()
-    step(`${schedule.created} events created in ${schedule.elapsed.toFixed(1)} s`)
-    expect(await allConfirmed(publishers), report(["every event confirmed within 120 s"])).toBe(true)
-    step("all confirmed")
-    const ending = await deliveredOrQuiet(clients, publishers)
-    step(`clients ${ending}`)
+    run.step(`${schedule.created} events created in ${schedule.elapsed.toFixed(1)} s`)
+    expect(await allConfirmed(publishers), run.report(["every event confirmed within 120 s"])).toBe(true)
+    run.step("all confirmed")
 
-    const result = tally(clients, publishers, schedule.startedAt)
-    const hubLines = await Promise.all(hubs.map(async (hub, index) =>
-      `hub ${index}: ${JSON.stringify(await hub.counters())}; log ${JSON.stringify(hub.logSummary())}`))
-    const text = report([describeTally(result), ...hubLines])
+    const { result, text } = await run.verdict()
     console.log(text)
     expect(result.unconfirmed, text).toBe(0)
     expect(result.totals, text).toMatchObject({ lost: 0, duplicated: 0, outOfOrder: 0 })

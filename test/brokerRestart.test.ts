@@ -15,17 +15,7 @@
  * node, and other work, running) changes the load.
  */
 import { afterAll, describe, expect, it } from "vitest"
-import {
-  allConfirmed,
-  CarefulPublisher,
-  deliveredOrQuiet,
-  describeTally,
-  EventSchedule,
-  HubProcess,
-  LossRun,
-  ResumingClient,
-  tally
-} from "./support/lossRun.js"
+import { allConfirmed, CarefulPublisher, EventSchedule, HubProcess, LossRun } from "./support/lossRun.js"
 import { RabbitNode } from "./support/rabbitNode.js"
 
 const rate = Number(process.env.BROKER_RESTART_RATE ?? 800)
@@ -39,7 +29,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 let node: RabbitNode | undefined
 const run = new LossRun()
-const { clients, hubs, publishers } = run
+const { hubs, publishers } = run
 
 afterAll(async () => {
   await run.stop()
@@ -48,59 +38,49 @@ afterAll(async () => {
 
 describe("a restart of the broker under two hubs (stream mode)", () => {
   it(`loses, duplicates and reorders no confirmed event (${rate}/s; stop_app/start_app, then stop/start)`, async () => {
-    const started = Date.now()
-    const steps: Array<string> = []
-    const step = (what: string) => steps.push(`${what} at ${((Date.now() - started) / 1000).toFixed(1)} s`)
     node = await RabbitNode.start()
-    step("node started")
+    run.step("node started")
     const id = `restart_${process.pid}_${Math.random().toString(36).slice(2, 6)}`
     const names = { exchange: `${id}.events`, stream: `${id}.stream` }
     for (let index = 0; index < 2; index++) {
       hubs.push(await HubProcess.start({ rabbitmqUrl: node.url, ...names, instance: `${id}-hub${index}` }))
     }
     await Promise.all(hubs.map((hub) => hub.ready()))
-    step("hubs ready")
-    for (let index = 0; index < clientCount; index++) clients.push(new ResumingClient(index, hubs.map((hub) => hub.wsUrl)))
-    await Promise.all(clients.map((client) => client.connect()))
+    run.step("hubs ready")
+    await run.connectClients(clientCount)
     for (let index = 0; index < 2; index++) publishers.push(new CarefulPublisher(`p${index}`, [node.url], names.exchange))
     await Promise.all(publishers.map((publisher) => publisher.connect()))
 
     // The scenario's timetable (how long to publish between steps), not a synchronisation: every step waits for
     // its own condition (the broker running, the hubs consuming).
     const schedule = run.schedule = new EventSchedule(publishers, rate, 0, true)
-    step("publishing")
+    run.step("publishing")
     await schedule.at(settle)
     // Events flow to every client before the first restart.
-    await Promise.all(clients.map(async (client) => {
-      while (client.received.length === 0) await sleep(20)
-    }))
+    await run.everyClientReceiving()
     await node.stopApp()
-    step("app stopped")
+    run.step("app stopped")
     await sleep(downMs)
     await node.startApp()
-    step("app started")
+    run.step("app started")
     await Promise.all(hubs.map((hub) => hub.ready()))
-    step("hubs consuming again")
+    run.step("hubs consuming again")
     await schedule.at(schedule.elapsed + settle)
     await node.stop()
-    step("node stopped")
+    run.step("node stopped")
     await node.start()
-    step("node started again")
+    run.step("node started again")
     await Promise.all(hubs.map((hub) => hub.ready()))
-    step("hubs consuming again")
+    run.step("hubs consuming again")
     await schedule.at(schedule.elapsed + settle)
     await schedule.finish()
-    step(`${schedule.created} events created in ${schedule.elapsed.toFixed(1)} s`)
+    run.step(`${schedule.created} events created in ${schedule.elapsed.toFixed(1)} s`)
     expect(await allConfirmed(publishers), "every event confirmed within 120 s").toBe(true)
-    step("all confirmed")
-    const ending = await deliveredOrQuiet(clients, publishers)
-    step(`clients ${ending}`)
+    run.step("all confirmed")
 
-    const result = tally(clients, publishers, schedule.startedAt)
-    const hubLines = await Promise.all(hubs.map(async (hub, index) =>
-      `hub ${index}: ${JSON.stringify(await hub.counters())}; log ${JSON.stringify(hub.logSummary())}`))
-    const report = [describeTally(result), ...hubLines, `timeline: ${steps.join(", ")}`,
-      `node timings (ms): ${node.timings.map(({ ms, op }) => `${op} ${ms}`).join(", ")}`].join("\n")
+    const { result, text: report } = await run.verdict([
+      `node timings (ms): ${node.timings.map(({ ms, op }) => `${op} ${ms}`).join(", ")}`
+    ])
     console.log(report)
     expect(result.unconfirmed, report).toBe(0)
     expect(result.totals, report).toMatchObject({ lost: 0, duplicated: 0, outOfOrder: 0 })

@@ -10,7 +10,6 @@ import { Hub } from "../src/hub/Hub.js"
 import { Publisher } from "../src/rabbitmq/Publisher.js"
 import * as RabbitMqSource from "../src/rabbitmq/Source.js"
 import { randomUUID } from "node:crypto"
-import { Health } from "../src/ops/Health.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import {
   broker,
@@ -18,6 +17,7 @@ import {
   brokerUrl,
   connect,
   consuming,
+  sourceDown,
   eventually,
   freePort,
   hubLayer,
@@ -87,8 +87,7 @@ describe("the broker setup is checked at startup", () => {
       // A classic queue already has the stream's name: the broker refuses the declaration, as one without streams does.
       yield* promise(() => publisher.channel.assertQueue(names.stream, { durable: true }))
       yield* Effect.gen(function*() {
-        const health = yield* Health
-        const report = yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        const report = yield* sourceDown
         const detail = report.checks.rabbitmq?.detail ?? ""
         expect(detail).toContain(`the broker refused the stream queue ${names.stream}`)
         expect(detail).toContain("RabbitMQ 3.9 or later")
@@ -105,8 +104,7 @@ describe("the broker setup is checked at startup", () => {
       const first = yield* Layer.build(hubWithSource(names))
       yield* consuming.pipe(Effect.provide(first))
       const second = yield* Layer.build(hubWithSource(names))
-      const report = yield* Effect.flatMap(Health, (health) =>
-        eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")).pipe(Effect.provide(second))
+      const report = yield* sourceDown.pipe(Effect.provide(second))
       expect(report.checks.rabbitmq?.detail).toContain("HUB_INSTANCE_ID")
       // The first one still has the queue to itself.
       expect(yield* promise(() => publisher.consumerCount(names.queue))).toBe(1)
@@ -219,11 +217,10 @@ describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER
       const names = yield* testNames(publisher)
       const proxy = yield* tcpProxy
       yield* Effect.gen(function*() {
-        const health = yield* Health
         yield* consuming
         const client = yield* connect()
         yield* promise(() => proxy.cut())
-        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        yield* sourceDown
         yield* promise(async () => {
           for (let seq = 0; seq < 3000; seq++) await publisher.publish(names.exchange, "backtest.completed", { seq })
         })

@@ -8,7 +8,6 @@ import { Cause, Duration, Effect, Result, Exit, Layer, Option, Redacted, Schedul
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { defaultEventTypeMap } from "../src/config/Config.js"
-import { Health } from "../src/ops/Health.js"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
 import * as RabbitMqSource from "../src/rabbitmq/Source.js"
@@ -16,6 +15,7 @@ import {
   broker,
   Broker,
   consuming,
+  sourceDown,
   hubLayer,
   hubWithSource,
   rabbitConfig,
@@ -233,13 +233,12 @@ describe("RabbitMQ source", () => {
       const names = yield* testNames(publisher)
       const proxy = yield* tcpProxy
       yield* Effect.gen(function*() {
-        const health = yield* Health
         yield* consuming
         const client = yield* connect()
         yield* publishAll(publisher, names.exchange, 0, 50)
         yield* promise(() => client.until(() => client.events.length === 50, "50 events"))
         yield* promise(() => proxy.cut())
-        const degraded = yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        const degraded = yield* sourceDown
         expect(degraded.status).toBe("degraded")
         // Published while the hub cannot reach the broker: they wait in the hub's queue.
         yield* publishAll(publisher, names.exchange, 50, 100)
@@ -259,9 +258,8 @@ describe("RabbitMQ source", () => {
       const proxy = yield* tcpProxy
       yield* promise(() => proxy.cut())
       yield* Effect.gen(function*() {
-        const health = yield* Health
         const client = yield* connect()
-        const report = yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        const report = yield* sourceDown
         expect(report.status).toBe("degraded")
         yield* eventually(rabbitCounter("reconnects"), (n) => n >= 2)
         yield* promise(() => proxy.restore())

@@ -6,7 +6,6 @@
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Layer, Option, Redacted } from "effect"
-import { Health } from "../src/ops/Health.js"
 import { HubHistory } from "../src/hub/History.js"
 import { Hub } from "../src/hub/Hub.js"
 import { HubMetrics } from "../src/ops/Metrics.js"
@@ -14,6 +13,7 @@ import {
   broker,
   type Broker,
   consuming,
+  sourceDown,
   hubWithSource,
   range,
   seqs,
@@ -397,13 +397,12 @@ describe("resume with RabbitMQ", () => {
       const names = yield* testNames(publisher)
       const proxy = yield* tcpProxy
       yield* Effect.gen(function*() {
-        const health = yield* Health
         yield* consuming
         const client = yield* connectSince()
         yield* publishRange(publisher, names.exchange, 0, 50)
         yield* promise(() => client.until(() => lastSeq(client) === 49, "event 49"))
         yield* promise(() => proxy.cut())
-        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        yield* sourceDown
         yield* publishRange(publisher, names.exchange, 50, 100)
         yield* promise(() => proxy.restore())
         yield* consuming
@@ -423,13 +422,12 @@ describe("resume with RabbitMQ", () => {
       const names = yield* testNames(publisher)
       const proxy = yield* tcpProxy
       yield* Effect.gen(function*() {
-        const health = yield* Health
         yield* consuming
         const client = yield* connectSince()
         yield* publishRange(publisher, names.exchange, 0, 5)
         yield* promise(() => client.until(() => lastSeq(client) === 4, "event 4"))
         yield* promise(() => proxy.cut())
-        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        yield* sourceDown
         // About 100 KB into a stream kept under 20 KB in 5 KB segments: what the hub had not read is gone.
         for (let seq = 5; seq < 205; seq++) {
           yield* promise(() => publisher.publish(names.exchange, "backtest.completed", { seq, pad: "x".repeat(500) }))
@@ -513,9 +511,8 @@ describe("resume while a hub refills its history (stream mode)", () => {
       const proxy = yield* tcpProxy
       yield* promise(() => proxy.cut())
       yield* Effect.gen(function*() {
-        const health = yield* Health
         const client = yield* connectSince(since)
-        yield* eventually(health.report, (report) => report.checks.rabbitmq?.status === "down")
+        yield* sourceDown
         expect(client.messages).toEqual([])
         yield* promise(() => proxy.restore())
         yield* promise(() => client.until(() => lastSeq(client) === 99, "event 99", 30_000))

@@ -84,6 +84,10 @@ export const hubWithSource = (rabbit: Partial<RabbitMqSettings>, hub: Partial<Hu
 export const consuming = Effect.flatMap(Health, (health) =>
   eventually(health.report, (report) => report.checks.rabbitmq?.status === "up"))
 
+/** The source has lost the broker (a cut, a refusal): its health report, once `rabbitmq` is down. */
+export const sourceDown = Effect.flatMap(Health, (health) =>
+  eventually(health.report, (report) => report.checks.rabbitmq?.status === "down"))
+
 export const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i)
 
 /** The `seq` each event received carries in its data. */

@@ -628,6 +628,42 @@ export class LossRun {
   readonly clients: Array<ResumingClient> = []
   readonly publishers: Array<CarefulPublisher> = []
   schedule: EventSchedule | undefined
+  readonly #started = Date.now()
+  readonly #steps: Array<string> = []
+
+  /** Records a step of the scenario with its time since the run began (printed with the verdict). */
+  step(what: string): void {
+    this.#steps.push(`${what} at ${((Date.now() - this.#started) / 1000).toFixed(1)} s`)
+  }
+
+  /** `extra` lines, then the timeline so far. */
+  report(extra: ReadonlyArray<string> = []): string {
+    return [...extra, `timeline: ${this.#steps.join(", ")}`].join("\n")
+  }
+
+  /** `count` resuming clients, spread over the hubs, connected. */
+  async connectClients(count: number): Promise<void> {
+    const urls = this.hubs.map((hub) => hub.wsUrl)
+    for (let index = 0; index < count; index++) this.clients.push(new ResumingClient(index, urls))
+    await Promise.all(this.clients.map((client) => client.connect()))
+  }
+
+  /** Every client has received an event: events flow end to end. */
+  async everyClientReceiving(): Promise<void> {
+    await Promise.all(this.clients.map(async (client) => {
+      while (client.received.length === 0) await sleep(20)
+    }))
+  }
+
+  /** Once every publisher is done: every client's tally, with the hubs' counters and logs and the timeline. */
+  async verdict(extra: ReadonlyArray<string> = []): Promise<{ readonly result: Tally; readonly text: string }> {
+    const ending = await deliveredOrQuiet(this.clients, this.publishers)
+    this.step(`clients ${ending}`)
+    const result = tally(this.clients, this.publishers, this.schedule!.startedAt)
+    const hubLines = await Promise.all(this.hubs.map(async (hub, index) =>
+      `hub ${index}: ${JSON.stringify(await hub.counters())}; log ${JSON.stringify(hub.logSummary())}`))
+    return { result, text: this.report([describeTally(result), ...hubLines, ...extra]) }
+  }
 
   async stop(): Promise<void> {
     this.schedule?.stop()
