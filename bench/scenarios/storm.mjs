@@ -136,7 +136,8 @@ export const storm = async ({ argv, quick, report, progress, cpuMicros, startSer
     await hub.stop()
     const connection = await amqp.connect(broker)
     const channel = await connection.createChannel()
-    await channel.deleteQueue(`${names}.stream`).catch(() => undefined)
+    // The stream, and the ingest quorum queue the default path feeds it from (Config.ts, ingestQueueName).
+    for (const queue of [`${names}.stream`, `${names}.stream.ingest`]) await channel.deleteQueue(queue).catch(() => undefined)
     await channel.deleteExchange(`${names}.events`).catch(() => undefined)
     await connection.close().catch(() => undefined)
   }
