@@ -146,6 +146,8 @@ export const ingestMode = (context: ModeContext): ConsumeMode => {
         return (delivery) => Effect.sync(() => session.move(delivery))
       }),
     consumeOptions: () => ({ noAck: false }),
+    // Whatever it was given before its consumer is cancelled, it moves: nothing it received returns unmoved.
+    handlesUntilCancelled: true,
     consumeRefused: (cause) => new RabbitMqError({ reason: "Topology", cause, queue }),
     started: () => Effect.void,
     connected: Effect.andThen(

@@ -80,6 +80,12 @@ export interface ConsumeMode {
   readonly prepare: (channel: amqp.ConfirmChannel, fail: (error: RabbitMqError) => void) => Effect.Effect<Deliver, RabbitMqError>
   /** The consumer's options, taken when a session starts. */
   readonly consumeOptions: () => amqp.Options.Consume
+  /**
+   * When the session is released, deliveries are handled until the consumer is cancelled (the mover: one it left
+   * alone would return to the ingest queue and could reach the next mover after newer ones); otherwise what arrives
+   * once the release began is left alone, and returns to the queue.
+   */
+  readonly handlesUntilCancelled?: boolean
   /** Why the broker refused the consumer. */
   readonly consumeRefused: (cause: unknown) => RabbitMqError
   /** Runs once consuming, in the session's scope. */
@@ -206,6 +212,9 @@ export const session = (
         lose(new RabbitMqError({ reason: "Unexpected", cause }))
       }
     }
+    // What still arrives is left alone from here on (finalizers run last registered, first run).
+    const leaveAlone = Effect.addFinalizer(() => Effect.sync(() => (ended = true)))
+    if (mode.handlesUntilCancelled === true) yield* leaveAlone
     yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: () => channel.consume(mode.queue, onMessage, mode.consumeOptions()),
@@ -214,8 +223,7 @@ export const session = (
       // Released first: deliveries not yet acknowledged return to the queue when the channel closes.
       ({ consumerTag }) => open ? closing(() => channel.cancel(consumerTag)) : Effect.void
     )
-    // Released before the consumer is cancelled: however the session ends, what still arrives is left alone.
-    yield* Effect.addFinalizer(() => Effect.sync(() => (ended = true)))
+    if (mode.handlesUntilCancelled !== true) yield* leaveAlone
     yield* mode.started(channel)
     return Stream.concat(Stream.succeed(undefined), Stream.fromEffect(Deferred.await(lost)))
   }))
