@@ -4,7 +4,7 @@
  * exchange, queue and stream, deleted afterwards).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Exit, Fiber, Layer, Option, Redacted, Scope } from "effect"
 import * as HubLayers from "../src/hub/Hub.js"
 import { Hub } from "../src/hub/Hub.js"
 import { Publisher } from "../src/rabbitmq/Publisher.js"
@@ -300,6 +300,38 @@ describe("every instance delivers every event, whatever entered it", () => {
         yield* promise(() => client.until(() => seqs(client).includes(1), "event 1"))
         expect(seqs(client)).toEqual([0, 1])
       }
+    }), { timeout: 60_000 })
+
+  it.live("the instance that moves stops mid-stream, twice: the next takes the ingest queue over; a client gets every event once, in order", () =>
+    Effect.gen(function*() {
+      const publisher = yield* broker
+      const names = yield* testNames(publisher)
+      // The ingest queue's movers take turns in the order they started: the two instances built first, then `other`.
+      const movers = []
+      for (let i = 0; i < 2; i++) {
+        const scope = yield* Scope.make()
+        yield* consuming.pipe(Effect.provide(yield* Layer.buildWithScope(instance({ ...names, mode: "stream" }), scope)))
+        movers.push(scope)
+      }
+      const other = yield* Layer.build(instance({ ...names, mode: "stream" }))
+      yield* consuming.pipe(Effect.provide(other))
+      const client = yield* connect().pipe(Effect.provide(other))
+      const total = 3000
+      // About 1,000 events/s, in the order of one channel.
+      const publishing = yield* Effect.forkChild(Effect.promise(async () => {
+        for (let seq = 0; seq < total; seq++) {
+          await publisher.publish(names.exchange, "backtest.completed", { seq })
+          if (seq % 10 === 9) await new Promise((resolve) => setTimeout(resolve, 10))
+        }
+      }))
+      for (const [i, mover] of movers.entries()) {
+        yield* promise(() => client.until(() => client.events.length >= 800 * (i + 1), "events"))
+        yield* Scope.close(mover, Exit.void)
+      }
+      yield* Fiber.join(publishing)
+      yield* promise(() => client.until(() => seqs(client).includes(total - 1), "the last event", 30_000))
+      expect(seqs(client)).toEqual(range(0, total))
+      expect(client.messages.filter((message) => message.type === "hub.history_gap")).toEqual([])
     }), { timeout: 60_000 })
 
   it.live("POST answers 503 with the reason while the broker is unreachable, and delivers nothing locally", () =>

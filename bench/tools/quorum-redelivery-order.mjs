@@ -2,7 +2,8 @@
 // order, before newer ones? On a RabbitMQ node (or cluster) of its own (test/support/rabbitNode.ts), never the
 // shared one on 5672.
 //   node bench/tools/quorum-redelivery-order.mjs            one node: the first consumer's socket destroyed, its
-//                                                           channel closed, its connection closed
+//                                                           channel closed, its connection closed, its consumer
+//                                                           cancelled and its channel closed 200 ms later
 //   CLUSTER=1 node bench/tools/quorum-redelivery-order.mjs  three nodes: the first consumer's node stopped / killed,
 //                                                           the queue's leader elsewhere or on that node
 // Each case: 200 persistent messages 0..199 in a quorum queue (single active consumer unless SAC=0), consumer A
@@ -42,11 +43,12 @@ const check = async (label, { die, publishUrl, urlA, urlB, describe }) => {
   const a = await connect(urlA)
   await a.channel.prefetch(prefetch)
   const gotA = []
-  await a.channel.consume(queue, (message) => {
+  a.consumerTag = (await a.channel.consume(queue, (message) => {
+    if (message === null) return
     const seq = Number(message.content)
     gotA.push(seq)
     if (acks(seq)) a.channel.ack(message)
-  })
+  })).consumerTag
   while (gotA.length < prefetch) await sleep(10)
   const b = await connect(urlB)
   await b.channel.prefetch(prefetch)
@@ -119,7 +121,13 @@ if (process.env.CLUSTER === "1") {
     const cases = {
       "socket-destroyed": (a) => a.connection.connection.stream.destroy(),
       "channel-closed": (a) => a.channel.close(),
-      "connection-closed": (a) => a.connection.close()
+      "connection-closed": (a) => a.connection.close(),
+      // How a hub used to release its mover: the consumer cancelled first, the channel closed a little later.
+      "cancelled-then-closed": async (a) => {
+        await a.channel.cancel(a.consumerTag)
+        await sleep(200)
+        await a.channel.close()
+      }
     }
     for (const [label, die] of Object.entries(cases)) {
       await check(label, { publishUrl: node.url, urlA: node.url, urlB: node.url, die })

@@ -25,7 +25,7 @@ import { ingestQueueName } from "../config/Config.js"
 import { settleAll } from "./Message.js"
 import { moveHeaders } from "./Moves.js"
 import { RoutedChannel } from "./Routed.js"
-import { attempt, type ConsumeMode, type Delivery, type ModeContext, RabbitMqError } from "./Session.js"
+import { attempt, closing, type ConsumeMode, type Delivery, type ModeContext, RabbitMqError } from "./Session.js"
 import { declareIngest } from "./Topology.js"
 
 /** How often a session asks again whether the stream takes messages, while the broker is starting. */
@@ -57,6 +57,8 @@ class MoverSession {
   readonly #inFlight: Array<InFlight> = []
   /** The newest move whose acknowledgement waits for the end of this turn (one `ack` for a run of confirms). */
   #toAck: amqp.ConsumeMessage | undefined
+  /** Who waits for every move made to be confirmed and acknowledged (`settled`). */
+  #waiting: Array<() => void> = []
 
   constructor(
     readonly channel: amqp.ConfirmChannel,
@@ -93,6 +95,8 @@ class MoverSession {
       if (outcome !== "kept") {
         // Returned or nacked: the broker refused it; any other error: the channel closed before the confirm.
         const refused = outcome === "returned" || outcome.message === "message nacked"
+        // Nothing after it is acknowledged: no one waits for that.
+        this.#wake()
         return this.fail(
           new RabbitMqError({
             reason: refused ? "MoveRefused" : "ChannelLost",
@@ -117,9 +121,22 @@ class MoverSession {
       queueMicrotask(() => {
         settleAll(this.channel, this.#toAck!)
         this.#toAck = undefined
+        if (this.#inFlight.length === 0) this.#wake()
       })
     }
     this.#toAck = last.message
+  }
+
+  /** Resolves once every move made is confirmed and acknowledged, or one was refused. */
+  settled(): Promise<void> {
+    if (this.#inFlight.length === 0 && this.#toAck === undefined) return Promise.resolve()
+    return new Promise((resolve) => this.#waiting.push(resolve))
+  }
+
+  #wake() {
+    const waiting = this.#waiting
+    this.#waiting = []
+    for (const resolve of waiting) resolve()
   }
 }
 
@@ -143,11 +160,14 @@ export const ingestMode = (context: ModeContext): ConsumeMode => {
           ),
           Effect.repeat({ schedule: routableRetry, until: (outcome) => outcome === "kept" })
         )
+        // Released: the moves in flight are confirmed and acknowledged before the channel closes, so that only
+        // what was not moved returns to the ingest queue (a move that returns is moved again).
+        yield* Effect.addFinalizer(() => closing(() => session.settled()))
         return (delivery) => Effect.sync(() => session.move(delivery))
       }),
     consumeOptions: () => ({ noAck: false }),
-    // Whatever it was given before its consumer is cancelled, it moves: nothing it received returns unmoved.
-    handlesUntilCancelled: true,
+    // The next mover gets what this one leaves before anything newer (Session.ts).
+    closeWithoutCancel: true,
     consumeRefused: (cause) => new RabbitMqError({ reason: "Topology", cause, queue }),
     started: () => Effect.void,
     connected: Effect.andThen(

@@ -74,18 +74,24 @@ export interface ConsumeMode {
   /** Declares and binds the queue, once the exchange exists. */
   readonly declare: (channel: amqp.Channel) => Effect.Effect<void, RabbitMqError>
   /**
-   * Runs before consuming; gives what handles this session's deliveries. `fail` ends the session (it is
-   * retried), for failures found in amqplib's callbacks after `deliver` returned.
+   * Runs before consuming, in the session's scope; gives what handles this session's deliveries. `fail` ends the
+   * session (it is retried), for failures found in amqplib's callbacks after `deliver` returned. A finalizer it adds
+   * runs once deliveries are left alone, before the channel closes.
    */
-  readonly prepare: (channel: amqp.ConfirmChannel, fail: (error: RabbitMqError) => void) => Effect.Effect<Deliver, RabbitMqError>
+  readonly prepare: (
+    channel: amqp.ConfirmChannel,
+    fail: (error: RabbitMqError) => void
+  ) => Effect.Effect<Deliver, RabbitMqError, Scope.Scope>
   /** The consumer's options, taken when a session starts. */
   readonly consumeOptions: () => amqp.Options.Consume
   /**
-   * When the session is released, deliveries are handled until the consumer is cancelled (the mover: one it left
-   * alone would return to the ingest queue and could reach the next mover after newer ones); otherwise what arrives
-   * once the release began is left alone, and returns to the queue.
+   * How a released session lets go of its queue. By default its consumer is cancelled, then the channel closes,
+   * and what was not acknowledged returns to the queue. With `closeWithoutCancel` (the mover) the channel closes
+   * without a cancel: a single-active-consumer quorum queue then returns what this session holds and hands the
+   * queue to the next consumer in one step, so the returns reach it first and in order. A cancel hands the queue
+   * over at once, and what returns when the channel closes reaches the next consumer after newer messages.
    */
-  readonly handlesUntilCancelled?: boolean
+  readonly closeWithoutCancel?: boolean
   /** Why the broker refused the consumer. */
   readonly consumeRefused: (cause: unknown) => RabbitMqError
   /** Runs once consuming, in the session's scope. */
@@ -212,18 +218,16 @@ export const session = (
         lose(new RabbitMqError({ reason: "Unexpected", cause }))
       }
     }
-    // What still arrives is left alone from here on (finalizers run last registered, first run).
-    const leaveAlone = Effect.addFinalizer(() => Effect.sync(() => (ended = true)))
-    if (mode.handlesUntilCancelled === true) yield* leaveAlone
-    yield* Effect.acquireRelease(
-      Effect.tryPromise({
-        try: () => channel.consume(mode.queue, onMessage, mode.consumeOptions()),
-        catch: mode.consumeRefused
-      }),
-      // Released first: deliveries not yet acknowledged return to the queue when the channel closes.
-      ({ consumerTag }) => open ? closing(() => channel.cancel(consumerTag)) : Effect.void
-    )
-    if (mode.handlesUntilCancelled !== true) yield* leaveAlone
+    const { consumerTag } = yield* Effect.tryPromise({
+      try: () => channel.consume(mode.queue, onMessage, mode.consumeOptions()),
+      catch: mode.consumeRefused
+    })
+    // Deliveries not yet acknowledged return to the queue when the channel closes.
+    if (mode.closeWithoutCancel !== true) {
+      yield* Effect.addFinalizer(() => open ? closing(() => channel.cancel(consumerTag)) : Effect.void)
+    }
+    // Released first (finalizers run last registered, first run): what still arrives is left alone.
+    yield* Effect.addFinalizer(() => Effect.sync(() => (ended = true)))
     yield* mode.started(channel)
     return Stream.concat(Stream.succeed(undefined), Stream.fromEffect(Deferred.await(lost)))
   }))
