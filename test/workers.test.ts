@@ -66,8 +66,8 @@ const alive = (pid: number) => {
 }
 
 describe("HUB_WORKERS=2", () => {
-  it("two hubs on one port answer as one host: /metrics (JSON and Prometheus) and /health; SIGTERM stops them all", async () => {
-    const host = await startHost()
+  it("two hubs on one port answer as one host: /metrics (JSON and Prometheus), /health, the dashboard; SIGTERM stops them all", async () => {
+    const host = await startHost({ DASHBOARD_TOKEN: "secret" })
     const clients = await Promise.all(range(0, 12).map(() => TestClient.connect(host.url)))
     await until(async () => (await metricsOf(host.base)).websocket.connected_clients === 12, "12 clients counted")
     const metrics = await metricsOf(host.base)
@@ -81,6 +81,17 @@ describe("HUB_WORKERS=2", () => {
     expect(health.status).toBe("ok")
     expect(health.workers).toHaveLength(2)
     expect((await fetch(`${host.base}/health/ready`)).status).toBe(200)
+    // The dashboard's figures are the host's too.
+    const login = await fetch(`${host.base}/dashboard?token=secret`, { redirect: "manual" })
+    const cookie = login.headers.get("set-cookie")!.split(";")[0]!
+    const feed = await fetch(`${host.base}/dashboard/stream`, { headers: { cookie } })
+    const reader = feed.body!.pipeThrough(new TextDecoderStream()).getReader()
+    let text = ""
+    while (!text.includes("event: stats\ndata: ")) text += (await reader.read()).value ?? ""
+    const stats = JSON.parse(text.split("event: stats\ndata: ")[1]!.split("\n")[0]!)
+    await reader.cancel()
+    // The 12 clients and this dashboard's own stream.
+    expect(stats).toMatchObject({ workers: 2, clients: 13, status: "ok" })
 
     // Every worker reads the stream: each client gets the event once, whichever worker it is on.
     await host.publisher.publish(host.names.exchange, "test.tick", { seq: 0 })
