@@ -4,6 +4,7 @@
  * its clients resume on the others without losing or repeating an event; a stop reaches every worker.
  */
 import { afterEach, describe, expect, it } from "vitest"
+import { createServer } from "node:net"
 import WebSocket from "ws"
 import { connect } from "../src/client/client.js"
 import { Broker, brokerUrl, freePort, ServiceProcess, TestClient, uniqueNames } from "./support.js"
@@ -106,6 +107,18 @@ describe("HUB_WORKERS=2", () => {
     for (const client of clients) expect((await client.closed).code).toBe(1001)
     expect(host.service.output).toContain("stopping the workers")
   }, 60_000)
+
+  it("a port already taken stops the host with exit status 1, as a hub of one process does, rather than restarting workers", async () => {
+    const taken = createServer()
+    const port = await freePort()
+    await new Promise<void>((resolve) => taken.listen(port, "127.0.0.1", resolve))
+    cleanups.push(() => new Promise((resolve) => taken.close(() => resolve())))
+    const service = ServiceProcess.start({ HUB_WORKERS: "2", PORT: String(port), HOST: "127.0.0.1" })
+    expect((await service.exited).code).toBe(1)
+    expect(service.output).toContain("EADDRINUSE")
+    expect(service.output).toContain("stopped before any worker listened")
+    expect(service.output).not.toContain("starting another")
+  }, 30_000)
 
   it("a worker killed while events flow is started again; its clients resume on the host: nothing lost, nothing twice", async () => {
     const host = await startHost()

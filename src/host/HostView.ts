@@ -23,6 +23,7 @@ export type HostMessage =
   | { readonly hub: "report"; readonly id: number; readonly kind: string }
   | { readonly hub: "reported"; readonly id: number; readonly report: WorkerReport }
   | { readonly hub: "gathered"; readonly id: number; readonly reports: ReadonlyArray<WorkerReport> }
+  | { readonly hub: "listening" }
 
 /** Longer than the primary's own wait for the workers: a primary that does not answer leaves this worker's alone. */
 const askTimeout = "2 seconds"
@@ -34,6 +35,11 @@ export class HostView extends Context.Service<HostView, {
   readonly answer: (kind: string, report: Effect.Effect<unknown>) => Effect.Effect<void>
   /** Every worker's answer to `kind`, in worker order (this process's alone when it is the whole hub). */
   readonly gather: (kind: string) => Effect.Effect<ReadonlyArray<WorkerReport>>
+  /**
+   * Tells the primary this worker listens (node:cluster does not, for a socket of the worker's own): from then on
+   * a worker that exits is started again.
+   */
+  readonly listening: Effect.Effect<void>
 }>()("event-hub/HostView") {
   static readonly layer = Layer.effect(
     HostView,
@@ -50,7 +56,8 @@ export class HostView extends Context.Service<HostView, {
       const service = {
         workers: settings.count,
         answer: (kind: string, report: Effect.Effect<unknown>) => Effect.sync(() => void answers.set(kind, report)),
-        gather: own
+        gather: own,
+        listening: Effect.void
       }
       if (!cluster.isWorker || send === undefined || Option.isNone(settings.index)) return service
 
@@ -82,6 +89,7 @@ export class HostView extends Context.Service<HostView, {
       )
       return {
         ...service,
+        listening: Effect.sync(() => void send({ hub: "listening" } satisfies HostMessage)),
         gather: (kind: string) =>
           Effect.callback<ReadonlyArray<WorkerReport>>((resume) => {
             const id = next++

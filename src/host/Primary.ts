@@ -16,7 +16,7 @@
  * round-robin); docs/performance.md has both measured.
  */
 import cluster, { type Worker } from "node:cluster"
-import { Duration, Effect } from "effect"
+import { Deferred, Duration, Effect, Exit } from "effect"
 import type { WorkerSettings } from "../config/Config.js"
 import { type HostMessage, type WorkerReport } from "./HostView.js"
 
@@ -42,6 +42,10 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
     cluster.schedulingPolicy = settings.balance === "primary" ? cluster.SCHED_RR : cluster.SCHED_NONE
     const slots = new Map<number, Slot>()
     let stopping = false
+    // Until a worker has listened once, a worker's exit means the hub cannot start (a taken port, say): as a hub of
+    // one process does, the primary stops and exits with an error rather than restart them for ever.
+    let started = false
+    const cannotStart = yield* Deferred.make<never, Error>()
     const exits = new Set<() => void>()
 
     const gatherings = new Map<number, { replies: Array<WorkerReport>; expected: number; done: () => void }>()
@@ -66,7 +70,8 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
       const worker = cluster.fork({ HUB_WORKER: String(index) })
       slots.set(index, { worker, started: Date.now(), youngExits })
       worker.on("message", (message: HostMessage) => {
-        if (message.hub === "gather") gather(worker, message.id, message.kind)
+        if (message.hub === "listening") started = true
+        else if (message.hub === "gather") gather(worker, message.id, message.kind)
         else if (message.hub === "reported") {
           const gathering = gatherings.get(message.id)
           if (gathering === undefined) return
@@ -80,6 +85,11 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
         slots.delete(index)
         if (stopping) {
           if (slots.size === 0) for (const exited of exits) exited()
+          return
+        }
+        if (!started) {
+          const reason = signal === null ? `exit code ${code}` : `signal ${signal}`
+          Deferred.doneUnsafe(cannotStart, Exit.fail(new Error(`worker ${index} stopped before any worker listened (${reason}); its log says why`)))
           return
         }
         const young = Date.now() - slot.started < youngMs ? slot.youngExits + 1 : 0
@@ -122,5 +132,5 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
     yield* Effect.logInfo("workers started").pipe(
       Effect.annotateLogs({ workers: settings.count, balance: settings.balance })
     )
-    return yield* Effect.never
+    return yield* Deferred.await(cannotStart)
   }).pipe(Effect.scoped, Effect.annotateLogs({ component: "primary" }))

@@ -12,6 +12,7 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
 import { HubConfig } from "../config/Config.js"
+import { HostView } from "../host/HostView.js"
 import { Auth } from "../security/Auth.js"
 import { Health } from "../ops/Health.js"
 import { Hub, HubClients } from "../hub/Hub.js"
@@ -97,9 +98,11 @@ export const layerServe: Layer.Layer<
       Layer.provide(Layer.succeed(HttpMiddleware.TracerDisabledWhen, (request) => request.url.startsWith("/dashboard"))),
       Layer.tap(() =>
         Effect.flatMap(HttpServer.HttpServer, (server) =>
-          Effect.logInfo("listening").pipe(Effect.annotateLogs({
-            address: HttpServer.formatAddress(server.address)
-          })))
+          Effect.logInfo("listening").pipe(
+            Effect.annotateLogs({ address: HttpServer.formatAddress(server.address) }),
+            Effect.andThen(Effect.flatMap(Effect.serviceOption(HostView), (host) =>
+              Option.isSome(host) ? host.value.listening : Effect.void))
+          ))
       )
     )
   })
