@@ -108,6 +108,30 @@ describe("HUB_WORKERS=2", () => {
     expect(host.service.output).toContain("stopping the workers")
   }, 60_000)
 
+  it("without a broker, events POSTed to the host reach the clients of every worker, once and in order", async () => {
+    const port = await freePort()
+    const service = ServiceProcess.start({ HUB_WORKERS: "2", PORT: String(port), HOST: "127.0.0.1", PUBLISH_TOKEN: "t" })
+    cleanups.push(async () => {
+      service.child.kill("SIGTERM")
+      await service.exited
+    })
+    await until(() => service.output.split("\"listening\"").length === 3, "both workers listening")
+    const base = `http://127.0.0.1:${port}`
+    const clients = await Promise.all(range(0, 12).map(() => TestClient.connect(`ws://127.0.0.1:${port}/api/v1/ws/events`)))
+    await until(async () => (await metricsOf(base)).websocket.connected_clients === 12, "12 clients counted")
+    expect((await metricsOf(base)).workers.every((worker) => worker.connected_clients > 0)).toBe(true)
+    for (let batch = 0; batch < 10; batch++) {
+      const response = await fetch(`${base}/api/v1/events`, {
+        method: "POST",
+        headers: { authorization: "Bearer t", "content-type": "application/json" },
+        body: JSON.stringify(range(batch * 10, batch * 10 + 10).map((seq) => ({ type: "test.tick", data: { seq } })))
+      })
+      expect(response.status).toBe(202)
+    }
+    for (const client of clients) await client.until(() => client.events.length >= 100, "100 events")
+    for (const client of clients) expect(client.events.map((event) => event.data.seq)).toEqual(range(0, 100))
+  }, 30_000)
+
   it("a port already taken stops the host with exit status 1, as a hub of one process does, rather than restarting workers", async () => {
     const taken = createServer()
     const port = await freePort()

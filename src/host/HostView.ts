@@ -24,6 +24,8 @@ export type HostMessage =
   | { readonly hub: "reported"; readonly id: number; readonly report: WorkerReport }
   | { readonly hub: "gathered"; readonly id: number; readonly reports: ReadonlyArray<WorkerReport> }
   | { readonly hub: "listening" }
+  | { readonly hub: "tell"; readonly kind: string; readonly payload: unknown }
+  | { readonly hub: "told"; readonly kind: string; readonly payload: unknown }
 
 /** Longer than the primary's own wait for the workers: a primary that does not answer leaves this worker's alone. */
 const askTimeout = "2 seconds"
@@ -40,6 +42,10 @@ export class HostView extends Context.Service<HostView, {
    * a worker that exits is started again.
    */
   readonly listening: Effect.Effect<void>
+  /** Gives `payload` to what every other worker `hear`s of `kind` (nothing without other workers). */
+  readonly tell: (kind: string, payload: unknown) => Effect.Effect<void>
+  /** What this process does with what another worker `tell`s of `kind`. */
+  readonly hear: (kind: string, handler: (payload: unknown) => Effect.Effect<void>) => Effect.Effect<void>
 }>()("event-hub/HostView") {
   static readonly layer = Layer.effect(
     HostView,
@@ -47,6 +53,7 @@ export class HostView extends Context.Service<HostView, {
       const settings = yield* workerSettings
       const runFork = Effect.runForkWith(yield* Effect.context<never>())
       const answers = new Map<string, Effect.Effect<unknown>>()
+      const handlers = new Map<string, (payload: unknown) => Effect.Effect<void>>()
       const worker = Option.getOrElse(settings.index, () => 0)
       const own = (kind: string) =>
         Effect.map(answers.get(kind) ?? Effect.succeed(null), (report): ReadonlyArray<WorkerReport> => [
@@ -57,7 +64,10 @@ export class HostView extends Context.Service<HostView, {
         workers: settings.count,
         answer: (kind: string, report: Effect.Effect<unknown>) => Effect.sync(() => void answers.set(kind, report)),
         gather: own,
-        listening: Effect.void
+        listening: Effect.void,
+        tell: (_kind: string, _payload: unknown) => Effect.void,
+        hear: (kind: string, handler: (payload: unknown) => Effect.Effect<void>) =>
+          Effect.sync(() => void handlers.set(kind, handler))
       }
       if (!cluster.isWorker || send === undefined || Option.isNone(settings.index)) return service
 
@@ -65,6 +75,10 @@ export class HostView extends Context.Service<HostView, {
       let next = 0
       const onMessage = (message: HostMessage) => {
         if (message.hub === "gathered") pending.get(message.id)?.(message.reports)
+        else if (message.hub === "told") {
+          const handler = handlers.get(message.kind)
+          if (handler !== undefined) runFork(handler(message.payload))
+        }
         else if (message.hub === "report") {
           runFork(Effect.flatMap(own(message.kind), ([report]) =>
             Effect.sync(() => send({ hub: "reported", id: message.id, report: report! } satisfies HostMessage))))
@@ -90,6 +104,7 @@ export class HostView extends Context.Service<HostView, {
       return {
         ...service,
         listening: Effect.sync(() => void send({ hub: "listening" } satisfies HostMessage)),
+        tell: (kind: string, payload: unknown) => Effect.sync(() => void send({ hub: "tell", kind, payload } satisfies HostMessage)),
         gather: (kind: string) =>
           Effect.callback<ReadonlyArray<WorkerReport>>((resume) => {
             const id = next++

@@ -9,7 +9,8 @@
  * - a stop (SIGTERM, SIGINT) is passed to every worker, and the primary exits
  *   once they have all finished their own graceful shutdown;
  * - a worker's question about the whole host (`HostView.ts`: metrics, health)
- *   is put to every worker, and the answers are sent back to it.
+ *   is put to every worker, and the answers are sent back to it; what a
+ *   worker tells the others (events POSTed without a broker) is passed on.
  *
  * Who spreads the connections is `HUB_WORKERS_BALANCE`: the kernel (each
  * worker listens with `reusePort`) or this process (node:cluster's
@@ -71,6 +72,13 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
       slots.set(index, { worker, started: Date.now(), youngExits })
       worker.on("message", (message: HostMessage) => {
         if (message.hub === "listening") started = true
+        else if (message.hub === "tell") {
+          for (const { worker: other } of slots.values()) {
+            if (other !== worker && other.isConnected()) {
+              other.send({ hub: "told", kind: message.kind, payload: message.payload } satisfies HostMessage)
+            }
+          }
+        }
         else if (message.hub === "gather") gather(worker, message.id, message.kind)
         else if (message.hub === "reported") {
           const gathering = gatherings.get(message.id)

@@ -1,7 +1,8 @@
 /**
  * `POST /api/v1/events` (when `PUBLISH_TOKEN` is set): publishes to the
  * RabbitMQ exchange when a broker is configured, so that every instance
- * delivers the events, and broadcasts to this instance's clients otherwise.
+ * delivers the events, and broadcasts to this instance's clients otherwise
+ * (and through the primary to those of the host's other `HUB_WORKERS`).
  */
 import * as HttpServerRequest from "effect/http/HttpServerRequest"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
@@ -11,6 +12,7 @@ import { HubConfig } from "../config/Config.js"
 import { Hub } from "../hub/Hub.js"
 import * as Tracing from "../ops/Tracing.js"
 import { EventType, formatParseError } from "../protocol/Protocol.js"
+import { HostView } from "../host/HostView.js"
 import { Publisher } from "../rabbitmq/Publisher.js"
 import { Limits } from "../security/Limits.js"
 import * as Body from "./Body.js"
@@ -123,14 +125,24 @@ export const make = (token: Redacted.Redacted) =>
         )
       )
 
-    /** Without a broker: to this instance's clients. */
-    const broadcast = (events: Events) =>
+    /** Without a broker: to this instance's clients (`recipients`), and to those of the host's other workers. */
+    const deliver = (events: Events) =>
       Effect.gen(function*() {
         let recipients = 0
         // `broadcast` waits for the writes while the hub is behind: the burst is written as it goes.
         for (const event of events) {
           recipients += yield* hub.broadcast(event.type, event.data, "http").pipe(Tracing.eventSpan("http", event.type))
         }
+        return recipients
+      })
+    const host = yield* Effect.serviceOption(HostView)
+    if (Option.isSome(host) && Option.isNone(publisher)) {
+      yield* host.value.hear("published", (events) => Effect.asVoid(deliver(events as Events)))
+    }
+    const broadcast = (events: Events) =>
+      Effect.gen(function*() {
+        if (Option.isSome(host)) yield* host.value.tell("published", events)
+        const recipients = yield* deliver(events)
         return HttpServerResponse.jsonUnsafe({ status: "accepted", events: events.length, recipients }, { status: 202 })
       })
 
