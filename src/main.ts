@@ -10,8 +10,11 @@
  * itself.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, Config, Effect, Exit, Layer, Logger, Runtime } from "effect"
-import { HubConfig, layerEnv, RabbitMqConfig } from "./config/Config.js"
+import { Cause, Config, Duration, Effect, Exit, Layer, Logger, Option, Runtime } from "effect"
+import cluster from "node:cluster"
+import { HubConfig, layerEnv, RabbitMqConfig, workerSettings } from "./config/Config.js"
+import { HostView } from "./host/HostView.js"
+import * as Primary from "./host/Primary.js"
 import * as HttpServer from "./http/Server.js"
 import * as Hub from "./hub/Hub.js"
 import * as Logging from "./ops/Logging.js"
@@ -24,6 +27,8 @@ const MainLive = Shutdown.layerDrain.pipe(
   // Built last, so released first: the drain comes before anything stops.
   Layer.provideMerge(RabbitMqSource.layer.pipe(Layer.provideMerge(HttpServer.layer))),
   Layer.provide(Hub.layerLive),
+  // With HUB_WORKERS, /metrics, /health and the dashboard answer for every worker of the host.
+  Layer.provide(HostView.layer),
   // Clients' `publish` requests and POST /api/v1/events go through the exchange; closed after the HTTP server.
   Layer.provide(Publisher.layer),
   // Built before the rest, so released after it: a second signal is logged, not fatal, until the shutdown is over.
@@ -43,7 +48,28 @@ const describe = (error: unknown): string => {
   return cause instanceof Error ? `${String(error)}: ${cause.message}` : String(error)
 }
 
-const main = Layer.launch(MainLive).pipe(
+/**
+ * HUB_WORKERS > 1: the primary, which runs the workers (each of them runs `MainLive`). The hub's settings are
+ * checked here once, rather than by every worker in a loop of restarts.
+ */
+const PrimaryMain = Effect.gen(function*() {
+  const hub = yield* HubConfig
+  const workers = yield* workerSettings
+  return yield* Primary.run(workers, Duration.sum(hub.shutdownTimeout, hub.shutdownDrainDelay))
+}).pipe(
+  Effect.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
+  Effect.provide(Logging.layer),
+  Effect.provide(layerEnv)
+)
+
+const main = Effect.flatMap(Effect.provide(Effect.gen(function*() {
+  return yield* workerSettings
+}), layerEnv), (workers) =>
+  workers.count > 1 && cluster.isPrimary
+    ? PrimaryMain
+    : Layer.launch(MainLive).pipe(
+      Option.isSome(workers.index) ? Effect.annotateLogs({ worker: workers.index.value }) : (effect) => effect
+    )).pipe(
   Effect.tapError((error) =>
     Effect.logFatal(error instanceof Config.ConfigError ? `invalid configuration ${error}` : `cannot start: ${describe(error)}`)
   ),

@@ -1,6 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Layer, Option, Redacted } from "effect"
-import { brokerUrls, defaultEventTypeMap, HubConfig, parseGoDuration, RabbitMqConfig } from "../src/config/Config.js"
+import { availableParallelism } from "node:os"
+import {
+  brokerUrls,
+  defaultEventTypeMap,
+  HubConfig,
+  parseGoDuration,
+  RabbitMqConfig,
+  WorkerConfig
+} from "../src/config/Config.js"
 
 describe("parseGoDuration", () => {
   it.each([
@@ -185,5 +193,39 @@ describe("RabbitMqConfig.fromEnv", () => {
     Effect.gen(function*() {
       const error = yield* Effect.flip(readRabbitConfig({ RABBITMQ_URL: "http://user:hunter2@host" }))
       expect(String(error)).not.toContain("hunter2")
+    }))
+})
+
+const readWorkers = (env: Record<string, string>) =>
+  Effect.flatMap(WorkerConfig, Effect.succeed).pipe(
+    Effect.provide(WorkerConfig.fromEnv.pipe(
+      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env, preserveEmptyStrings: true })))
+    ))
+  )
+
+describe("HUB_WORKERS", () => {
+  it.effect("is one process by default; auto is one per core; the kernel balances unless told otherwise", () =>
+    Effect.gen(function*() {
+      expect(yield* readWorkers({})).toEqual({ count: 1, balance: "kernel", index: Option.none() })
+      expect((yield* readWorkers({ HUB_WORKERS: "auto" })).count).toBe(availableParallelism())
+      expect(yield* readWorkers({ HUB_WORKERS: "4", HUB_WORKERS_BALANCE: "primary" })).toMatchObject({ count: 4, balance: "primary" })
+    }))
+
+  it.effect("refuses anything but a number of processes or auto, naming the setting", () =>
+    Effect.gen(function*() {
+      for (const value of ["0", "-1", "two", "1.5", ""]) {
+        const error = yield* Effect.flip(readWorkers({ HUB_WORKERS: value }))
+        expect(String(error)).toContain("HUB_WORKERS")
+      }
+      expect(String(yield* Effect.flip(readWorkers({ HUB_WORKERS_BALANCE: "random" })))).toContain("HUB_WORKERS_BALANCE")
+    }))
+
+  it.effect("a worker listens on a socket of its own (kernel balance) and, in queue mode, has a queue of its own", () =>
+    Effect.gen(function*() {
+      expect((yield* readConfig({})).reusePort).toBe(false)
+      expect((yield* readConfig({ HUB_WORKER: "1" })).reusePort).toBe(true)
+      expect((yield* readConfig({ HUB_WORKER: "1", HUB_WORKERS_BALANCE: "primary" })).reusePort).toBe(false)
+      expect((yield* readRabbitConfig({ HUB_WORKER: "1", HUB_INSTANCE_ID: "a" })).queue).toBe("websocket_events_queue.a.w1")
+      expect((yield* readRabbitConfig({ HUB_WORKER: "0", RABBITMQ_QUEUE: "q" })).queue).toBe("q.w0")
     }))
 })

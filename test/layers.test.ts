@@ -20,7 +20,7 @@ const floors: ReadonlyArray<ReadonlyArray<string>> = [
   ["protocol"],
   ["config", "client"],
   ["ops"],
-  ["security", "hub"],
+  ["security", "hub", "host"],
   ["rabbitmq"],
   ["connection"],
   ["http"],

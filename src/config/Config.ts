@@ -8,7 +8,7 @@
  */
 import { Config, ConfigProvider, Context, Duration, Effect, Layer, type LogLevel, Option, Redacted, Result } from "effect"
 import { readFileSync } from "node:fs"
-import { hostname } from "node:os"
+import { availableParallelism, hostname } from "node:os"
 import * as Topic from "../protocol/Topic.js"
 
 /**
@@ -276,6 +276,40 @@ const securitySettings: Config.Config<SecuritySettings> = Config.all({
 })
 
 // ---------------------------------------------------------------------------
+// Workers
+// ---------------------------------------------------------------------------
+
+export interface WorkerSettings {
+  /** Hub processes on this host sharing the port (`HUB_WORKERS`); 1: this process is the hub. */
+  readonly count: number
+  /** Who spreads the connections over the workers: the kernel (`reusePort`) or the primary (node:cluster). */
+  readonly balance: "kernel" | "primary"
+  /** This process's number among the workers (`HUB_WORKER`, set by the primary), when it is one. */
+  readonly index: Option.Option<number>
+}
+
+export const workerSettings: Config.Config<WorkerSettings> = Config.all({
+  count: Config.String("HUB_WORKERS").pipe(
+    Config.withDefault("1"),
+    Config.mapEffect((text) => {
+      const value = text.trim().toLowerCase()
+      if (value === "auto") return Effect.succeed(availableParallelism())
+      const count = Number(value)
+      return Number.isInteger(count) && count >= 1 && count <= 1024
+        ? Effect.succeed(count)
+        : Effect.fail(invalidSetting("HUB_WORKERS", `expected a number of processes (1 to 1024) or auto (one per core); got ${JSON.stringify(text)}`))
+    })
+  ),
+  balance: Config.Literals(["kernel", "primary"], "HUB_WORKERS_BALANCE").pipe(Config.withDefault("kernel" as const)),
+  index: Config.Int("HUB_WORKER").pipe(Config.option)
+})
+
+/** `HUB_WORKERS` and how the workers share the port, read from the environment. */
+export class WorkerConfig extends Context.Service<WorkerConfig, WorkerSettings>()("event-hub/WorkerConfig") {
+  static readonly fromEnv: Layer.Layer<WorkerConfig, Config.ConfigError> = Layer.effect(WorkerConfig, workerSettings)
+}
+
+// ---------------------------------------------------------------------------
 // The hub: WebSocket and HTTP settings
 // ---------------------------------------------------------------------------
 
@@ -337,6 +371,11 @@ export interface HubSettings {
   readonly shutdownDrainDelay: Duration.Duration
   /** Enables the dashboard (`GET /dashboard`) when set, and protects it. */
   readonly dashboardToken: Option.Option<Redacted.Redacted>
+  /**
+   * Listens with `SO_REUSEPORT` on a socket of its own: set for the workers of `HUB_WORKERS` with
+   * `HUB_WORKERS_BALANCE=kernel`, so that the kernel spreads the connections over them.
+   */
+  readonly reusePort: boolean
 }
 
 /** The FreqSearch events' identifiers, each a room a dashboard can follow (one run, one strategy, one job). */
@@ -370,7 +409,8 @@ export const defaultHubSettings: HubSettings = {
   sseRetry: Duration.seconds(2),
   metricsMaxEventTypes: 100,
   shutdownDrainDelay: Duration.millis(500),
-  dashboardToken: Option.none()
+  dashboardToken: Option.none(),
+  reusePort: false
 }
 
 /** The rules that tie settings together. */
@@ -468,7 +508,8 @@ export class HubConfig extends Context.Service<HubConfig, HubSettings>()("event-
       sseRetry: goDuration("SSE_RETRY", defaultHubSettings.sseRetry),
       metricsMaxEventTypes: positiveInt("METRICS_MAX_EVENT_TYPES", defaultHubSettings.metricsMaxEventTypes),
       shutdownDrainDelay: goDuration("SHUTDOWN_DRAIN_DELAY", defaultHubSettings.shutdownDrainDelay),
-      dashboardToken: optionalSecret("DASHBOARD_TOKEN")
+      dashboardToken: optionalSecret("DASHBOARD_TOKEN"),
+      reusePort: Config.map(workerSettings, (workers) => Option.isSome(workers.index) && workers.balance === "kernel")
     }).pipe(Config.mapEffect(checkHubSettings))
   )
 }
@@ -692,10 +733,13 @@ const rabbitMqSettings = (defaults: RabbitMqSettings): Config.Config<RabbitMqSet
     queue: Config.all({
       queue: Config.String("RABBITMQ_QUEUE").pipe(Config.withDefault("")),
       instance: Config.String("HUB_INSTANCE_ID").pipe(Config.withDefault("")),
-      port: Config.Int("PORT").pipe(Config.withDefault(defaultHubSettings.port))
-    }).pipe(Config.map(({ instance, port, queue }) =>
-      queue.trim() !== "" ? queue.trim() : defaultQueueName(instance.trim() || defaultInstanceId(port))
-    )),
+      port: Config.Int("PORT").pipe(Config.withDefault(defaultHubSettings.port)),
+      worker: Config.map(workerSettings, (workers) => workers.index)
+    }).pipe(Config.map(({ instance, port, queue, worker }) => {
+      const name = queue.trim() !== "" ? queue.trim() : defaultQueueName(instance.trim() || defaultInstanceId(port))
+      // Every worker of HUB_WORKERS is an instance of its own.
+      return Option.match(worker, { onNone: () => name, onSome: (index) => `${name}.w${index}` })
+    })),
     bindingKeys: Config.String("RABBITMQ_BINDING_KEYS").pipe(
       Config.withDefault(defaults.bindingKeys.join(",")),
       Config.mapEffect((keys) => {

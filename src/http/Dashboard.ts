@@ -19,6 +19,8 @@ import { createHash, createHmac, timingSafeEqual } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { HubConfig } from "../config/Config.js"
+import * as Aggregate from "../host/Aggregate.js"
+import { HostView } from "../host/HostView.js"
 import { Hub, HubClients } from "../hub/Hub.js"
 import { HubHistory } from "../hub/History.js"
 import type { Connection } from "../hub/Member.js"
@@ -148,6 +150,31 @@ export const routes = Effect.gen(function*() {
     }
   })
 
+  // With HUB_WORKERS, the host: every worker's counters summed, each check at its worst.
+  const host = Option.filter(yield* Effect.serviceOption(HostView), (host) => host.workers > 1)
+  if (Option.isSome(host)) yield* host.value.answer("dashboard", snapshot)
+  const hostSnapshot = Option.match(host, {
+    onNone: () => snapshot,
+    onSome: (host) =>
+      Effect.map(host.gather("dashboard"), (reports) => {
+        const each = reports.map(({ report }) => report as Effect.Success<typeof snapshot>)
+        const { checks, status } = Aggregate.health(
+          reports.map((worker, i) => ({ ...worker, report: { status: each[i]!.status, checks: each[i]!.checks } }))
+        )
+        const summed = Aggregate.sum(each) as Effect.Success<typeof snapshot>
+        return {
+          ...summed,
+          at: Date.now(),
+          rabbitmq: { ...summed.rabbitmq, ...(checks.rabbitmq ?? { status: "disabled" }) },
+          // Every worker keeps the same history.
+          history: Math.max(...each.map((one) => one.history)),
+          status,
+          checks,
+          workers: reports.length
+        }
+      })
+  })
+
   /**
    * The SSE stream: a snapshot every second and at once when the health changes (a shutdown's 503 shows without
    * waiting for the next second), every event as the hub fans it out, and a last `end` event saying why it ends.
@@ -169,7 +196,7 @@ export const routes = Effect.gen(function*() {
     yield* Effect.acquireRelease(clients.register(connection), () => clients.unregister(connection.id))
     // The first snapshot comes from `changes`, which starts with the health now.
     const stats = Stream.merge(health.changes, Stream.tick(interval).pipe(Stream.drop(1))).pipe(
-      Stream.mapEffect(() => snapshot),
+      Stream.mapEffect(() => hostSnapshot),
       Stream.map((s) => `event: stats\ndata: ${JSON.stringify(s)}\n\n`)
     )
     let reason = "closed"

@@ -121,15 +121,17 @@ export const make = Effect.gen(function*() {
   rabbit("hub_rabbitmq_stream_holes_total", "stream_holes", "times retention removed stream events before this hub read them")
 
   let defaults = false
+  const collect = Effect.gen(function*() {
+    if (!defaults) {
+      defaults = true
+      collectDefaultMetrics({ register: registry })
+    }
+    healthReport = yield* health.report
+  })
   return {
     contentType: registry.contentType,
-    render: Effect.gen(function*() {
-      if (!defaults) {
-        defaults = true
-        collectDefaultMetrics({ register: registry })
-      }
-      healthReport = yield* health.report
-      return yield* Effect.promise(() => registry.metrics())
-    })
+    render: Effect.andThen(collect, Effect.promise(() => registry.metrics())),
+    /** The same as prom-client's JSON, which its `AggregatorRegistry` sums over a host's workers. */
+    json: Effect.andThen(collect, Effect.promise(() => registry.getMetricsAsJSON()))
   }
 })

@@ -121,7 +121,13 @@ export const layerListen = Layer.unwrap(
     return Layer.mergeAll(
       // Node's default backlog (511) overflows when thousands of clients reconnect at once (after a deploy, a network
       // cut): the kernel drops their SYNs and they wait 1, 3, 7 s for a retry. The kernel caps it at somaxconn.
-      UpgradeRoutes.layer(server, { host: config.host, port: config.port, backlog: listenBacklog }),
+      UpgradeRoutes.layer(server, {
+        host: config.host,
+        port: config.port,
+        backlog: listenBacklog,
+        // A worker of HUB_WORKERS binds a socket of its own on the shared port (not node:cluster's shared handle).
+        ...(config.reusePort && { exclusive: true, reusePort: true })
+      }),
       NodeHttpServer.layerHttpServices,
       // Handshake timeouts are counted with the other refusals.
       Layer.effectDiscard(Effect.flatMap(Limits, (limits) =>

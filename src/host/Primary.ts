@@ -1,0 +1,126 @@
+/**
+ * `HUB_WORKERS` > 1: this process is the primary. It forks that many workers
+ * (node:cluster), each a full hub (`main.ts`'s layers) serving the same port
+ * and reading the broker on its own, and it supervises them:
+ *
+ * - a worker that exits is logged and started again (with a growing delay
+ *   while it keeps dying young); its clients reconnect to the others and
+ *   resume by id;
+ * - a stop (SIGTERM, SIGINT) is passed to every worker, and the primary exits
+ *   once they have all finished their own graceful shutdown;
+ * - a worker's question about the whole host (`HostView.ts`: metrics, health)
+ *   is put to every worker, and the answers are sent back to it.
+ *
+ * Who spreads the connections is `HUB_WORKERS_BALANCE`: the kernel (each
+ * worker listens with `reusePort`) or this process (node:cluster's
+ * round-robin); docs/performance.md has both measured.
+ */
+import cluster, { type Worker } from "node:cluster"
+import { Duration, Effect } from "effect"
+import type { WorkerSettings } from "../config/Config.js"
+import { type HostMessage, type WorkerReport } from "./HostView.js"
+
+/** A worker that exits sooner than this after it started counts as dying young. */
+const youngMs = 10_000
+/** The longest wait before a worker that keeps dying young is started again. */
+const maxRestartDelayMs = 30_000
+/** How long a question about the host waits for the workers' answers. */
+const gatherTimeoutMs = 1_000
+
+interface Slot {
+  worker: Worker
+  started: number
+  /** Exits in a row soon after starting. */
+  youngExits: number
+}
+
+/** Runs the workers until interrupted; then stops them all, each gracefully, and waits for their exits. */
+export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
+  Effect.gen(function*() {
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
+    // Must be set before the first fork; with `kernel` the workers bind sockets of their own and this is unused.
+    cluster.schedulingPolicy = settings.balance === "primary" ? cluster.SCHED_RR : cluster.SCHED_NONE
+    const slots = new Map<number, Slot>()
+    let stopping = false
+    const exits = new Set<() => void>()
+
+    const gatherings = new Map<number, { replies: Array<WorkerReport>; expected: number; done: () => void }>()
+    let nextGathering = 0
+    /** Puts a worker's question to every worker; answers the asker with what came back within the time limit. */
+    const gather = (asker: Worker, id: number, kind: string) => {
+      const targets = Array.from(slots.values(), (slot) => slot.worker).filter((worker) => worker.isConnected())
+      const key = nextGathering++
+      const replies: Array<WorkerReport> = []
+      const timer = setTimeout(() => done(), gatherTimeoutMs)
+      const done = () => {
+        clearTimeout(timer)
+        if (!gatherings.delete(key)) return
+        replies.sort((a, b) => a.worker - b.worker)
+        if (asker.isConnected()) asker.send({ hub: "gathered", id, reports: replies } satisfies HostMessage)
+      }
+      gatherings.set(key, { replies, expected: targets.length, done })
+      for (const worker of targets) worker.send({ hub: "report", id: key, kind } satisfies HostMessage)
+    }
+
+    const fork = (index: number, youngExits = 0) => {
+      const worker = cluster.fork({ HUB_WORKER: String(index) })
+      slots.set(index, { worker, started: Date.now(), youngExits })
+      worker.on("message", (message: HostMessage) => {
+        if (message.hub === "gather") gather(worker, message.id, message.kind)
+        else if (message.hub === "reported") {
+          const gathering = gatherings.get(message.id)
+          if (gathering === undefined) return
+          gathering.replies.push(message.report)
+          if (gathering.replies.length >= gathering.expected) gathering.done()
+        }
+      })
+      worker.on("exit", (code, signal) => {
+        const slot = slots.get(index)
+        if (slot?.worker !== worker) return
+        slots.delete(index)
+        if (stopping) {
+          if (slots.size === 0) for (const exited of exits) exited()
+          return
+        }
+        const young = Date.now() - slot.started < youngMs ? slot.youngExits + 1 : 0
+        const delay = young === 0 ? 0 : Math.min(maxRestartDelayMs, 1000 * 2 ** (young - 1))
+        runFork(Effect.logError("worker exited; starting another").pipe(Effect.annotateLogs({
+          worker: index,
+          pid: worker.process.pid,
+          exit_code: code,
+          signal: signal ?? undefined,
+          restart_in_ms: delay
+        })))
+        setTimeout(() => {
+          if (!stopping) fork(index, young)
+        }, delay)
+      })
+    }
+
+    const stopAll = Effect.callback<void>((resume) => {
+      stopping = true
+      if (slots.size === 0) return resume(Effect.void)
+      exits.add(() => resume(Effect.void))
+      for (const { worker } of slots.values()) worker.process.kill("SIGTERM")
+    }).pipe(
+      // Each worker bounds its own shutdown (SHUTDOWN_TIMEOUT); one that hangs past it is killed.
+      Effect.timeoutOrElse({
+        duration: Duration.sum(stopTimeout, Duration.seconds(5)),
+        orElse: () =>
+          Effect.sync(() => {
+            for (const { worker } of slots.values()) worker.process.kill("SIGKILL")
+          })
+      })
+    )
+
+    yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        for (let index = 0; index < settings.count; index++) fork(index)
+      }),
+      () => Effect.andThen(Effect.logInfo("stopping the workers"), stopAll)
+    )
+    yield* Effect.logInfo("workers started").pipe(
+      Effect.annotateLogs({ workers: settings.count, balance: settings.balance })
+    )
+    return yield* Effect.never
+  }).pipe(Effect.scoped, Effect.annotateLogs({ component: "primary" }))
