@@ -52,14 +52,40 @@ const getJson = async (url) => {
 /**
  * The hub (`node dist/main.js` via run.mjs's startServer) with HUB_WORKERS=`workers` (and HUB_WORKERS_BALANCE when
  * `balance` is given), once every worker answers in /metrics' `host`. Its processes: the primary and its
- * descendants (the workers), checked against `host.pids`.
+ * descendants (the workers).
+ *
+ * Without a broker (RABBITMQ_URL=""), a POST to /api/v1/events reaches the clients of the worker that takes it
+ * only (src/http/PublishRoute.ts: "broadcasts to this instance's clients"). With `broker` (a URL), the hub runs in
+ * stream mode on an exchange and stream of its own (deleted after), and POSTed events go through the broker to
+ * every worker, as in production; the broker's CPU is then not counted in the server's.
  */
-export const startHub = async ({ startServer }, { workers, balance, env = {} }) => {
-  const server = await startServer("hub", {
-    HUB_WORKERS: String(workers),
-    ...(balance === undefined ? {} : { HUB_WORKERS_BALANCE: balance }),
-    ...env
-  })
+export const startHub = async ({ startServer }, { workers, balance, broker, env = {} }) => {
+  const names = `bench_host_${process.pid}_${Date.now()}`
+  const brokerEnv = broker === undefined
+    ? {}
+    : { RABBITMQ_URL: broker, RABBITMQ_MODE: "stream", RABBITMQ_EXCHANGE: `${names}.events`, RABBITMQ_STREAM: `${names}.stream` }
+  const cleanUp = async () => {
+    if (broker === undefined) return
+    const { default: amqp } = await import("amqplib")
+    const connection = await amqp.connect(broker)
+    const channel = await connection.createChannel()
+    // The stream, and the ingest quorum queue the default path feeds it from (as storm.mjs).
+    for (const queue of [`${names}.stream`, `${names}.stream.ingest`]) await channel.deleteQueue(queue).catch(() => undefined)
+    await channel.deleteExchange(`${names}.events`).catch(() => undefined)
+    await connection.close().catch(() => undefined)
+  }
+  let server
+  try {
+    server = await startServer("hub", {
+      HUB_WORKERS: String(workers),
+      ...(balance === undefined ? {} : { HUB_WORKERS_BALANCE: balance }),
+      ...brokerEnv,
+      ...env
+    })
+  } catch (error) {
+    await cleanUp()
+    throw error
+  }
   try {
     const deadline = Date.now() + 60_000
     for (;;) {
@@ -72,8 +98,16 @@ export const startHub = async ({ startServer }, { workers, balance, env = {} }) 
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${workers} hub workers: ${JSON.stringify(host)}`)
       await sleep(200)
     }
+    // With a broker: every worker consumes (the host's checks are each at its worst over the workers).
+    while (broker !== undefined) {
+      const { checks } = await getJson(`${server.base}/health`).catch(() => ({ checks: {} }))
+      if (checks.rabbitmq?.status === "up" && (checks.rabbitmq_ingest === undefined || checks.rabbitmq_ingest.status === "up")) break
+      if (Date.now() > deadline) throw new Error(`timed out waiting for the hub to consume: ${JSON.stringify(checks)}`)
+      await sleep(200)
+    }
   } catch (error) {
     await server.stop()
+    await cleanUp()
     throw error
   }
   const pids = () => [server.pid, ...descendants(server.pid)]
@@ -91,6 +125,7 @@ export const startHub = async ({ startServer }, { workers, balance, env = {} }) 
         connected: metrics.websocket.connected_clients,
         delivered: metrics.websocket.messages_delivered,
         host: metrics.host,
+        per_process: metrics.workers?.map((worker) => worker.connected_clients),
         // Every cause but the client's own close: kicked as a slow consumer, write or pong timeout...
         dropped: Object.entries(disconnected).filter(([reason]) => reason !== "client_closed")
           .reduce((sum, [, count]) => sum + count, 0),
@@ -115,6 +150,7 @@ export const startHub = async ({ startServer }, { workers, balance, env = {} }) 
         await sleep(100)
         left = left.filter((pid) => existsSync(`/proc/${pid}`))
       }
+      await cleanUp()
     }
   }
 }

@@ -5,7 +5,12 @@
 //
 //   npm run bench -- --scenarios scale [--scale-clients 100000] [--scale-duration 60] [--scale-workers n]
 //                    [--scale-balance kernel|primary] [--scale-sample 1000] [--scale-servers hub,ws]
-//                    [--scale-bare-mode send|frame|corked] [--scale-drain-ms 1000]
+//                    [--scale-bare-mode send|frame|corked] [--scale-drain-ms 1000] [--scale-broker]
+//
+// Without a broker, a POST reaches only the clients of the hub worker that takes it (PublishRoute.ts broadcasts to
+// "this instance's clients"): with several workers most deliveries are then lost, and say so. `--scale-broker` runs
+// the hub in stream mode on RabbitMQ (--broker, an exchange and stream of its own, deleted after), so that every
+// worker delivers every POSTed event; the broker's own CPU is not counted then.
 //
 // Clients: load generators (bench/loadgen.mjs), processes of their own with at most 16,000 sockets each, each
 // connecting from source addresses of its own (127.0.0.x, at most 25,000 connections per address, which has about
@@ -95,7 +100,7 @@ const scaleRun = async (kind, ctx, settings) => {
   const name = hub ? "hub" : "bare ws"
   progress(`scale: ${name}, ${settings.workers} ${hub ? "workers" : "processes"}${hub && settings.balance ? ` (balance ${settings.balance})` : ""} starting`)
   const host = hub
-    ? await startHub(ctx, { workers: settings.workers, balance: settings.balance })
+    ? await startHub(ctx, { workers: settings.workers, balance: settings.balance, broker: settings.broker })
     : await startBaselines({ count: settings.workers, mode: settings.bareMode })
   const sample = Math.min(settings.sample, settings.clients)
   const shares = split(settings.clients - sample, Math.ceil((settings.clients - sample) / perGenerator))
@@ -146,18 +151,25 @@ const scaleRun = async (kind, ctx, settings) => {
     // server that falls behind (bare ws buffers without limit) is waited for, as long as it still delivers.
     const stallMs = Math.max(10_000, 3 * settings.drainMs)
     const expectAll = async (events) => {
-      for (let before = -1; ;) {
+      const read = await Promise.all(holders.map(({ worker }) => worker.call("read")))
+      for (let before = read.reduce((sum, answer) => sum + answer.received, 0); ;) {
         const answers = await Promise.all(holders.map(({ worker, count }) => worker.call("expect", { total: events * count, timeoutMs: stallMs })))
         const received = answers.reduce((sum, answer) => sum + answer.received, 0)
         if (answers.every((answer) => !answer.timedOut) || received === before) return received
         before = received
       }
     }
-    const base = eventData(450)
+    const base = eventData(ctx.options.size)
     // Warm-up (both the POST and the broadcast compiled), not measured.
     await Promise.all(all.map((worker) => worker.call("reset")))
     const warm = await publishAt(host.publishBases, 5, 1, base)
-    await expectAll(warm.accepted)
+    const warmLost = warm.accepted * settings.clients - await expectAll(warm.accepted)
+    if (warmLost !== 0) {
+      progress(`scale: ${name}: ${warmLost} of ${warm.accepted * settings.clients} warm-up deliveries missing` +
+        (hub && settings.workers > 1 && settings.broker === undefined
+          ? " (without a broker, a POST reaches only the worker that takes it: see --scale-broker)"
+          : ""))
+    }
 
     const pids = host.pids()
     const loadPids = all.map((worker) => worker.pid)
@@ -210,6 +222,7 @@ const scaleRun = async (kind, ctx, settings) => {
       clients: settings.clients,
       connect_seconds: connectSeconds,
       connect_retries: retried,
+      warmup_lost: warmLost,
       connected_at_server: connectedMetrics.connected,
       per_process: connectedMetrics.per_process,
       host: connectedMetrics.host,
@@ -249,6 +262,8 @@ export const run = async (ctx) => {
     drainMs: number("scale-drain-ms", 1000),
     phases: [{ rate: 1, seconds: duration }, { rate: 10, seconds: duration / 2 }],
     servers: (arg("scale-servers") ?? "hub,ws").split(","),
+    // `--scale-broker`: the hub in stream mode on the broker (ctx.options.broker), POSTs through it to every worker.
+    broker: process.argv.includes("--scale-broker") ? ctx.options.broker : undefined,
     // bench/servers/baseline.mjs's MODE: `send` (ws.send per client, how most code uses ws), `frame` or `corked`.
     bareMode: arg("scale-bare-mode") ?? "send"
   }
@@ -288,7 +303,8 @@ export const run = async (ctx) => {
     ])
     rows.push([
       `scale latency at ${phase.rate}/s`,
-      ...cells((r) => `p50 ${fmt(r.phases[i].p50_ms)} ms, p99 ${fmt(r.phases[i].p99_ms)} ms, last +${fmt(r.phases[i].tail_seconds, 1)} s`,
+      ...cells((r) => `p50 ${fmt(r.phases[i].p50_ms)} ms, p99 ${fmt(r.phases[i].p99_ms)} ms, ` +
+        (r.phases[i].lost === 0 ? `last +${fmt(r.phases[i].tail_seconds, 1)} s` : `gave up +${fmt(r.phases[i].tail_seconds, 1)} s`),
         `${side(hub ?? ws, (r) => `${r.phases[i].samples} samples`)}`)
     ])
   })
