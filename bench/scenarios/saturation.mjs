@@ -196,7 +196,8 @@ export const run = async (ctx) => {
         (s.runs > 1 ? ` (${fmt(s.range[0] / 1e6, 3)}-${fmt(s.range[1] / 1e6, 3)})` : ""),
       `server ${fmt(s.server_cores)} cores (${fmt(s.cpu_us_per_delivery, 3)} us/delivery), loadgen ${fmt(s.loadgen_cores)}, driver ${fmt(s.driver_cores)}`,
       (s.workers === 1 ? "" : `${fmt(s.ratio_to_1_worker)}x 1 worker (target 1.7x); per server core ${fmt(s.per_server_core_ratio)}x`) +
-        (s.lost !== 0 || s.dropped_by_server > 0 || s.stalled ? ` LOST ${s.lost}, ${s.dropped_by_server} dropped${s.stalled ? ", stalled" : ""}` : "")
+        (s.lost !== 0 || s.dropped_by_server > 0 || s.stalled ? ` LOST ${s.lost}, ${s.dropped_by_server} dropped${s.stalled ? ", stalled" : ""}` : "") +
+        (s.stalled && s.workers > 1 && settings.broker === undefined ? " (without a broker a POST reaches one worker: --saturation-broker)" : "")
     ])
   }
 }
