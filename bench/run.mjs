@@ -589,6 +589,9 @@ const main = async () => {
 
   if (options.scenarios.includes("churn")) await (await import("./scenarios/churn.mjs")).run({ options, progress, report, rows, fmt, startServer, startLoadgen, cpuMicros, seedTypes, eventData })
 
+  // Not in the default list: 100,000 connections to one host (scale), and deliveries per second with 1 and 2 workers.
+  for (const name of ["scale", "saturation"].filter((name) => options.scenarios.includes(name))) await (await import(`./scenarios/${name}.mjs`)).run({ options, progress, report, rows, fmt, startServer, startLoadgen, cpuMicros, seedTypes, eventData })
+
   report.seconds = (performance.now() - started) / 1000
   const file = join(results, `${report.date.replace(/[:.]/g, "-")}.json`)
   writeFileSync(file, JSON.stringify(report, null, 2))

@@ -5,6 +5,10 @@
 //              written in one corked batch (the floor measured in shared/notes/stack.md; not a requirement of the
 //              issue, shown for reference and used as the floor of the latency scenario).
 // Same endpoints as the hub: WS on /api/v1/ws/events, POST /api/v1/events {"type","data"}, GET /metrics.
+// REUSE_PORT=1: listens with `reusePort` (several processes share PORT, the kernel spreads the connections), and
+//              also on a port of its own (127.0.0.1, picked by the system, sent in the ready message as
+//              `{ ready, port }`), where POST /api/v1/events and GET /metrics reach this process alone: each process
+//              broadcasts to its own clients only, and answers /metrics for itself.
 import { createServer } from "node:http"
 import { Sender, WebSocketServer } from "ws"
 
@@ -42,7 +46,7 @@ const broadcast = (type, data) => {
   delivered += wss.clients.size
 }
 
-const server = createServer((req, res) => {
+const handle = (req, res) => {
   if (req.method === "POST" && req.url === "/api/v1/events") {
     const chunks = []
     req.on("data", (chunk) => chunks.push(chunk))
@@ -64,7 +68,8 @@ const server = createServer((req, res) => {
   } else {
     res.writeHead(404).end()
   }
-})
+}
+const server = createServer(handle)
 server.on("upgrade", (req, socket, head) => {
   socket.on("error", () => {})
   wss.handleUpgrade(req, socket, head, (ws) => {
@@ -74,7 +79,14 @@ server.on("upgrade", (req, socket, head) => {
     })
   })
 })
-server.listen(port, "127.0.0.1", () => process.send?.({ ready: true }))
+if (process.env.REUSE_PORT === "1") {
+  const own = createServer(handle)
+  await new Promise((resolve) => server.listen({ port, host: "127.0.0.1", reusePort: true }, resolve))
+  await new Promise((resolve) => own.listen(0, "127.0.0.1", resolve))
+  process.send?.({ ready: true, port: own.address().port })
+} else {
+  server.listen(port, "127.0.0.1", () => process.send?.({ ready: true }))
+}
 
 // With RABBITMQ_URL set, also consume the exchange (as the hub does, minus everything else) and broadcast each
 // delivery: the floor for the end-to-end latency scenario.
