@@ -54,8 +54,8 @@ const getJson = async (url) => {
  * `balance` is given), once every worker answers in /metrics' `host`. Its processes: the primary and its
  * descendants (the workers).
  *
- * Without a broker (RABBITMQ_URL=""), a POST to /api/v1/events reaches the clients of the worker that takes it
- * only (src/http/PublishRoute.ts: "broadcasts to this instance's clients"). With `broker` (a URL), the hub runs in
+ * Without a broker (RABBITMQ_URL=""), the worker that takes a POST to /api/v1/events passes its events to the others
+ * through the primary (src/http/PublishRoute.ts, HostView.tell). With `broker` (a URL), the hub runs in
  * stream mode on an exchange and stream of its own (deleted after), and POSTed events go through the broker to
  * every worker, as in production; the broker's CPU is then not counted in the server's.
  */

@@ -6,11 +6,10 @@
 //                    [--saturation-balance kernel,primary] [--saturation-repeat 1] [--saturation-window 200]
 //                    [--saturation-drain-ms 100] [--saturation-broker]
 //
-// Without a broker, a POST reaches only the clients of the hub worker that takes it (PublishRoute.ts broadcasts to
-// "this instance's clients"): with 2 workers, the other worker's clients get nothing, the publishing stalls (10 s
-// without progress) and the run says so. `--saturation-broker` runs the hub in stream mode on RabbitMQ (--broker, an
-// exchange and stream of its own, deleted after), so that both workers deliver every event; the broker's CPU (on
-// the same 2 cores) is not in the server's figure then.
+// Without a broker, the worker that takes a POST passes its events to the other workers through the primary
+// (HostView.tell), so every client gets every event. `--saturation-broker` runs the hub in stream mode on RabbitMQ instead
+// (--broker, an exchange and stream of its own, deleted after): every worker reads every event from the stream; the
+// broker's own CPU (on the same 2 cores) is not in the server's figure then.
 //
 // `--saturation-clients` clients (2,000), in 2 load-generator processes (bench/loadgen.mjs), receive every event
 // (the hub's default subscription, `#`); they only drain their sockets every 100 ms and count the text frames in
@@ -197,7 +196,7 @@ export const run = async (ctx) => {
       `server ${fmt(s.server_cores)} cores (${fmt(s.cpu_us_per_delivery, 3)} us/delivery), loadgen ${fmt(s.loadgen_cores)}, driver ${fmt(s.driver_cores)}`,
       (s.workers === 1 ? "" : `${fmt(s.ratio_to_1_worker)}x 1 worker (target 1.7x); per server core ${fmt(s.per_server_core_ratio)}x`) +
         (s.lost !== 0 || s.dropped_by_server > 0 || s.stalled ? ` LOST ${s.lost}, ${s.dropped_by_server} dropped${s.stalled ? ", stalled" : ""}` : "") +
-        (s.stalled && s.workers > 1 && settings.broker === undefined ? " (without a broker a POST reaches one worker: --saturation-broker)" : "")
+        ""
     ])
   }
 }
