@@ -197,10 +197,13 @@ const handlers = {
    * `drainOnly`: every client only drains its socket (see connectDrainOnly); the others parse every message.
    * `countFrames` (drain-only clients): count the events they receive and answer pings. `addresses`: the source
    * addresses to connect from, in turn (by default 127.0.0.2-254, so that many runs never exhaust ephemeral ports).
+   * `targets`: instead, the addresses to connect to, in turn (in place of the URL's 127.0.0.1; the server listens on
+   * 0.0.0.0), with no source address: a bind to a source address before connecting searches the kernel's bound
+   * ports one by one, and with a few thousand sockets a process took seconds per thousand connections.
    * `drainEveryMs`: the drain period, before the first drain-only client. `retries`: attempts after a failed
    * connection, per client (answered as `retried`).
    */
-  async connect({ url, count, types, perClient, hub, drainOnly = false, countFrames = false, addresses, drainEveryMs, retries = 0 }) {
+  async connect({ url, count, types, perClient, hub, drainOnly = false, countFrames = false, addresses, targets, drainEveryMs, retries = 0 }) {
     setDrainEvery(drainEveryMs)
     let retried = 0
     const attempt = async (open, left) => {
@@ -220,10 +223,15 @@ const handlers = {
         const patterns = hub && perClient > 0
           ? Array.from({ length: perClient }, (_, k) => types[(index + k * 7) % types.length])
           : null
-        const localAddress = addresses === undefined ? `127.0.0.${2 + (index % 253)}` : addresses[index % addresses.length]
+        const to = targets === undefined ? url : url.replace("//127.0.0.1:", `//${targets[index % targets.length]}:`)
+        const localAddress = targets !== undefined
+          ? undefined
+          : addresses === undefined
+          ? `127.0.0.${2 + (index % 253)}`
+          : addresses[index % addresses.length]
         const open = drainOnly
-          ? () => connectDrainOnly(url, localAddress, countFrames)
-          : () => connectOne(url, index, hub ? patterns : null, localAddress)
+          ? () => connectDrainOnly(to, localAddress, countFrames)
+          : () => connectOne(to, index, hub ? patterns : null, localAddress)
         batch.push(attempt(open, retries))
       }
       clients.push(...await Promise.all(batch))

@@ -167,7 +167,7 @@ export const startBaselines = async ({ count, mode = "send" }, attempt = 1) => {
   const ready = []
   for (let i = 0; i < count; i++) {
     const child = fork(join(here, "..", "servers", "baseline.mjs"), [], {
-      env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", MODE: mode, REUSE_PORT: "1" },
+      env: { ...process.env, PORT: String(port), HOST: "0.0.0.0", MODE: mode, REUSE_PORT: "1" },
       stdio: ["ignore", "inherit", "inherit", "ipc"]
     })
     children.push(child)

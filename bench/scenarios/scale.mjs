@@ -13,10 +13,12 @@
 // broker's own CPU (on the same 2 cores) is not in the server's figure then.
 //
 // Clients: load generators (bench/loadgen.mjs), processes of their own with at most 16,000 sockets each, each
-// connecting from source addresses of its own (127.0.0.x, at most 25,000 connections per address, which has about
-// 28,000 ephemeral ports), fresh addresses for each server so that the closed connections of the first run
-// (TIME_WAIT) cannot hold ports the second run needs. Every client receives every event type (the hub's default
-// subscription is `#`; bare ws sends everything to everyone). All but `--scale-sample` clients (1,000) only drain
+// connecting to addresses of its own (127.0.0.x: the servers listen on 0.0.0.0 for this; at most 25,000 connections
+// per address, which leaves each about 28,000 ephemeral ports), fresh addresses for each server so that the closed
+// connections of the first run (TIME_WAIT) cannot hold ports the second run needs. Not source addresses: binding one
+// before each connect made the kernel search its bound ports one by one: with 3,000 to 6,000 sockets a process spent
+// 86% of its time in connect, seconds per thousand connections, and the hub timed handshakes out (408). Every client
+// receives every event type (the hub's default subscription is `#`; bare ws sends everything to everyone). All but `--scale-sample` clients (1,000) only drain
 // their sockets, once a second, and count the text frames in what they read (loadgen.mjs, countFrames; they answer
 // the hub's pings); the sampled clients, in a process of their own, parse every event and measure the latency from
 // publish (`t` in the event, taken when its POST is sent) to receipt. The clients connect in 10 rounds, each a share
@@ -44,7 +46,7 @@ const rounds = 10
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-// Source addresses 127.0.0.2-254, handed out in turn from a random start (two runs in a row use different ones).
+// Addresses 127.0.0.2-254 to connect to, handed out in turn from a random start (two runs in a row use different ones).
 let nextAddress = Math.floor(Math.random() * 253)
 const takeAddresses = (count) => Array.from({ length: count }, () => `127.0.0.${2 + (nextAddress++ % 253)}`)
 
@@ -100,7 +102,7 @@ const scaleRun = async (kind, ctx, settings) => {
   const name = hub ? "hub" : "bare ws"
   progress(`scale: ${name}, ${settings.workers} ${hub ? "workers" : "processes"}${hub && settings.balance ? ` (balance ${settings.balance})` : ""} starting`)
   const host = hub
-    ? await startHub(ctx, { workers: settings.workers, balance: settings.balance, broker: settings.broker })
+    ? await startHub(ctx, { workers: settings.workers, balance: settings.balance, broker: settings.broker, env: { HOST: "0.0.0.0" } })
     : await startBaselines({ count: settings.workers, mode: settings.bareMode })
   const sample = Math.min(settings.sample, settings.clients)
   const shares = split(settings.clients - sample, Math.ceil((settings.clients - sample) / perGenerator))
@@ -123,14 +125,14 @@ const scaleRun = async (kind, ctx, settings) => {
     for (let round = 0; round < rounds; round++) {
       const common = { url: host.url, types: [], perClient: 0, hub, retries: 2 }
       const answers = await Promise.all([
-        sampler.call("connect", { ...common, count: part(sample, round), addresses: samplerAddresses }),
+        sampler.call("connect", { ...common, count: part(sample, round), targets: samplerAddresses }),
         ...generators.map((generator, i) =>
           generator.call("connect", {
             ...common,
             count: part(shares[i], round),
             drainOnly: true,
             countFrames: true,
-            addresses: generatorAddresses[i],
+            targets: generatorAddresses[i],
             drainEveryMs: settings.drainMs
           })
         )

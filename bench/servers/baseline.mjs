@@ -81,7 +81,7 @@ server.on("upgrade", (req, socket, head) => {
 })
 if (process.env.REUSE_PORT === "1") {
   const own = createServer(handle)
-  await new Promise((resolve) => server.listen({ port, host: "127.0.0.1", reusePort: true }, resolve))
+  await new Promise((resolve) => server.listen({ port, host: process.env.HOST ?? "127.0.0.1", reusePort: true }, resolve))
   await new Promise((resolve) => own.listen(0, "127.0.0.1", resolve))
   process.send?.({ ready: true, port: own.address().port })
 } else {
