@@ -147,6 +147,7 @@ const scaleRun = async (kind, ctx, settings) => {
     const connectedMetrics = await host.metrics()
     await sleep(2000)
     const rss1 = sumOver(host.pids(), rssBytes)
+    progress(`scale: ${name}, connected in ${connectSeconds.toFixed(1)} s; RSS ${((rss1 - rss0) / settings.clients / 1024).toFixed(1)} KB per connection (all its processes, ${(rss1 / 2 ** 20).toFixed(0)} MB in all)`)
 
     const all = holders.map((holder) => holder.worker)
     // Waits until every client has `events` events, or until no client has received anything for `stallMs`: a
