@@ -12,7 +12,7 @@
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Config, Duration, Effect, Exit, Layer, Logger, Option, Runtime } from "effect"
 import cluster from "node:cluster"
-import { HubConfig, layerEnv, RabbitMqConfig, workerSettings } from "./config/Config.js"
+import { HubConfig, layerEnv, RabbitMqConfig, type WorkerSettings, workerSettings } from "./config/Config.js"
 import { HostView } from "./host/HostView.js"
 import * as Primary from "./host/Primary.js"
 import * as HttpServer from "./http/Server.js"
@@ -52,23 +52,22 @@ const describe = (error: unknown): string => {
  * HUB_WORKERS > 1: the primary, which runs the workers (each of them runs `MainLive`). The hub's settings are
  * checked here once, rather than by every worker in a loop of restarts.
  */
-const PrimaryMain = Effect.gen(function*() {
-  const hub = yield* HubConfig
-  const workers = yield* workerSettings
-  return yield* Primary.run(workers, Duration.sum(hub.shutdownTimeout, hub.shutdownDrainDelay))
-}).pipe(
-  Effect.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
-  Effect.provide(Logging.layer),
-  Effect.provide(layerEnv)
-)
+const PrimaryMain = (workers: WorkerSettings) =>
+  Effect.flatMap(HubConfig, (hub) => Primary.run(workers, Duration.sum(hub.shutdownTimeout, hub.shutdownDrainDelay))).pipe(
+    Effect.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
+    Effect.provide(Logging.layer),
+    Effect.provide(layerEnv)
+  )
 
-const main = Effect.flatMap(Effect.provide(Effect.gen(function*() {
+const readWorkers = Effect.provide(Effect.gen(function*() {
   return yield* workerSettings
-}), layerEnv), (workers) =>
+}), layerEnv)
+
+const main = Effect.flatMap(readWorkers, (workers) =>
   workers.count > 1 && cluster.isPrimary
-    ? PrimaryMain
+    ? PrimaryMain(workers)
     : Layer.launch(MainLive).pipe(
-      Option.isSome(workers.index) ? Effect.annotateLogs({ worker: workers.index.value }) : (effect) => effect
+      Effect.annotateLogs(Option.match(workers.index, { onNone: () => ({}), onSome: (worker) => ({ worker }) }))
     )).pipe(
   Effect.tapError((error) =>
     Effect.logFatal(error instanceof Config.ConfigError ? `invalid configuration ${error}` : `cannot start: ${describe(error)}`)

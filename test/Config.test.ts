@@ -7,7 +7,7 @@ import {
   HubConfig,
   parseGoDuration,
   RabbitMqConfig,
-  WorkerConfig
+  workerSettings
 } from "../src/config/Config.js"
 
 describe("parseGoDuration", () => {
@@ -197,10 +197,11 @@ describe("RabbitMqConfig.fromEnv", () => {
 })
 
 const readWorkers = (env: Record<string, string>) =>
-  Effect.flatMap(WorkerConfig, Effect.succeed).pipe(
-    Effect.provide(WorkerConfig.fromEnv.pipe(
-      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env, preserveEmptyStrings: true })))
-    ))
+  Effect.provide(
+    Effect.gen(function*() {
+      return yield* workerSettings
+    }),
+    ConfigProvider.layer(ConfigProvider.fromEnv({ env, preserveEmptyStrings: true }))
   )
 
 describe("HUB_WORKERS", () => {

@@ -304,11 +304,6 @@ export const workerSettings: Config.Config<WorkerSettings> = Config.all({
   index: Config.Int("HUB_WORKER").pipe(Config.option)
 })
 
-/** `HUB_WORKERS` and how the workers share the port, read from the environment. */
-export class WorkerConfig extends Context.Service<WorkerConfig, WorkerSettings>()("event-hub/WorkerConfig") {
-  static readonly fromEnv: Layer.Layer<WorkerConfig, Config.ConfigError> = Layer.effect(WorkerConfig, workerSettings)
-}
-
 // ---------------------------------------------------------------------------
 // The hub: WebSocket and HTTP settings
 // ---------------------------------------------------------------------------

@@ -47,7 +47,8 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
     // one process does, the primary stops and exits with an error rather than restart them for ever.
     let started = false
     const cannotStart = yield* Deferred.make<never, Error>()
-    const exits = new Set<() => void>()
+    /** Resumes the stop once every worker has exited. */
+    let allExited = () => {}
 
     const gatherings = new Map<number, { replies: Array<WorkerReport>; expected: number; done: () => void }>()
     let nextGathering = 0
@@ -92,7 +93,7 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
         if (slot?.worker !== worker) return
         slots.delete(index)
         if (stopping) {
-          if (slots.size === 0) for (const exited of exits) exited()
+          if (slots.size === 0) allExited()
           return
         }
         if (!started) {
@@ -118,7 +119,7 @@ export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
     const stopAll = Effect.callback<void>((resume) => {
       stopping = true
       if (slots.size === 0) return resume(Effect.void)
-      exits.add(() => resume(Effect.void))
+      allExited = () => resume(Effect.void)
       for (const { worker } of slots.values()) worker.process.kill("SIGTERM")
     }).pipe(
       // Each worker bounds its own shutdown (SHUTDOWN_TIMEOUT); one that hangs past it is killed.
