@@ -9,6 +9,8 @@ const clients = []
 let received = 0
 let waiting = null
 let latencies = null
+/** With `latencyStart({ entering: true })` (the hub): publish to the event's `timestamp`, when it entered the path. */
+let entering = null
 const lag = monitorEventLoopDelay({ resolution: 1 })
 const now = () => performance.timeOrigin + performance.now()
 
@@ -24,7 +26,13 @@ const counted = (n) => {
 const onEvent = (client, text) => {
   if (latencies !== null && client.sampled && !client.paused) {
     const at = text.indexOf("\"t\":")
-    if (at >= 0) latencies.push(now() - parseFloat(text.slice(at + 4, at + 24)))
+    if (at >= 0) {
+      const published = parseFloat(text.slice(at + 4, at + 24))
+      latencies.push(now() - published)
+      // The hub writes its `timestamp` after the data (whose own fields may be called so too): the last one is it.
+      const stamp = entering === null ? -1 : text.lastIndexOf("\"timestamp\":\"")
+      if (stamp >= 0) entering.push(Date.parse(text.slice(stamp + 13, stamp + 37)) - published)
+    }
   }
   counted(1)
 }
@@ -265,24 +273,33 @@ const handlers = {
     }
     return { paused: count }
   },
-  latencyStart() {
+  latencyStart({ entering: withEntering = false } = {}) {
     latencies = []
+    entering = withEntering ? [] : null
     lag.reset()
     lag.enable()
     return {}
   },
   latencyStop() {
     const sorted = Float64Array.from(latencies ?? []).sort()
+    const stamps = Float64Array.from(entering ?? []).sort()
     latencies = null
+    entering = null
     lag.disable()
     // This process's own event-loop delay while it measured: what its figures may owe to itself.
     const loop = { lag_p99_ms: lag.percentile(99) / 1e6, lag_max_ms: lag.max / 1e6 }
-    const at = (q) => sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+    const quantile = (values) => (q) =>
+      values.length === 0 ? NaN : values[Math.min(values.length - 1, Math.floor(q * values.length))]
+    const at = quantile(sorted)
+    const stampAt = quantile(stamps)
     return {
       samples: sorted.length,
       p50: at(0.5),
       p99: at(0.99),
       max: sorted.length ? sorted[sorted.length - 1] : NaN,
+      // Milliseconds of the event's timestamp (ISO, whole milliseconds): a coarse split, not a measurement of its own.
+      entering_p50: stampAt(0.5),
+      entering_p99: stampAt(0.99),
       ...loop
     }
   },

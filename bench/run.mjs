@@ -404,7 +404,8 @@ const latency = async (rate, slowFraction, kind = "hub", path = "queue", clients
     }
     await publishFor(options.quick ? 0.5 : 1) // warm-up
     await new Promise((resolve) => setTimeout(resolve, 200))
-    await sampler.call("latencyStart")
+    // The hub's events carry the time they entered the path (the mover's, or the hub's own without one).
+    await sampler.call("latencyStart", { entering: kind === "hub" })
     const broker = brokerPid()
     const cpu0 = { server: cpuMicros(server.pid), sampler: cpuMicros(sampler.pid), drainer: cpuMicros(drainer.pid) }
     if (broker !== undefined) cpu0.broker = cpuMicros(broker)
@@ -463,6 +464,8 @@ const summariseLatency = (runs) => {
       p99_max: Math.max(...group.map((run) => run.p99)),
       max: Math.max(...group.map((run) => run.max)),
       lag_p99_ms: median(group.map((run) => run.lag_p99_ms)),
+      entering_p50: median(group.map((run) => run.entering_p50)),
+      entering_p99: median(group.map((run) => run.entering_p99)),
       cores,
       // Every client receives every event (the slow ones too, until their socket refuses more).
       cpu_us_per_delivery: (cores.server * 1e6) / (first.rate * first.clients),
@@ -575,7 +578,9 @@ const main = async () => {
       rows.push([
         `ingest ${run.path === "stream" ? "default (quorum)" : "plain stream"} ${run.rate}/s`,
         `p50 ${fmt(run.p50)} ms, p99 ${fmt(run.p99)} ms${spread}`,
-        `hub ${fmt(run.cpu_us_per_event, 1)} us CPU/event, broker ${fmt(run.broker_cpu_us_per_event, 1)} us CPU/event`,
+        `hub ${fmt(run.cpu_us_per_event, 1)} us CPU/event, broker ${fmt(run.broker_cpu_us_per_event, 1)} us CPU/event, ` +
+          // The default path's timestamp is the mover's; the plain stream's, the reading hub's.
+          `publish to ${run.path === "stream" ? "moved" : "read"} p50 ${fmt(run.entering_p50, 1)} p99 ${fmt(run.entering_p99, 1)} ms`,
         run === plain
           ? ""
           : `hub ${fmt(run.cpu_us_per_event / plain.cpu_us_per_event)}x, broker ` +
