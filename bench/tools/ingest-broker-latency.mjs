@@ -1,9 +1,11 @@
 // Where the default stream path's latency goes, without the hub: publish-to-consume latency through the broker alone,
 // for the plain stream, the ingest quorum queue alone, and quorum queue -> minimal mover (confirms, `mandatory`,
 // acknowledged once the stream has it) -> stream, the broker's part of what the hub does (rabbitmq/Ingest.ts).
+// Also the broker's CPU per event (the RabbitMQ VM's threads, `BROKER_PID` to name it): what each hop costs it.
 // Uses queues and an exchange of its own on the broker of RABBITMQ_URL (default the local one), deleted at the end.
 //   node bench/tools/ingest-broker-latency.mjs [--rate 1000] [--seconds 10] [--repeat 3]
 import amqp from "amqplib"
+import { readdirSync, readFileSync } from "node:fs"
 import { performance } from "node:perf_hooks"
 
 const argv = process.argv.slice(2)
@@ -15,6 +17,27 @@ const rate = flag("rate", 1000)
 const seconds = flag("seconds", 10)
 const repeat = flag("repeat", 3)
 const url = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672/"
+/** The broker's CPU time in microseconds (`BROKER_PID`, or the first RabbitMQ VM found), from the threads' schedstat. */
+const brokerPid = Number(process.env.BROKER_PID) || readdirSync("/proc").find((entry) => {
+  try {
+    return /^\d+$/.test(entry) && readFileSync(`/proc/${entry}/comm`, "latin1").startsWith("beam") &&
+      readFileSync(`/proc/${entry}/cmdline`, "latin1").includes("rabbit")
+  } catch {
+    return false
+  }
+})
+const brokerMicros = () => {
+  if (brokerPid === undefined) return NaN
+  let nanos = 0
+  for (const thread of readdirSync(`/proc/${brokerPid}/task`)) {
+    try {
+      nanos += Number(readFileSync(`/proc/${brokerPid}/task/${thread}/schedstat`, "utf8").split(" ")[0])
+    } catch {
+      // the thread just exited
+    }
+  }
+  return nanos / 1000
+}
 const now = () => performance.timeOrigin + performance.now()
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
@@ -41,6 +64,7 @@ const run = async (label, setup) => {
   const publisher = await open()
   const total = Math.round(rate * seconds)
   const started = now()
+  const brokerBefore = brokerMicros()
   for (let i = 0; i < total; i++) {
     const due = started + (i * 1000) / rate
     const wait = due - now()
@@ -50,12 +74,13 @@ const run = async (label, setup) => {
   await publisher.channel.waitForConfirms()
   const deadline = now() + 10_000
   while (latencies.length < total && now() < deadline) await sleep(20)
+  const broker = (brokerMicros() - brokerBefore) / total
   await publisher.connection.close()
   await stop()
   for (const step of cleanup.reverse()) await step().catch(() => undefined)
   await admin.connection.close()
   const sorted = latencies.sort((a, b) => a - b)
-  return { label, received: sorted.length, total, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99) }
+  return { label, received: sorted.length, total, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), broker }
 }
 
 const streamOf = async ({ admin, cleanup }, name) => {
@@ -133,12 +158,12 @@ for (let round = 1; round <= repeat; round++) {
     const result = await run(label.replace(/\W+/g, "-"), setup)
     result.label = label
     results.push(result)
-    console.log(`round ${round}: ${label}: p50 ${result.p50.toFixed(2)} ms, p99 ${result.p99.toFixed(2)} ms (${result.received}/${result.total})`)
+    console.log(`round ${round}: ${label}: p50 ${result.p50.toFixed(2)} ms, p99 ${result.p99.toFixed(2)} ms (${result.received}/${result.total}), broker ${result.broker.toFixed(0)} us CPU/event`)
   }
 }
 console.log(`\n${rate}/s for ${seconds} s, ${repeat} rounds; medians of the rounds:`)
 for (const label of Object.keys(paths)) {
   const mine = results.filter((result) => result.label === label)
   const median = (key) => mine.map((result) => result[key]).sort((a, b) => a - b)[Math.floor(mine.length / 2)]
-  console.log(`${label.padEnd(28)} p50 ${median("p50").toFixed(2).padStart(7)} ms   p99 ${median("p99").toFixed(2).padStart(7)} ms`)
+  console.log(`${label.padEnd(28)} p50 ${median("p50").toFixed(2).padStart(7)} ms   p99 ${median("p99").toFixed(2).padStart(7)} ms   broker ${median("broker").toFixed(0).padStart(5)} us CPU/event`)
 }
