@@ -141,6 +141,10 @@ describe("HUB_WORKERS=2", () => {
     expect((await service.exited).code).toBe(1)
     expect(service.output).toContain("EADDRINUSE")
     expect(service.output).toContain("stopped before any worker listened")
+    // A worker's own last line says which worker it is.
+    const cannotStart = service.output.split("\n").filter((line) => line.includes("cannot start") && line.includes("EADDRINUSE"))
+    expect(cannotStart.length).toBeGreaterThan(0)
+    expect(cannotStart.every((line) => /"worker":\s*\d/.test(line))).toBe(true)
     expect(service.output).not.toContain("starting another")
   }, 30_000)
 
