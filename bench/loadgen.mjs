@@ -29,7 +29,7 @@ const onEvent = (client, text) => {
     if (at >= 0) {
       const published = parseFloat(text.slice(at + 4, at + 24))
       latencies.push(now() - published)
-      // The hub writes its `timestamp` after the data (whose own fields may be called so too): the last one is it.
+      // The hub writes its `timestamp` after the data, whose own fields may be called so too (`Outbound.message`).
       const stamp = entering === null ? -1 : text.lastIndexOf("\"timestamp\":\"")
       if (stamp >= 0) entering.push(Date.parse(text.slice(stamp + 13, stamp + 37)) - published)
     }

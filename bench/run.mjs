@@ -404,8 +404,8 @@ const latency = async (rate, slowFraction, kind = "hub", path = "queue", clients
     }
     await publishFor(options.quick ? 0.5 : 1) // warm-up
     await new Promise((resolve) => setTimeout(resolve, 200))
-    // The hub's events carry the time they entered the path (the mover's, or the hub's own without one).
-    await sampler.call("latencyStart", { entering: kind === "hub" })
+    // Stream mode's events carry the time they entered the path (the mover's, or the reading hub's without one).
+    await sampler.call("latencyStart", { entering: kind === "hub" && path !== "queue" })
     const broker = brokerPid()
     const cpu0 = { server: cpuMicros(server.pid), sampler: cpuMicros(sampler.pid), drainer: cpuMicros(drainer.pid) }
     if (broker !== undefined) cpu0.broker = cpuMicros(broker)

@@ -18,7 +18,7 @@ const describe = (error: unknown): string => {
 }
 
 /**
- * HUB_WORKERS > 1: the primary, which runs the workers (each of them runs `MainLive`). The hub's settings are
+ * HUB_WORKERS > 1: the primary, which runs the workers (each of them runs `service.ts`'s `MainLive`). The hub's settings are
  * checked here once, rather than by every worker in a loop of restarts.
  */
 const PrimaryMain = (workers: WorkerSettings) =>
@@ -33,16 +33,23 @@ const readWorkers = Effect.provide(Effect.gen(function*() {
 }), layerEnv)
 
 /** The hub itself: in a single process, or in one worker of the host. */
-const HubMain = Effect.tryPromise(() => import("./service.js")).pipe(
-  Effect.flatMap(({ MainLive }) => Layer.launch(MainLive))
-)
+const HubMain = Effect.tryPromise({
+  try: () => import("./service.js"),
+  catch: (cause) => new Error("the service's layers (dist/service.js) did not load", { cause })
+}).pipe(Effect.flatMap(({ MainLive }) => Layer.launch(MainLive)))
 
-const fatal = (error: unknown) =>
-  Effect.logFatal(error instanceof Config.ConfigError ? `invalid configuration ${error}` : `cannot start: ${describe(error)}`)
+/** One FATAL line for whatever ends the program but a stop: a failure, or a defect (a throw while building). */
+const fatal = (cause: Cause.Cause<unknown>) => {
+  if (Cause.hasInterruptsOnly(cause)) return Effect.void
+  const error = Cause.squash(cause)
+  return Effect.logFatal(
+    error instanceof Config.ConfigError ? `invalid configuration ${error}` : `cannot start: ${describe(error)}`
+  )
+}
 
-const main = Effect.flatMap(Effect.tapError(readWorkers, fatal), (workers) =>
+const main = Effect.flatMap(Effect.tapCause(readWorkers, fatal), (workers) =>
   (workers.count > 1 && cluster.isPrimary ? PrimaryMain(workers) : HubMain).pipe(
-    Effect.tapError(fatal),
+    Effect.tapCause(fatal),
     // A worker's lines, its last one included, say which worker wrote them.
     Effect.annotateLogs(Option.match(workers.index, { onNone: () => ({}), onSome: (worker) => ({ worker }) }))
   )).pipe(

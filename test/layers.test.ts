@@ -2,8 +2,8 @@
  * The layout is the architecture (docs/design.md): the folders of `src/`
  * stand on floors, and a file imports from its own folder or from a lower
  * floor, never back up; and no file imports itself back through others (no
- * cycle). Read from the sources' own import and export declarations, as
- * TypeScript reads them, `import type` included.
+ * cycle). Read from the sources' own import and export declarations and
+ * `import()` calls, as TypeScript reads them, `import type` included.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs"
 import { dirname, join, relative, resolve } from "node:path"

@@ -235,7 +235,7 @@ describe("a burst is never blamed on a client that reads (default WS_SEND_BUFFER
 describe("every instance delivers every event, whatever entered it", () => {
   const token = "publish-token"
   const auth = { authorization: `Bearer ${token}` }
-  /** A hub instance as main.ts composes it: the source, and the publisher that POST and clients' publish use. */
+  /** A hub instance as service.ts composes it: the source, and the publisher that POST and clients' publish use. */
   const instance = (rabbit: Partial<RabbitMqSettings>) =>
     RabbitMqSource.layer.pipe(
       Layer.provideMerge(

@@ -121,7 +121,7 @@ const serve = async (shape) => {
     const scheduler = shape === "fiber-shared"
       ? Effect.provideService(Scheduler.Scheduler, new SharedDispatcher())
       : (effect) => effect
-    // The FiberSet every client's fiber is forked into, with the tracer off (as the hub's main.ts without OTLP).
+    // The FiberSet every client's fiber is forked into, with the tracer off (as the hub's service.ts without OTLP).
     const run = await new Promise((resolve) => {
       Effect.runFork(
         Effect.scoped(Effect.gen(function*() {

@@ -17,8 +17,8 @@ const rate = flag("rate", 1000)
 const seconds = flag("seconds", 10)
 const repeat = flag("repeat", 3)
 const url = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672/"
-/** The broker's CPU time in microseconds (`BROKER_PID`, or the first RabbitMQ VM found), from the threads' schedstat. */
-const brokerPid = Number(process.env.BROKER_PID) || readdirSync("/proc").find((entry) => {
+/** The broker measured: `BROKER_PID`, or the only RabbitMQ VM running (test nodes are RabbitMQ VMs too). */
+const brokers = readdirSync("/proc").filter((entry) => {
   try {
     return /^\d+$/.test(entry) && readFileSync(`/proc/${entry}/comm`, "latin1").startsWith("beam") &&
       readFileSync(`/proc/${entry}/cmdline`, "latin1").includes("rabbit")
@@ -26,6 +26,11 @@ const brokerPid = Number(process.env.BROKER_PID) || readdirSync("/proc").find((e
     return false
   }
 })
+const brokerPid = Number(process.env.BROKER_PID) || (brokers.length === 1 ? Number(brokers[0]) : undefined)
+console.log(brokerPid === undefined
+  ? `broker CPU not measured: ${brokers.length} RabbitMQ VMs running (pids ${brokers.join(", ")}); set BROKER_PID`
+  : `broker CPU from pid ${brokerPid} (includes its idle time while the last deliveries arrive)`)
+/** The broker's CPU time in microseconds, from its threads' schedstat. */
 const brokerMicros = () => {
   if (brokerPid === undefined) return NaN
   let nanos = 0

@@ -1,6 +1,6 @@
 /**
  * `HUB_WORKERS` > 1: this process is the primary. It forks that many workers
- * (node:cluster), each a full hub (`main.ts`'s layers) serving the same port
+ * (node:cluster), each a full hub (`service.ts`'s layers) serving the same port
  * and reading the broker on its own, and it supervises them:
  *
  * - a worker that exits is logged and started again (with a growing delay
