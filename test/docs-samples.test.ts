@@ -165,23 +165,21 @@ describe("the code samples of README.md and docs/", () => {
     const hub = await startHub()
     const run = await runnable(sampleWith("docs/clients.md", "connect(\"ws://localhost:8080/api/v1/ws/events\", { WebSocket })"), hub.port)
     await waitForClient(hub.http)
-    await hub.publish("samples.node", { n: 1 })
-    await until(() => run.output.includes(`samples.node {"n":1}`), "the event printed", () => run.output)
+    // Counted once connected, the client subscribes a moment later: events published before that pass it by.
+    await publishUntil(() => run.output.includes(`samples.node {"n":1}`), () => hub.publish("samples.node", { n: 1 }), run)
   }, 60_000)
 
   it("the Effect client sample (docs/clients.md) logs the events it streams", async () => {
     const hub = await startHub()
     const run = await runnable(sampleWith("docs/clients.md", "HubConnection.layer("), hub.port)
     await waitForClient(hub.http)
-    // The sample's stream starts once its layer is built (connected): until it runs, events pass it by. Published
-    // again until one is logged.
-    const logged = () => run.output.includes("backtest.completed") && run.output.includes("42")
-    for (let n = 0; !logged(); n++) {
-      if (n === 100) throw new Error(`no event logged:\n${run.output}`)
-      await hub.publish("backtest.completed", { job_id: "42", n })
-      // Polls for a while before publishing again.
-      for (let poll = 0; poll < 10 && !logged(); poll++) await new Promise((resolve) => setTimeout(resolve, 20))
-    }
+    // The sample's stream starts once its layer is built (connected): until it runs, events pass it by.
+    let n = 0
+    await publishUntil(
+      () => run.output.includes("backtest.completed") && run.output.includes("42"),
+      () => hub.publish("backtest.completed", { job_id: "42", n: n++ }),
+      run
+    )
   }, 60_000)
 
   it("the README's recipe prints the event each time it is run", async () => {
@@ -227,6 +225,15 @@ describe("the code samples of README.md and docs/", () => {
     }
   }, 60_000)
 })
+
+/** Publishes again until `seen` (polling for 200 ms after each), at most 100 times. */
+const publishUntil = async (seen: () => boolean, publish: () => Promise<void>, run: { readonly output: string }) => {
+  for (let attempt = 0; !seen(); attempt++) {
+    if (attempt === 100) throw new Error(`never seen after 100 publishes:\n${run.output}`)
+    await publish()
+    for (let poll = 0; poll < 10 && !seen(); poll++) await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
 
 /** Until the hub at `http` has a client (the sample's). */
 const waitForClient = async (http: string) => {
