@@ -11,11 +11,12 @@
 import amqp from "amqplib"
 import { fork, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, writeFileSync } from "node:fs"
 import { cpus } from "node:os"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
+import { cpuMicros, rabbitPids, rssBytes } from "./proc.mjs"
 import { startWorker } from "./worker.mjs"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
@@ -72,38 +73,8 @@ const progress = (text) => process.stderr.write(`${new Date().toISOString().slic
 // Below the ephemeral range (32768-60999 on Linux), so that no outgoing connection of this run holds the port.
 let nextPort = 20000 + Math.floor(Math.random() * 10000)
 
-/**
- * Server CPU time (user + system) of a process, in microseconds, from /proc: the sum of its threads' run time in
- * /proc/<pid>/task/<tid>/schedstat (nanoseconds; /proc/<pid>/stat only counts 10 ms clock ticks, too coarse for
- * the short windows of a quick run).
- */
-const cpuMicros = (pid) => {
-  let nanos = 0
-  // A process that is gone (RabbitMQ restarted by someone else during a run) has no figure.
-  if (!existsSync(`/proc/${pid}/task`)) return NaN
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      nanos += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0])
-    } catch {
-      // the thread just exited
-    }
-  }
-  return nanos / 1000
-}
-/** The RabbitMQ server's process (Erlang's beam.smp) when it runs on this machine: its CPU is reported too. */
-const brokerPid = () => {
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      if (readFileSync(`/proc/${entry}/cmdline`, "latin1").includes("rabbit")
-        && readFileSync(`/proc/${entry}/comm`, "latin1").startsWith("beam")) return Number(entry)
-    } catch {
-      // gone, or not ours to read
-    }
-  }
-  return undefined
-}
-const rssBytes = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024
+/** The RabbitMQ server on this machine, if it runs here: its CPU is reported too. */
+const brokerPid = () => rabbitPids()[0]
 
 const waitFor = async (what, check, timeoutMs = 30_000) => {
   const deadline = Date.now() + timeoutMs

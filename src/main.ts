@@ -18,8 +18,8 @@ const describe = (error: unknown): string => {
 }
 
 /**
- * HUB_WORKERS > 1: the primary, which runs the workers (each of them runs `service.ts`'s `MainLive`). The hub's settings are
- * checked here once, rather than by every worker in a loop of restarts.
+ * HUB_WORKERS > 1: the primary, which runs the workers (each of them runs `service.ts`'s `MainLive`). The hub's
+ * settings are checked here once, rather than by every worker in a loop of restarts.
  */
 const PrimaryMain = (workers: WorkerSettings) =>
   Effect.flatMap(HubConfig, (hub) => Primary.run(workers, Duration.sum(hub.shutdownTimeout, hub.shutdownDrainDelay))).pipe(

@@ -4,10 +4,10 @@
 // second instead of loops at saturation (a steadier figure: the servers' cost per cycle depends on how loaded they are).
 //   node bench/tools/churn-ab.mjs <path to a build's main.js | baseline> [seconds] [loops]
 import { fork, spawn } from "node:child_process"
-import { readdirSync, readFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import WebSocket from "ws"
+import { cpuMicros } from "../proc.mjs"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..")
 const [target, seconds = "5", loopsArg = "50"] = process.argv.slice(2)
@@ -17,7 +17,7 @@ const env = { ...process.env, PORT: String(port), HOST: "127.0.0.1", RABBITMQ_UR
 const bare = target === "baseline"
 const child = bare ? fork(join(root, "bench", "servers", "baseline.mjs"), [], { env, stdio: "inherit", execArgv: process.env.PROF ? ["--cpu-prof", "--cpu-prof-dir=" + process.env.PROF] : [] })
   : spawn(process.execPath, [...(process.env.PROF ? ["--cpu-prof", "--cpu-prof-dir=" + process.env.PROF] : []), target], { env, stdio: "inherit" })
-const cpu = () => { let n = 0; for (const t of readdirSync(`/proc/${child.pid}/task`)) { try { n += Number(readFileSync(`/proc/${child.pid}/task/${t}/schedstat`, "utf8").split(" ")[0]) } catch {} } return n / 1000 }
+const cpu = () => cpuMicros(child.pid)
 for (;;) { try { if ((await fetch(`http://127.0.0.1:${port}/metrics`)).ok) break } catch {} await new Promise((r) => setTimeout(r, 50)) }
 let cycles = 0, running = true, addr = 0
 const cycle = () => new Promise((resolve) => {

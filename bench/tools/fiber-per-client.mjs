@@ -1,7 +1,7 @@
 // The design card's "each client is a supervised fiber with a bounded buffer (Effect Queue)" against the hub's
 // outbox path, on Effect 4, side by side in one run: server CPU per delivery in a fan-out, and memory per idle
 // connection. Every server runs in its own process, fresh for each measurement; the clients are bench/loadgen.mjs
-// processes; server CPU is read from /proc/<pid>/task/*/schedstat, as bench/run.mjs does.
+// processes; server CPU is read from /proc/<pid>/task/*/schedstat (bench/proc.mjs), as bench/run.mjs does.
 //
 //   npm run build
 //   node_modules/.bin/node bench/tools/fiber-per-client.mjs                  (about 4-5 minutes)
@@ -36,11 +36,12 @@
 // messages (the hub's Outbound, framed once and shared by every client), the tracer off (as the hub without OTLP).
 import { fork, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { loadavg, tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath, pathToFileURL } from "node:url"
+import { cpuMicros, rssBytes } from "../proc.mjs"
 
 const self = fileURLToPath(import.meta.url)
 const root = join(dirname(self), "..", "..")
@@ -282,20 +283,6 @@ const seedTypes = [
 const load = () => loadavg().map((n) => n.toFixed(2)).join(" ")
 const progress = (text) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} [load ${load()}] ${text}\n`)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** CPU time (user + system) of a process in microseconds: its threads' run time from schedstat (as bench/run.mjs). */
-const cpuMicros = (pid) => {
-  let nanos = 0
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      nanos += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0])
-    } catch {
-      // the thread just exited
-    }
-  }
-  return nanos / 1000
-}
-const rssBytes = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024
 
 let nextPort = 20000 + Math.floor(Math.random() * 10000)
 

@@ -5,8 +5,8 @@
 // Uses queues and an exchange of its own on the broker of RABBITMQ_URL (default the local one), deleted at the end.
 //   node bench/tools/ingest-broker-latency.mjs [--rate 1000] [--seconds 10] [--repeat 3]
 import amqp from "amqplib"
-import { readdirSync, readFileSync } from "node:fs"
 import { performance } from "node:perf_hooks"
+import { cpuMicros, rabbitPids } from "../proc.mjs"
 
 const argv = process.argv.slice(2)
 const flag = (name, fallback) => {
@@ -18,31 +18,12 @@ const seconds = flag("seconds", 10)
 const repeat = flag("repeat", 3)
 const url = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672/"
 /** The broker measured: `BROKER_PID`, or the only RabbitMQ VM running (test nodes are RabbitMQ VMs too). */
-const brokers = readdirSync("/proc").filter((entry) => {
-  try {
-    return /^\d+$/.test(entry) && readFileSync(`/proc/${entry}/comm`, "latin1").startsWith("beam") &&
-      readFileSync(`/proc/${entry}/cmdline`, "latin1").includes("rabbit")
-  } catch {
-    return false
-  }
-})
-const brokerPid = Number(process.env.BROKER_PID) || (brokers.length === 1 ? Number(brokers[0]) : undefined)
+const brokers = rabbitPids()
+const brokerPid = Number(process.env.BROKER_PID) || (brokers.length === 1 ? brokers[0] : undefined)
 console.log(brokerPid === undefined
   ? `broker CPU not measured: ${brokers.length} RabbitMQ VMs running (pids ${brokers.join(", ")}); set BROKER_PID`
   : `broker CPU from pid ${brokerPid} (includes its idle time while the last deliveries arrive)`)
-/** The broker's CPU time in microseconds, from its threads' schedstat. */
-const brokerMicros = () => {
-  if (brokerPid === undefined) return NaN
-  let nanos = 0
-  for (const thread of readdirSync(`/proc/${brokerPid}/task`)) {
-    try {
-      nanos += Number(readFileSync(`/proc/${brokerPid}/task/${thread}/schedstat`, "utf8").split(" ")[0])
-    } catch {
-      // the thread just exited
-    }
-  }
-  return nanos / 1000
-}
+const brokerMicros = () => brokerPid === undefined ? NaN : cpuMicros(brokerPid)
 const now = () => performance.timeOrigin + performance.now()
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
