@@ -22,7 +22,9 @@ const describe = (error: unknown): string => {
  * settings are checked here once, rather than by every worker in a loop of restarts.
  */
 const PrimaryMain = (workers: WorkerSettings) =>
-  Effect.flatMap(HubConfig, (hub) => Primary.run(workers, Duration.sum(hub.shutdownTimeout, hub.shutdownDrainDelay))).pipe(
+  Effect.flatMap(HubConfig, (hub) =>
+    Primary.run(workers, { host: hub.host, port: hub.port }, Duration.sum(hub.shutdownTimeout, hub.shutdownDrainDelay))
+  ).pipe(
     Effect.provide(Layer.merge(HubConfig.fromEnv, RabbitMqConfig.fromEnv)),
     Effect.provide(Logging.layer),
     Effect.provide(layerEnv)

@@ -132,19 +132,42 @@ describe("HUB_WORKERS=2", () => {
     for (const client of clients) expect(client.events.map((event) => event.data.seq)).toEqual(range(0, 100))
   }, 30_000)
 
-  it("a port already taken stops the host with exit status 1, as a hub of one process does, rather than restarting workers", async () => {
+  it("a port already taken stops the host with exit status 1 before any worker starts, as a hub of one process does", async () => {
     const taken = createServer()
     const port = await freePort()
     await new Promise<void>((resolve) => taken.listen(port, "127.0.0.1", resolve))
     cleanups.push(() => new Promise((resolve) => taken.close(() => resolve())))
     const service = ServiceProcess.start({ HUB_WORKERS: "2", PORT: String(port), HOST: "127.0.0.1" })
     expect((await service.exited).code).toBe(1)
-    expect(service.output).toContain("EADDRINUSE")
+    const cannotStart = service.output.split("\n").filter((line) => line.includes("cannot start"))
+    expect(cannotStart).toHaveLength(1)
+    expect(cannotStart[0]).toContain(`127.0.0.1:${port} is taken by another process`)
+    expect(cannotStart[0]).toContain("EADDRINUSE")
+    expect(service.output).not.toContain("workers started")
+  }, 30_000)
+
+  it("a second host on the port of a running one stops with exit status 1 instead of sharing it (SO_REUSEPORT)", async () => {
+    const host = await startHost()
+    const second = ServiceProcess.start({ HUB_WORKERS: "2", PORT: String(host.port), HOST: "127.0.0.1", RABBITMQ_URL: "" })
+    // Its workers stop when it does.
+    cleanups.push(async () => void second.child.kill("SIGKILL"))
+    expect((await second.exited).code).toBe(1)
+    expect(second.output).toContain(`127.0.0.1:${host.port} is taken by another process`)
+    expect(second.output).not.toContain("workers started")
+    // The running host keeps the port to itself: its two workers, and no one else, answer there.
+    const metrics = await metricsOf(host.base)
+    expect(metrics.host.workers).toBe(2)
+    expect(metrics.host.pids).toHaveLength(2)
+  }, 60_000)
+
+  it("a worker that cannot start stops the host with exit status 1, its last line naming the worker, rather than restarting it", async () => {
+    // The primary does not read the tracing settings: each worker finds this one invalid while it starts.
+    const service = ServiceProcess.start({ HUB_WORKERS: "2", PORT: String(await freePort()), HOST: "127.0.0.1", OTEL_BSP_SCHEDULE_DELAY: "soon" })
+    expect((await service.exited).code).toBe(1)
     expect(service.output).toContain("stopped before any worker listened")
-    // A worker's own last line says which worker it is.
-    const cannotStart = service.output.split("\n").filter((line) => line.includes("cannot start") && line.includes("EADDRINUSE"))
-    expect(cannotStart.length).toBeGreaterThan(0)
-    expect(cannotStart.every((line) => /"worker":\s*\d/.test(line))).toBe(true)
+    const invalid = service.output.split("\n").filter((line) => line.includes("OTEL_BSP_SCHEDULE_DELAY") && line.includes("FATAL"))
+    expect(invalid.length).toBeGreaterThan(0)
+    expect(invalid.every((line) => /"worker":\s*\d/.test(line))).toBe(true)
     expect(service.output).not.toContain("starting another")
   }, 30_000)
 

@@ -3,6 +3,8 @@
  * (node:cluster), each a full hub (`service.ts`'s layers) serving the same port
  * and reading the broker on its own, and it supervises them:
  *
+ * - it starts them only on a free port: with `reusePort`, another host's
+ *   workers would share the port silently;
  * - a worker that exits is logged and started again (with a growing delay
  *   while it keeps dying young); its clients reconnect to the others and
  *   resume by id;
@@ -18,6 +20,7 @@
  */
 import cluster, { type Worker } from "node:cluster"
 import { Deferred, Duration, Effect, Exit } from "effect"
+import { createServer } from "node:net"
 import type { WorkerSettings } from "../config/Config.js"
 import { type HostMessage, type WorkerReport } from "./HostView.js"
 
@@ -35,9 +38,33 @@ interface Slot {
   youngExits: number
 }
 
+/**
+ * Fails if any process listens on the port. The workers listen with `SO_REUSEPORT` (`kernel` balance), which lets
+ * another host's workers of the same user share the port silently; a listen without it fails on a port anyone
+ * holds, with the option or without.
+ */
+const portIsFree = (host: string, port: number) =>
+  Effect.callback<void, Error>((resume) => {
+    const probe = createServer()
+    probe.once("error", (cause) =>
+      resume(Effect.fail(
+        new Error(
+          `${host}:${port} is taken by another process (another hub host, say: its workers and these would share ` +
+            "the port silently with SO_REUSEPORT)",
+          { cause }
+        )
+      )))
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resume(Effect.void)))
+  })
+
 /** Runs the workers until interrupted; then stops them all, each gracefully, and waits for their exits. */
-export const run = (settings: WorkerSettings, stopTimeout: Duration.Duration) =>
+export const run = (
+  settings: WorkerSettings,
+  listen: { readonly host: string; readonly port: number },
+  stopTimeout: Duration.Duration
+) =>
   Effect.gen(function*() {
+    yield* portIsFree(listen.host, listen.port)
     const runFork = Effect.runForkWith(yield* Effect.context<never>())
     // Must be set before the first fork; with `kernel` the workers bind sockets of their own and this is unused.
     cluster.schedulingPolicy = settings.balance === "primary" ? cluster.SCHED_RR : cluster.SCHED_NONE
