@@ -24,8 +24,10 @@ export type HostMessage =
   | { readonly hub: "reported"; readonly id: number; readonly report: WorkerReport }
   | { readonly hub: "gathered"; readonly id: number; readonly reports: ReadonlyArray<WorkerReport> }
   | { readonly hub: "listening" }
-  | { readonly hub: "tell"; readonly kind: string; readonly payload: unknown }
-  | { readonly hub: "told"; readonly kind: string; readonly payload: unknown }
+  | { readonly hub: "tell"; readonly id: number; readonly kind: string; readonly payload: unknown }
+  | { readonly hub: "told"; readonly id: number; readonly kind: string; readonly payload: unknown }
+  | { readonly hub: "heard"; readonly id: number }
+  | { readonly hub: "toldEveryone"; readonly id: number }
 
 /** Longer than the primary's own wait for the workers: a primary that does not answer leaves this worker's alone. */
 const askTimeout = "2 seconds"
@@ -42,16 +44,23 @@ export class HostView extends Context.Service<HostView, {
    * a worker that exits is started again.
    */
   readonly listening: Effect.Effect<void>
-  /** Gives `payload` to what every other worker `hear`s of `kind` (nothing without other workers). */
+  /**
+   * Gives `payload` to what every other worker `hear`s of `kind` (nothing without other workers); done once they
+   * have all handled it, so that what anyone tells after comes after it everywhere (or after a time limit).
+   */
   readonly tell: (kind: string, payload: unknown) => Effect.Effect<void>
-  /** What this process does with what another worker `tell`s of `kind`. */
+  /** What this process does with what another worker `tell`s of `kind`, one telling after the other, in order. */
   readonly hear: (kind: string, handler: (payload: unknown) => Effect.Effect<void>) => Effect.Effect<void>
 }>()("event-hub/HostView") {
   static readonly layer = Layer.effect(
     HostView,
     Effect.gen(function*() {
       const settings = yield* workerSettings
-      const runFork = Effect.runForkWith(yield* Effect.context<never>())
+      const context = yield* Effect.context<never>()
+      const runFork = Effect.runForkWith(context)
+      // A handler that fails is logged; the next one runs all the same.
+      const runPromise = (effect: Effect.Effect<void>) =>
+        Effect.runPromiseWith(context)(Effect.catchCause(effect, (cause) => Effect.logError("a told message failed", cause)))
       const answers = new Map<string, Effect.Effect<unknown>>()
       const handlers = new Map<string, (payload: unknown) => Effect.Effect<void>>()
       const worker = Option.getOrElse(settings.index, () => 0)
@@ -73,11 +82,16 @@ export class HostView extends Context.Service<HostView, {
 
       const pending = new Map<number, (reports: ReadonlyArray<WorkerReport>) => void>()
       let next = 0
+      /** What other workers told, handled one after the other in the order told. */
+      let hearing: Promise<unknown> = Promise.resolve()
       const onMessage = (message: HostMessage) => {
         if (message.hub === "gathered") pending.get(message.id)?.(message.reports)
+        else if (message.hub === "toldEveryone") pending.get(message.id)?.([])
         else if (message.hub === "told") {
-          const handler = handlers.get(message.kind)
-          if (handler !== undefined) runFork(handler(message.payload))
+          const handler = handlers.get(message.kind) ?? (() => Effect.void)
+          hearing = hearing.then(() => runPromise(handler(message.payload))).catch(() => undefined).finally(() =>
+            send({ hub: "heard", id: message.id } satisfies HostMessage)
+          )
         }
         else if (message.hub === "report") {
           runFork(Effect.flatMap(own(message.kind), ([report]) =>
@@ -101,20 +115,28 @@ export class HostView extends Context.Service<HostView, {
             process.off("disconnect", onDisconnect)
           })
       )
+      /** Sends the primary a message with an id of its own, and waits for the reply that carries that id. */
+      const ask = (message: (id: number) => HostMessage) =>
+        Effect.callback<ReadonlyArray<WorkerReport>>((resume) => {
+          const id = next++
+          pending.set(id, (reports) => {
+            pending.delete(id)
+            resume(Effect.succeed(reports))
+          })
+          send(message(id))
+          return Effect.sync(() => pending.delete(id))
+        })
       return {
         ...service,
         listening: Effect.sync(() => void send({ hub: "listening" } satisfies HostMessage)),
-        tell: (kind: string, payload: unknown) => Effect.sync(() => void send({ hub: "tell", kind, payload } satisfies HostMessage)),
+        tell: (kind: string, payload: unknown) =>
+          Effect.asVoid(ask((id) => ({ hub: "tell", id, kind, payload })).pipe(
+            Effect.timeoutOrElse({ duration: askTimeout, orElse: () => Effect.void })
+          )),
         gather: (kind: string) =>
-          Effect.callback<ReadonlyArray<WorkerReport>>((resume) => {
-            const id = next++
-            pending.set(id, (reports) => {
-              pending.delete(id)
-              resume(Effect.succeed(reports))
-            })
-            send({ hub: "gather", id, kind } satisfies HostMessage)
-            return Effect.sync(() => pending.delete(id))
-          }).pipe(Effect.timeoutOrElse({ duration: askTimeout, orElse: () => own(kind) }))
+          ask((id) => ({ hub: "gather", id, kind })).pipe(
+            Effect.timeoutOrElse({ duration: askTimeout, orElse: () => own(kind) })
+          )
       }
     })
   )

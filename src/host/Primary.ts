@@ -12,7 +12,8 @@
  *   once they have all finished their own graceful shutdown;
  * - a worker's question about the whole host (`HostView.ts`: metrics, health)
  *   is put to every worker, and the answers are sent back to it; what a
- *   worker tells the others (events POSTed without a broker) is passed on.
+ *   worker tells the others (events POSTed without a broker) is passed on,
+ *   and the teller hears once they have all handled it.
  *
  * Who spreads the connections is `HUB_WORKERS_BALANCE`: the kernel (each
  * worker listens with `reusePort`) or this process (node:cluster's
@@ -28,8 +29,8 @@ import { type HostMessage, type WorkerReport } from "./HostView.js"
 const youngMs = 10_000
 /** The longest wait before a worker that keeps dying young is started again. */
 const maxRestartDelayMs = 30_000
-/** How long a question about the host waits for the workers' answers. */
-const gatherTimeoutMs = 1_000
+/** How long the primary waits for the workers' replies (to a question about the host, to what a worker tells). */
+const replyTimeoutMs = 1_000
 
 interface Slot {
   worker: Worker
@@ -77,22 +78,31 @@ export const run = (
     /** Resumes the stop once every worker has exited. */
     let allExited = () => {}
 
-    const gatherings = new Map<number, { replies: Array<WorkerReport>; expected: number; done: () => void }>()
-    let nextGathering = 0
-    /** Puts a worker's question to every worker; answers the asker with what came back within the time limit. */
-    const gather = (asker: Worker, id: number, kind: string) => {
-      const targets = Array.from(slots.values(), (slot) => slot.worker).filter((worker) => worker.isConnected())
-      const key = nextGathering++
+    const collections = new Map<number, { replies: Array<WorkerReport>; expected: number; done: () => void }>()
+    let nextCollection = 0
+    /**
+     * Sends each of `targets` the message `ask` makes with a key of its own; `done` gets what came back within the
+     * time limit (a worker that dies or hangs does not hold the others up).
+     */
+    const collect = (
+      targets: ReadonlyArray<Worker>,
+      ask: (key: number) => HostMessage,
+      done: (replies: Array<WorkerReport>) => void
+    ) => {
+      const key = nextCollection++
       const replies: Array<WorkerReport> = []
-      const timer = setTimeout(() => done(), gatherTimeoutMs)
-      const done = () => {
+      const finish = () => {
         clearTimeout(timer)
-        if (!gatherings.delete(key)) return
-        replies.sort((a, b) => a.worker - b.worker)
-        if (asker.isConnected()) asker.send({ hub: "gathered", id, reports: replies } satisfies HostMessage)
+        if (collections.delete(key)) done(replies)
       }
-      gatherings.set(key, { replies, expected: targets.length, done })
-      for (const worker of targets) worker.send({ hub: "report", id: key, kind } satisfies HostMessage)
+      const timer = setTimeout(finish, replyTimeoutMs)
+      collections.set(key, { replies, expected: targets.length, done: finish })
+      for (const worker of targets) worker.send(ask(key))
+      if (targets.length === 0) finish()
+    }
+    const connected = () => Array.from(slots.values(), (slot) => slot.worker).filter((worker) => worker.isConnected())
+    const reply = (to: Worker, message: HostMessage) => {
+      if (to.isConnected()) to.send(message)
     }
 
     const fork = (index: number, youngExits = 0) => {
@@ -100,19 +110,28 @@ export const run = (
       slots.set(index, { worker, started: Date.now(), youngExits })
       worker.on("message", (message: HostMessage) => {
         if (message.hub === "listening") started = true
-        else if (message.hub === "tell") {
-          for (const { worker: other } of slots.values()) {
-            if (other !== worker && other.isConnected()) {
-              other.send({ hub: "told", kind: message.kind, payload: message.payload } satisfies HostMessage)
-            }
-          }
+        else if (message.hub === "gather") {
+          // A question about the host: every worker answers, the asker included.
+          collect(connected(), (key) => ({ hub: "report", id: key, kind: message.kind }), (replies) => {
+            replies.sort((a, b) => a.worker - b.worker)
+            reply(worker, { hub: "gathered", id: message.id, reports: replies })
+          })
         }
-        else if (message.hub === "gather") gather(worker, message.id, message.kind)
-        else if (message.hub === "reported") {
-          const gathering = gatherings.get(message.id)
-          if (gathering === undefined) return
-          gathering.replies.push(message.report)
-          if (gathering.replies.length >= gathering.expected) gathering.done()
+        else if (message.hub === "tell") {
+          // Told to the others; the teller hears back once they have all handled it, so what it tells next (or what
+          // another worker is told after its answer) comes after, on every worker.
+          const others = connected().filter((other) => other !== worker)
+          collect(
+            others,
+            (key) => ({ hub: "told", id: key, kind: message.kind, payload: message.payload }),
+            () => reply(worker, { hub: "toldEveryone", id: message.id })
+          )
+        }
+        else if (message.hub === "reported" || message.hub === "heard") {
+          const collection = collections.get(message.id)
+          if (collection === undefined) return
+          collection.replies.push(message.hub === "reported" ? message.report : { worker: index, pid: worker.process.pid ?? 0, report: null })
+          if (collection.replies.length >= collection.expected) collection.done()
         }
       })
       worker.on("exit", (code, signal) => {
