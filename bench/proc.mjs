@@ -31,3 +31,18 @@ export const rabbitPids = () =>
       return false // gone, or not ours to read
     }
   }).map(Number)
+
+/**
+ * The broker a tool measures: `BROKER_PID`, or the only RabbitMQ VM running (test nodes are RabbitMQ VMs too);
+ * `undefined` when several run and none is named, with the line that says so.
+ */
+export const measuredBroker = () => {
+  const brokers = rabbitPids()
+  const pid = Number(process.env.BROKER_PID) || (brokers.length === 1 ? brokers[0] : undefined)
+  return {
+    pid,
+    says: pid === undefined
+      ? `broker CPU not measured: ${brokers.length} RabbitMQ VMs running (pids ${brokers.join(", ")}); set BROKER_PID`
+      : `broker CPU from pid ${pid}`
+  }
+}

@@ -6,7 +6,7 @@
 //   node bench/tools/ingest-broker-latency.mjs [--rate 1000] [--seconds 10] [--repeat 3]
 import amqp from "amqplib"
 import { performance } from "node:perf_hooks"
-import { cpuMicros, rabbitPids } from "../proc.mjs"
+import { cpuMicros, measuredBroker } from "../proc.mjs"
 
 const argv = process.argv.slice(2)
 const flag = (name, fallback) => {
@@ -17,12 +17,8 @@ const rate = flag("rate", 1000)
 const seconds = flag("seconds", 10)
 const repeat = flag("repeat", 3)
 const url = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672/"
-/** The broker measured: `BROKER_PID`, or the only RabbitMQ VM running (test nodes are RabbitMQ VMs too). */
-const brokers = rabbitPids()
-const brokerPid = Number(process.env.BROKER_PID) || (brokers.length === 1 ? brokers[0] : undefined)
-console.log(brokerPid === undefined
-  ? `broker CPU not measured: ${brokers.length} RabbitMQ VMs running (pids ${brokers.join(", ")}); set BROKER_PID`
-  : `broker CPU from pid ${brokerPid} (includes its idle time while the last deliveries arrive)`)
+const { pid: brokerPid, says } = measuredBroker()
+console.log(brokerPid === undefined ? says : `${says} (includes its idle time while the last deliveries arrive)`)
 const brokerMicros = () => brokerPid === undefined ? NaN : cpuMicros(brokerPid)
 const now = () => performance.timeOrigin + performance.now()
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))

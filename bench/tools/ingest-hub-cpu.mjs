@@ -6,10 +6,10 @@
 //   node bench/tools/ingest-hub-cpu.mjs [--rate 1000] [--seconds 4] [--rounds 5] [--hubs dist/main.js,other/main.js]
 import amqp from "amqplib"
 import { spawn } from "node:child_process"
-import { createServer } from "node:net"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
-import { cpuMicros, rabbitPids } from "../proc.mjs"
+import { cpuMicros, measuredBroker } from "../proc.mjs"
+import { freePort } from "./lib/freePort.mjs"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..")
 const argv = process.argv.slice(2)
@@ -22,19 +22,10 @@ const seconds = Number(flag("seconds", 4))
 const rounds = Number(flag("rounds", 5))
 const hubs = flag("hubs", join(root, "dist", "main.js")).split(",").map((path) => resolve(path))
 const url = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672/"
-const brokers = rabbitPids()
-const brokerPid = Number(process.env.BROKER_PID) || (brokers.length === 1 ? brokers[0] : undefined)
-if (brokerPid === undefined) console.log(`broker CPU not measured: ${brokers.length} RabbitMQ VMs running; set BROKER_PID`)
+const { pid: brokerPid, says } = measuredBroker()
+console.log(says)
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms))
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]
-
-const freePort = () =>
-  new Promise((done, fail) => {
-    const server = createServer().once("error", fail).listen(0, "127.0.0.1", () => {
-      const { port } = server.address()
-      server.close(() => done(port))
-    })
-  })
 
 /** One run: a client-less hub on `path`, `rate` events/s for `seconds`; CPU per event of the hub and the broker. */
 const run = async (hub, path) => {

@@ -8,19 +8,13 @@ import { spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { connect as connectTcp, createServer } from "node:net"
 import WebSocket from "ws"
+import { freePort } from "./lib/freePort.mjs"
 
 const mode = process.argv[2] ?? "stream"
 const clientCount = Number(process.argv[3] ?? 100)
 const seconds = Number(process.argv[4] ?? 30)
 const id = `retries_${process.pid}`
 const names = { exchange: `${id}.events`, stream: `${id}.stream`, instance: `${id}-instance` }
-const freePort = () =>
-  new Promise((resolve) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
 
 // The hub's way to the broker: a proxy that can drop every connection.
 const sockets = new Set()

@@ -78,7 +78,8 @@ export const run = (
     /** Resumes the stop once every worker has exited. */
     let allExited = () => {}
 
-    const collections = new Map<number, { replies: Array<WorkerReport>; expected: number; done: () => void }>()
+    /** What each collection still waits for: the workers yet to reply, and what the replies carried. */
+    const collections = new Map<number, { waiting: number; reports: Array<WorkerReport>; finish: () => void }>()
     let nextCollection = 0
     /**
      * Sends each of `targets` the message `ask` makes with a key of its own; `done` gets what came back within the
@@ -87,18 +88,25 @@ export const run = (
     const collect = (
       targets: ReadonlyArray<Worker>,
       ask: (key: number) => HostMessage,
-      done: (replies: Array<WorkerReport>) => void
+      done: (reports: Array<WorkerReport>) => void
     ) => {
       const key = nextCollection++
-      const replies: Array<WorkerReport> = []
+      const reports: Array<WorkerReport> = []
       const finish = () => {
         clearTimeout(timer)
-        if (collections.delete(key)) done(replies)
+        if (collections.delete(key)) done(reports)
       }
       const timer = setTimeout(finish, replyTimeoutMs)
-      collections.set(key, { replies, expected: targets.length, done: finish })
+      collections.set(key, { waiting: targets.length, reports, finish })
       for (const worker of targets) worker.send(ask(key))
       if (targets.length === 0) finish()
+    }
+    /** A worker's reply to a collection: a report to keep, or only that it is done. */
+    const replied = (key: number, report?: WorkerReport) => {
+      const collection = collections.get(key)
+      if (collection === undefined) return
+      if (report !== undefined) collection.reports.push(report)
+      if (--collection.waiting <= 0) collection.finish()
     }
     const connected = () => Array.from(slots.values(), (slot) => slot.worker).filter((worker) => worker.isConnected())
     const reply = (to: Worker, message: HostMessage) => {
@@ -112,9 +120,9 @@ export const run = (
         if (message.hub === "listening") started = true
         else if (message.hub === "gather") {
           // A question about the host: every worker answers, the asker included.
-          collect(connected(), (key) => ({ hub: "report", id: key, kind: message.kind }), (replies) => {
-            replies.sort((a, b) => a.worker - b.worker)
-            reply(worker, { hub: "gathered", id: message.id, reports: replies })
+          collect(connected(), (key) => ({ hub: "report", id: key, kind: message.kind }), (reports) => {
+            reports.sort((a, b) => a.worker - b.worker)
+            reply(worker, { hub: "gathered", id: message.id, reports })
           })
         }
         else if (message.hub === "tell") {
@@ -127,12 +135,8 @@ export const run = (
             () => reply(worker, { hub: "toldEveryone", id: message.id })
           )
         }
-        else if (message.hub === "reported" || message.hub === "heard") {
-          const collection = collections.get(message.id)
-          if (collection === undefined) return
-          collection.replies.push(message.hub === "reported" ? message.report : { worker: index, pid: worker.process.pid ?? 0, report: null })
-          if (collection.replies.length >= collection.expected) collection.done()
-        }
+        else if (message.hub === "reported") replied(message.id, message.report)
+        else if (message.hub === "heard") replied(message.id)
       })
       worker.on("exit", (code, signal) => {
         const slot = slots.get(index)
